@@ -1,0 +1,79 @@
+"""ament_python package sym_mbrl_ros. Every dependency is pinned here, and only here."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "sym_mbrl_ros"
+
+# Core library (envs, dynamics, agents, data). torch is pinned to the CPU build on disk.
+INSTALL_REQUIRES = [
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "sympy==1.14.0",
+    "torch==2.13.0",
+    "mujoco==4.0.0",
+    "gymnasium==1.4.0",
+    "pyoperon==0.6.2",
+    "PyOpenGL==3.1.10",
+    "PyYAML==6.0.4",
+    "matplotlib==3.11.2",
+    "pillow==13.0.0",
+    "tqdm==4.70.1",
+]
+
+EXTRAS_REQUIRE = {
+    # ROS 2 Jazzy from PyPI wheels, for machines without a ROS 2 distro.
+    "ros": [
+        "ros-jazzy-rclpy[fastrtps]==7.1.6",
+        "ros-jazzy-std-msgs==5.3.6",
+        "ros-jazzy-sensor-msgs==5.3.6",
+        "ros-jazzy-geometry-msgs==5.3.6",
+        "ros-jazzy-nav-msgs==5.3.6",
+        "ros-jazzy-visualization-msgs==5.3.6",
+        "ros-jazzy-std-srvs==5.3.6",
+        "ros-jazzy-rosgraph-msgs==2.0.3",
+        "ros-jazzy-diagnostic-msgs==5.3.6",
+        "ros-jazzy-lifecycle-msgs==2.0.3",
+        "ros-jazzy-ament-package==0.16.4",
+        "colcon-common-extensions==0.3.0",
+    ],
+    "test": [
+        "pytest==9.2.0",
+        "ruff==0.17.6",
+    ],
+    "bench": [
+        "pysindy==2.1.0",
+        "stable-baselines3==2.9.2",
+    ],
+}
+
+NODES = [
+    # name = module:function; filled in as the nodes land (see bringup.py).
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={PACKAGE: ["py.typed"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/urdf", glob("urdf/*.urdf")),
+    ],
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    python_requires=">=3.10",
+    zip_safe=True,
+    maintainer="sym_mbrl_ros developers",
+    maintainer_email="dev@sym-mbrl.invalid",
+    description="Model-based RL with symbolic world models, as a ROS 2 package.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": ["sym-mbrl = sym_mbrl_ros.cli:main"] + NODES,
+    },
+)
