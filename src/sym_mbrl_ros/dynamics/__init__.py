@@ -1,0 +1,20 @@
+"""World models: the symbolic one (:class:`SymbolicDynamics`) and the NN-ensemble baseline.
+
+The symbolic model learns one expression per state coordinate, ``s'_i = f_i(s, a)``, with a
+search backend (``sparse`` or ``gp``), BFGS refinement of the constants and ranking by held-out
+error plus complexity. Models are saved as ``sym-mbrl/dynamics-v1`` JSON and read back through a
+whitelisted expression parser.
+"""
+
+from .expression import ExpressionError, parse_expression
+from .symbolic import FORMAT, SymbolicDynamics, SymbolicDynamicsConfig, increment_r2, wrap_angle
+
+__all__ = [
+    "FORMAT",
+    "ExpressionError",
+    "SymbolicDynamics",
+    "SymbolicDynamicsConfig",
+    "increment_r2",
+    "parse_expression",
+    "wrap_angle",
+]

@@ -1,0 +1,335 @@
+"""Model-Based Policy Optimisation (Janner et al. 2019), as arXiv 2407.13518 uses it.
+
+The loop, per real step:
+
+1. act in the real task with the current policy (uniformly random for the first
+   ``init_random_steps``); the transition, with its observer states, goes to the real buffer;
+2. every ``model_train_freq`` steps refit the world model on the real buffer, warm-started
+   from the previous fit (``fit(..., init=previous)``);
+3. start ``rollout_batch_size`` model rollouts of ``rollout_horizon`` steps from states drawn
+   uniformly from the newest ``rollout_start_window`` real transitions; the current policy acts
+   on ``task.observation(state)``, the model predicts, the task's true reward scores; all rows
+   move in one batched call (:class:`ModelEnv`) and land in the model buffer;
+4. take ``updates_per_step`` SAC gradient steps on batches from the model buffer, with a share
+   ``real_ratio`` of real transitions (0 by default: synthetic data only, as in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.replay import ReplayBatch, ReplayBuffer
+from ..envs.base import TaskSpec
+from ..errors import UserError
+from .model_env import ModelEnv
+from .sac import SAC, SACConfig, SACLosses
+
+WORLD_MODELS = ("symbolic", "ensemble")
+
+
+def _mbpo_sac_config() -> SACConfig:
+    return SACConfig(hidden_sizes=(128, 128), learning_rate=1e-3)
+
+
+@dataclass
+class MBPOConfig:
+    """Hyper-parameters of MBPO (the SAC ones are nested in ``sac``)."""
+
+    world_model: str = "symbolic"
+    """``symbolic`` (SymbolicDynamics) or ``ensemble`` (EnsembleDynamics, MBPO's own model)."""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the world model's constructor."""
+    init_random_steps: int = 200
+    """Real steps with uniformly random actions before the first model fit."""
+    model_train_freq: int = 250
+    """Refit the world model every this many real steps."""
+    model_max_samples: int | None = None
+    """Fit on at most this many of the newest real transitions (None: all of them)."""
+    rollout_batch_size: int = 400
+    """Model rollouts started per real step (M)."""
+    rollout_horizon: int = 5
+    """Steps per model rollout (H)."""
+    rollout_start_window: int = 1000
+    """Rollouts start from states drawn from this many newest real transitions."""
+    updates_per_step: int = 20
+    """SAC gradient steps per real step (G)."""
+    real_ratio: float = 0.0
+    """Share of each SAC batch drawn from the real buffer (0: synthetic data only)."""
+    model_retain_steps: int = 50
+    """The model buffer keeps the rollouts of this many real steps."""
+    real_buffer_size: int = 1_000_000
+    """Capacity of the real buffer."""
+    sac: SACConfig = field(default_factory=_mbpo_sac_config)
+    """SAC settings; its model-free fields (buffer_size, learning_starts, gradient_steps)
+    are not used by MBPO."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MBPOConfig:
+        """Build a config from a dict (as written by ``asdict``), ignoring unknown keys."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if isinstance(kw.get("sac"), dict):
+            kw["sac"] = SACConfig.from_dict(kw["sac"])
+        return cls(**kw)
+
+
+def make_world_model(task: TaskSpec, kind: str, seed: int = 0, **kwargs):
+    """A fresh, unfitted world model of the given kind for ``task``."""
+    common = dict(angle_coords=task.angle_coords, static_coords=task.static_coords, seed=seed)
+    if kind == "symbolic":
+        from ..dynamics.symbolic import SymbolicDynamics
+
+        return SymbolicDynamics(task.state_names, task.action_names, **common, **kwargs)
+    if kind == "ensemble":
+        from ..dynamics.ensemble import EnsembleDynamics
+
+        return EnsembleDynamics(task.state_names, task.action_names, **common, **kwargs)
+    raise UserError(f"unknown world model {kind!r}; choose one of {', '.join(WORLD_MODELS)}")
+
+
+def dynamic_r2(task: TaskSpec, r2: dict[str, float]) -> float:
+    """Mean R² over the coordinates that change (static ones are copied, not modelled)."""
+    keep = [r2[name] for i, name in enumerate(task.state_names) if i not in task.static_coords]
+    keep = [v for v in keep if v is not None and np.isfinite(v)]
+    return float(np.mean(keep)) if keep else float("nan")
+
+
+class MBPO:
+    """MBPO with a pluggable world model; the learned policy is a :class:`SAC` agent.
+
+    Args:
+        task: the task (observer, reward, termination, action box).
+        config: hyper-parameters.
+        seed: seeds the agent, the model, the buffers and the first environment reset.
+        obs_dim: observation length; None works it out from ``task.observation``.
+    """
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        config: MBPOConfig | None = None,
+        seed: int = 0,
+        obs_dim: int | None = None,
+    ):
+        self.task = task
+        self.config = cfg = config or MBPOConfig()
+        if cfg.world_model not in WORLD_MODELS:
+            raise UserError(
+                f"unknown world model {cfg.world_model!r}; choose one of {', '.join(WORLD_MODELS)}"
+            )
+        if not 0.0 <= cfg.real_ratio <= 1.0:
+            raise UserError(f"real_ratio must lie in [0, 1], got {cfg.real_ratio}")
+        self.seed = seed
+        if obs_dim is None:
+            obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
+        self.agent = SAC(obs_dim, task.action_low, task.action_high, cfg.sac, seed=seed)
+        m = task.action_dim
+        self.real_buffer = ReplayBuffer(
+            obs_dim, m, cfg.real_buffer_size, state_dim=task.state_dim, seed=seed + 1
+        )
+        capacity = cfg.rollout_batch_size * cfg.rollout_horizon * cfg.model_retain_steps
+        self.model_buffer = ReplayBuffer(obs_dim, m, capacity, seed=seed + 2)
+        self.model: Any = None
+        self.model_env: ModelEnv | None = None
+        self.num_timesteps = 0
+        self.num_model_fits = 0
+        self.last_fit_step = 0
+        self.model_metrics: dict[str, Any] = {}
+        """Latest fit: ``r2`` (per coordinate, on the training data), ``r2_holdout`` (the
+        previous model on the real data gathered since it was fitted), ``fit_s``."""
+        self.last_losses: SACLosses | None = None
+        self.timings = {"model_fit_s": 0.0, "rollout_s": 0.0, "sac_update_s": 0.0, "env_s": 0.0}
+
+    # -- the three pieces of the loop
+
+    def fit_model(self) -> dict[str, Any]:
+        """Refit the world model on the real buffer, warm-started from the current one."""
+        cfg = self.config
+        data = self.real_buffer.state_transitions(cfg.model_max_samples)
+        metrics: dict[str, Any] = {}
+        new_since_fit = self.num_timesteps - self.last_fit_step
+        if self.model is not None and new_since_fit > 1:
+            recent = self.real_buffer.state_transitions(new_since_fit)
+            metrics["r2_holdout"] = dict(self.model.score(*recent))
+        t0 = time.perf_counter()
+        model = make_world_model(
+            self.task, cfg.world_model, seed=self.seed + self.num_model_fits, **cfg.model_kwargs
+        )
+        fitted = model.fit(*data, init=self.model)
+        model = fitted if fitted is not None else model
+        metrics["fit_s"] = time.perf_counter() - t0
+        metrics["r2"] = dict(model.score(*data))
+        metrics["samples"] = len(data.states)
+        metrics["step"] = self.num_timesteps
+        self.timings["model_fit_s"] += metrics["fit_s"]
+        self.model = model
+        self.model_env = ModelEnv(self.task, model)
+        self.num_model_fits += 1
+        self.last_fit_step = self.num_timesteps
+        self.model_metrics = metrics
+        return metrics
+
+    @property
+    def model_r2(self) -> float:
+        """Mean R² of the model over the changing coordinates (held-out when available)."""
+        r2 = self.model_metrics.get("r2_holdout", self.model_metrics.get("r2"))
+        return float("nan") if r2 is None else dynamic_r2(self.task, r2)
+
+    def rollout(self) -> int:
+        """Run one batch of model rollouts into the model buffer; returns transitions added."""
+        if self.model_env is None:
+            raise RuntimeError("fit the world model before rolling it out")
+        cfg = self.config
+        t0 = time.perf_counter()
+        starts = self.real_buffer.sample_recent_states(
+            cfg.rollout_batch_size, cfg.rollout_start_window
+        )
+        out = self.model_env.rollout(
+            lambda obs: self.agent.act(obs, deterministic=False), starts, cfg.rollout_horizon
+        )
+        self.model_buffer.add_batch(*out)
+        self.timings["rollout_s"] += time.perf_counter() - t0
+        return out.observations.shape[0]
+
+    def sample_batch(self) -> ReplayBatch:
+        """A SAC batch: ``real_ratio`` of it from the real buffer, the rest from the model's."""
+        cfg = self.config
+        n_real = int(round(cfg.sac.batch_size * cfg.real_ratio))
+        if n_real == 0 or len(self.real_buffer) == 0:
+            return self.model_buffer.sample(cfg.sac.batch_size)
+        if n_real == cfg.sac.batch_size or len(self.model_buffer) == 0:
+            return self.real_buffer.sample(cfg.sac.batch_size)
+        real = self.real_buffer.sample(n_real)
+        synthetic = self.model_buffer.sample(cfg.sac.batch_size - n_real)
+        return ReplayBatch(*(torch.cat(pair) for pair in zip(real, synthetic)))
+
+    def train_policy(self) -> SACLosses | None:
+        """``updates_per_step`` SAC updates; returns the last one's losses."""
+        t0 = time.perf_counter()
+        for _ in range(self.config.updates_per_step):
+            self.last_losses = self.agent.update(self.sample_batch())
+        self.timings["sac_update_s"] += time.perf_counter() - t0
+        return self.last_losses
+
+    # -- the real-world loop
+
+    def _state(self, obs, info: dict) -> np.ndarray:
+        if "state" in info:
+            return np.asarray(info["state"], dtype=np.float64)
+        return np.asarray(self.task.observe(np.asarray(obs)[None]), dtype=np.float64)[0]
+
+    def learn(
+        self,
+        total_steps: int,
+        env=None,
+        callback: Callable[[int, Any], Any] | None = None,
+        progress_bar: bool = False,
+    ) -> MBPO:
+        """Interact with ``env`` (default: ``task.make_env()``) for ``total_steps`` real steps.
+
+        ``callback(step, mbpo)`` runs after every real step (``step`` counts from 1).
+        """
+        cfg = self.config
+        env = env if env is not None else self.task.make_env()
+        obs, info = env.reset(seed=self.seed)
+        state = self._state(obs, info)
+        bar = None
+        if progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True)
+        for _ in range(total_steps):
+            t0 = time.perf_counter()
+            if self.num_timesteps < cfg.init_random_steps:
+                action = self.agent.random_action()
+            else:
+                action = self.agent.predict(obs, deterministic=False)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            next_state = self._state(next_obs, info)
+            self.real_buffer.add(obs, action, reward, next_obs, terminated, state, next_state)
+            self.num_timesteps += 1
+            if terminated or truncated:
+                obs, info = env.reset()
+                state = self._state(obs, info)
+            else:
+                obs, state = next_obs, next_state
+            self.timings["env_s"] += time.perf_counter() - t0
+
+            due = self.num_timesteps - self.last_fit_step >= cfg.model_train_freq
+            if self.num_timesteps >= cfg.init_random_steps and (self.model is None or due):
+                self.fit_model()
+            if self.model is not None:
+                self.rollout()
+                self.train_policy()
+            if bar is not None:
+                bar.update(1)
+            if callback is not None:
+                callback(self.num_timesteps, self)
+        if bar is not None:
+            bar.close()
+        return self
+
+    # -- using and keeping the result
+
+    def predict(self, obs, deterministic: bool = True) -> np.ndarray:
+        """The policy's action(s) for one observation or a batch."""
+        return self.agent.predict(obs, deterministic)
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``policy.pt``, the world model (``model.json`` or ``model.pt``) and
+        ``mbpo.json`` (config and model metrics) into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.agent.save(d / "policy.pt")
+        if self.model is not None:
+            self.model.save(d / model_filename(self.config.world_model))
+        meta = {"config": asdict(self.config), "model_metrics": self.model_metrics}
+        (d / "mbpo.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
+
+    @classmethod
+    def load(cls, directory: str | Path, task: TaskSpec) -> MBPO:
+        """Rebuild an MBPO learner (policy and world model) written by :meth:`save`."""
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "mbpo.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {d / 'mbpo.json'}: {exc}") from exc
+        mbpo = cls(task, MBPOConfig.from_dict(meta["config"]))
+        mbpo.agent = SAC.load(d / "policy.pt", num_threads=mbpo.config.sac.num_threads)
+        path = d / model_filename(mbpo.config.world_model)
+        if path.exists():
+            mbpo.model = _model_class(mbpo.config.world_model).load(path)
+            mbpo.model_env = ModelEnv(task, mbpo.model)
+        mbpo.model_metrics = meta.get("model_metrics", {})
+        return mbpo
+
+
+def model_filename(kind: str) -> str:
+    """File name a world model of this kind is saved under in a run folder."""
+    return "model.json" if kind == "symbolic" else "model.pt"
+
+
+def _model_class(kind: str):
+    if kind == "symbolic":
+        from ..dynamics.symbolic import SymbolicDynamics
+
+        return SymbolicDynamics
+    from ..dynamics.ensemble import EnsembleDynamics
+
+    return EnsembleDynamics
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)

@@ -1,0 +1,119 @@
+"""A world model plus a task, used as a batched environment (in the manner of mbrl-lib).
+
+All B rows step in one call: the model predicts the next states, the task's own reward and
+termination functions (torch versions) score them, and the inverse observer turns states into
+the observations a policy reads. There is no per-sample Python loop anywhere in here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from ..envs.base import TaskSpec
+
+
+class ModelStep(NamedTuple):
+    """One batched model step."""
+
+    next_observations: torch.Tensor
+    """(B, o) float32 observations of the predicted next states."""
+    rewards: torch.Tensor
+    """(B,) task reward of (state, action, next state)."""
+    terminated: torch.Tensor
+    """(B,) bool, the task's termination test, or True where the model gave NaN/inf."""
+    next_states: torch.Tensor
+    """(B, n) predicted next states."""
+    valid: torch.Tensor
+    """(B,) bool, False where the model's prediction was not finite."""
+
+
+class Rollout(NamedTuple):
+    """Transitions from a batch of model rollouts, flattened over rows and steps."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    terminated: torch.Tensor
+    """float 0/1."""
+
+
+class ModelEnv:
+    """Any dynamics model with ``predict_torch(states, actions)`` stepped as a batched env.
+
+    Args:
+        task: the task (reward, termination, observer, angle and static coordinates).
+        model: the world model; ``predict_torch`` maps (B, n) states and (B, m) actions to
+            (B, n) next states.
+        dtype: floating type the states are kept in.
+    """
+
+    def __init__(self, task: TaskSpec, model: Any, dtype: torch.dtype = torch.float64):
+        self.task = task
+        self.model = model
+        self.dtype = dtype
+        self.states: torch.Tensor | None = None
+        self._angles = list(task.angle_coords)
+        self._static = list(task.static_coords)
+        self._low = torch.as_tensor(task.action_low, dtype=dtype)
+        self._high = torch.as_tensor(task.action_high, dtype=dtype)
+
+    def observe(self, states: torch.Tensor) -> torch.Tensor:
+        """Observations (float32) of a batch of states, through the task's inverse observer."""
+        return self.task.observation(states).to(torch.float32)
+
+    def reset(self, states: torch.Tensor) -> torch.Tensor:
+        """Start B rollouts from the given states; returns their observations."""
+        self.states = torch.as_tensor(states, dtype=self.dtype)
+        return self.observe(self.states)
+
+    def step(self, actions: torch.Tensor) -> ModelStep:
+        """Advance every row by one model step."""
+        if self.states is None:
+            raise RuntimeError("call reset(states) before step(actions)")
+        s = self.states
+        a = torch.maximum(torch.minimum(actions.to(self.dtype), self._high), self._low)
+        nxt = self.model.predict_torch(s, a).to(self.dtype)
+        if self._angles:
+            nxt[:, self._angles] = (nxt[:, self._angles] + math.pi) % (2 * math.pi) - math.pi
+        if self._static:
+            nxt[:, self._static] = s[:, self._static]
+        valid = torch.isfinite(nxt).all(-1)
+        nxt = torch.where(valid[:, None], nxt, s)  # keep the math finite; the rows are dropped
+        rewards = self.task.reward(s, a, nxt)
+        terminated = self.task.terminated(s, a, nxt) | ~valid
+        self.states = nxt
+        return ModelStep(self.observe(nxt), rewards, terminated, nxt, valid)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        policy: Callable[[torch.Tensor], torch.Tensor],
+        start_states: torch.Tensor,
+        horizon: int,
+    ) -> Rollout:
+        """Roll ``policy`` (observations -> actions, batched) for ``horizon`` steps.
+
+        A row stops at its first terminal step; transitions whose prediction was not finite
+        are dropped. Returns every kept transition, flattened.
+        """
+        obs = self.reset(start_states)
+        alive = torch.ones(obs.shape[0], dtype=torch.bool)
+        out: list[tuple[torch.Tensor, ...]] = []
+        for _ in range(horizon):
+            actions = policy(obs)
+            step = self.step(actions)
+            keep = alive & step.valid
+            out.append((
+                obs[keep], actions[keep].to(torch.float32), step.rewards[keep].to(torch.float32),
+                step.next_observations[keep], step.terminated[keep].to(torch.float32),
+            ))
+            alive = alive & ~step.terminated
+            if not alive.any():
+                break
+            obs = step.next_observations
+        return Rollout(*(torch.cat(parts) for parts in zip(*out)))

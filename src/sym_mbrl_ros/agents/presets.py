@@ -1,0 +1,127 @@
+"""The learners by name (``sym-mbpo``, ``mbpo``, ``sac``), with tuned settings per task.
+
+The command line and the benchmarks build learners here, so both run the very same
+configuration. ``overrides`` change single fields with dotted keys, e.g.
+``{"updates_per_step": 10, "sac.learning_rate": 3e-4}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from ..envs.base import TaskSpec
+from ..errors import UserError
+from .mbpo import MBPO, MBPOConfig
+from .sac import ACTORS, SAC, SACConfig
+
+ALGORITHMS: dict[str, str] = {
+    "sym-mbpo": "MBPO with the symbolic world model",
+    "mbpo": "MBPO with a probabilistic MLP ensemble (MBPO's own model)",
+    "sac": "model-free SAC",
+}
+
+THRESHOLDS: dict[str, tuple[str, float]] = {
+    "pendulum": ("eval_return_mean", -200.0),
+    "reacher": ("success_rate", 0.9),
+    "car2d": ("success_rate", 0.9),
+}
+"""Per task, the curve column and the value that counts as solved."""
+
+DEFAULT_STEPS: dict[str, dict[str, int]] = {
+    "pendulum": {"sym-mbpo": 1500, "mbpo": 5000, "sac": 20000},
+    "reacher": {"sym-mbpo": 3000, "mbpo": 10000, "sac": 50000},
+    "car2d": {"sym-mbpo": 3000, "mbpo": 10000, "sac": 50000},
+}
+"""Real steps a run takes when ``--steps`` is not given."""
+
+# Settings that differ from the dataclass defaults, per task and learner.
+_TASK_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "pendulum": {
+        "sac": {"learning_rate": 1e-3, "hidden_sizes": (128, 128), "learning_starts": 200},
+        "sym-mbpo": {"rollout_horizon": 5, "updates_per_step": 20},
+        "mbpo": {"rollout_horizon": 3, "updates_per_step": 20},
+    },
+}
+
+
+def check_algorithm(algo: str) -> None:
+    """Raise a one-sentence UserError unless ``algo`` names a learner."""
+    if algo not in ALGORITHMS:
+        raise UserError(f"unknown algorithm {algo!r}; choose one of: {', '.join(ALGORITHMS)}")
+
+
+def check_policy(policy: str) -> None:
+    """Raise a one-sentence UserError unless ``policy`` names an actor architecture."""
+    if policy not in ACTORS:
+        raise UserError(f"unknown policy {policy!r}; choose one of: {', '.join(ACTORS)}")
+
+
+def make_config(
+    algo: str,
+    task_name: str,
+    policy: str = "mlp",
+    overrides: dict[str, Any] | None = None,
+) -> SACConfig | MBPOConfig:
+    """The configuration ``algo`` runs with on ``task_name``, with ``overrides`` applied."""
+    check_algorithm(algo)
+    check_policy(policy)
+    if algo == "sac":
+        config: SACConfig | MBPOConfig = SACConfig(policy=policy)
+    else:
+        config = MBPOConfig(world_model="symbolic" if algo == "sym-mbpo" else "ensemble")
+        config.sac.policy = policy
+    preset = _TASK_OVERRIDES.get(task_name, {})
+    settings: dict[str, Any] = dict(preset.get(algo, {}))
+    if algo != "sac":  # MBPO's SAC shares the task's SAC learning rate and network size
+        for key in ("learning_rate", "hidden_sizes"):
+            if key in preset.get("sac", {}):
+                settings.setdefault(f"sac.{key}", preset["sac"][key])
+    settings.update(overrides or {})
+    for key, value in settings.items():
+        _set_field(config, key, value)
+    return config
+
+
+def make_learner(
+    algo: str, task: TaskSpec, config: SACConfig | MBPOConfig, seed: int, obs_dim: int
+) -> SAC | MBPO:
+    """A fresh learner for ``task``."""
+    check_algorithm(algo)
+    if algo == "sac":
+        assert isinstance(config, SACConfig)
+        return SAC(obs_dim, task.action_low, task.action_high, config, seed=seed)
+    assert isinstance(config, MBPOConfig)
+    return MBPO(task, config, seed=seed, obs_dim=obs_dim)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=[64, 64]"]`` -> ``{"a.b": 1, "c": [64, 64]}`` (values read as JSON)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw  # a bare word, e.g. world_model=ensemble
+    return out
+
+
+def _set_field(config: Any, dotted: str, value: Any) -> None:
+    *path, name = dotted.split(".")
+    target = config
+    for part in path:
+        target = getattr(target, part, None)
+        if target is None or not dataclasses.is_dataclass(target):
+            raise UserError(f"unknown setting {dotted!r}")
+    names = {f.name: f for f in dataclasses.fields(target)}
+    if name not in names:
+        raise UserError(
+            f"unknown setting {dotted!r}; {type(target).__name__} has: {', '.join(names)}"
+        )
+    if isinstance(value, list) and name == "hidden_sizes":
+        value = tuple(value)
+    setattr(target, name, value)

@@ -1,0 +1,116 @@
+"""sym-mbrl fit: learn a symbolic world model from a transitions file."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import UserError
+
+HELP = "learn one symbolic expression per state coordinate from a transitions file"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("data", help="transitions file (.npz) written by `sym-mbrl collect`")
+    parser.add_argument(
+        "--out", default="model.json", help="model file to write (default model.json)"
+    )
+    parser.add_argument(
+        "--backend",
+        default="sparse",
+        choices=("sparse", "gp"),
+        help="search backend (default sparse)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the held-out split and the search"
+    )
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of transitions held out to report R² (default 0.2)",
+    )
+    parser.add_argument("--init", default=None, help="previous model file to warm-start from")
+    parser.add_argument(
+        "--gp-time", type=float, default=None, help="gp backend: seconds per coordinate"
+    )
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="print only the equations and R²"
+    )
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..data.transitions import DataWarning, load_transitions
+    from ..dynamics import SymbolicDynamics
+
+    if not 0.0 <= args.holdout < 0.9:
+        raise UserError(f"--holdout must be between 0 and 0.9, got {args.holdout}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        data = load_transitions(args.data)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
+    n = len(data)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(n)
+    n_test = int(round(args.holdout * n))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    config = {} if args.gp_time is None else {"gp_time": args.gp_time}
+    model = SymbolicDynamics(
+        data.state_names,
+        data.action_names,
+        data.angle_coords,
+        data.static_coords,
+        backend=args.backend,
+        seed=args.seed,
+        **config,
+    )
+    model.fit(data.states[train], data.actions[train], data.next_states[train], init=args.init)
+    heldout = (
+        model.score(data.states[test], data.actions[test], data.next_states[test]) if n_test else {}
+    )
+    model.metrics["heldout_r2"] = heldout
+    model.metrics["heldout_fraction"] = args.holdout
+    model.metrics["n_dropped_in_file"] = data.n_dropped
+    model.provenance = {
+        "command": "sym-mbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv[1:2] == ["fit"]
+        else None,
+        "data": str(Path(args.data)),
+        "seed": args.seed,
+        "backend": args.backend,
+        "holdout": args.holdout,
+        "init": args.init,
+        "dt": data.dt,
+    }
+    path = model.save(args.out)
+
+    print(
+        f"learned from {len(train)} transitions of {args.data} ({args.backend} backend, "
+        f"{model.metrics['fit_seconds']:.2f} s), {n_test} held out"
+        + (f", {data.n_dropped} dropped for NaN/inf" if data.n_dropped else "")
+    )
+    print()
+    for line in model.equations():
+        print(f"  {line}")
+    print()
+    width = max(len(s) for s in model.state_names)
+    print(f"  {'coordinate':<{width}}  held-out R² (increment)")
+    for name in model.state_names:
+        value = heldout.get(name)
+        text = "n/a" if value is None else f"{value:.6f}"
+        if model.state_names.index(name) in model.static_coords:
+            text += "  (static, copied through)"
+        print(f"  {name:<{width}}  {text}")
+    if not args.quiet:
+        print()
+        print("what was chosen and why:")
+        for line in model.format_report().splitlines():
+            print(f"  {line}")
+    print()
+    print(f"model written to {path}")
+    return 0

@@ -1,0 +1,47 @@
+"""sym-mbrl show: print a model file's equations as text and as LaTeX."""
+
+from __future__ import annotations
+
+HELP = "print the equations of a model file, as text and as LaTeX"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="model file (.json) written by `sym-mbrl fit`")
+    parser.add_argument(
+        "--precision", type=int, default=4, help="significant digits of constants (default 4)"
+    )
+    parser.add_argument("--report", action="store_true", help="also print what was chosen and why")
+
+
+def run(args) -> int:
+    from ..dynamics import SymbolicDynamics
+    from ..errors import UserError
+
+    if not 1 <= args.precision <= 17:
+        raise UserError(f"--precision must be between 1 and 17, got {args.precision}")
+    model = SymbolicDynamics.load(args.model)
+    print(
+        f"{args.model}: {model.state_dim} state and {model.action_dim} action coordinates, "
+        f"{model.backend} backend"
+    )
+    print()
+    for line in model.equations(args.precision):
+        print(f"  {line}")
+    print()
+    print("LaTeX:")
+    for line in model.latex(args.precision):
+        print(f"  {line}")
+    heldout = model.metrics.get("heldout_r2") or {}
+    if heldout:
+        print()
+        print(
+            "held-out R² (increment): "
+            + ", ".join(
+                f"{k} {v:.6f}" if isinstance(v, (int, float)) else f"{k} n/a"
+                for k, v in heldout.items()
+            )
+        )
+    if args.report and model.report():
+        print()
+        print(model.format_report())
+    return 0

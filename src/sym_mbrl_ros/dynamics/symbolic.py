@@ -1,0 +1,870 @@
+"""SymbolicDynamics: the symbolic world model, one expression per state coordinate.
+
+The method follows Gorodetskiy, Mironov and Panov (2024, arXiv 2407.13518). For each coordinate
+``s'_i = f_i(s, a)``:
+
+1. a search backend (``sparse``: STLSQ over a term library; ``gp``: pyoperon genetic
+   programming) generates candidate expressions for the *increment* ``s'_i - s_i``;
+2. BFGS refines each candidate's constants on the training rows;
+3. candidates are ranked by held-out error (an internal validation split) plus a complexity
+   penalty, and the best is kept. A candidate that is NaN/inf (or blows up) on the data or on a
+   margin around it is dropped, and the search generates again.
+
+Angle coordinates are learned on their wrapped increment ``wrap(s' - s)`` and predicted in
+[-pi, pi). Static coordinates (a target) are copied through.
+
+Example::
+
+    model = SymbolicDynamics(["theta", "theta_dot"], ["u"], angle_coords=[0]).fit(s, a, s2)
+    print("\\n".join(model.equations()))
+    model.save("model.json")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..data.transitions import check_transition_arrays, warn_dropped
+from ..errors import UserError
+from .expression import (
+    CompiledExpression,
+    ExpressionError,
+    Name,
+    Node,
+    Num,
+    increment_tree,
+    is_identifier,
+    next_value_tree,
+    parse_expression,
+    simplify,
+    to_string,
+    to_sympy,
+)
+from .gp import GPSettings, gp_candidates
+from .library import LibrarySpec, library_size
+from .refine import refine_constants, snap_constants
+from .selection import Candidate, assess, evaluable, make_fit_data, margin_points, rank
+from .sparse import SparseSettings, sparse_candidates
+
+FORMAT = "sym-mbrl/dynamics-v1"
+BACKENDS = ("sparse", "gp")
+
+
+@dataclass
+class SymbolicDynamicsConfig:
+    """Settings of :class:`SymbolicDynamics`; each one can be passed as a keyword argument."""
+
+    # --- sparse library ---
+    degree: int = 3
+    """Highest total degree of the polynomial terms in the state and action coordinates."""
+    trig: tuple[str, ...] = ("sin", "cos")
+    """Functions applied to the angle coordinates (a subset of sin, cos)."""
+    trig_pairs: bool = True
+    """Also use products of two trig terms (``sin(q1)*cos(q2)``, ``cos(q)**2``)."""
+    products: bool = True
+    """Also use trig terms times polynomial terms (``theta_dot*sin(theta)``)."""
+    product_degree: int = 2
+    """Highest degree of the polynomial factor in a trig product."""
+    angle_polynomials: bool = False
+    """Also use the raw angle coordinates as polynomial variables (they jump at +-pi)."""
+    static_inputs: bool = False
+    """Let the learned expressions depend on the static coordinates."""
+    max_library_terms: int = 800
+    """Upper bound on the library size; product and polynomial degrees are lowered to fit."""
+    n_thresholds: int = 50
+    """Number of STLSQ thresholds on the path (log-spaced)."""
+    n_refine: int = 4
+    """Best STLSQ supports per coordinate passed on to BFGS refinement."""
+    refine_inner: bool = True
+    """Also refine a frequency and a phase inside each sin/cos (``c*sin(w*q + p)``)."""
+    max_inner_calls: int = 8
+    """Only add inner constants to candidates with at most this many sin/cos calls."""
+    # --- refinement and selection (all backends) ---
+    bfgs_maxiter: int = 200
+    """Iterations of BFGS per candidate."""
+    validation_fraction: float = 0.2
+    """Share of the fit data held out (seeded) to rank candidates."""
+    complexity_penalty: float = 0.01
+    """Added to log(relative validation error) per tree node of a candidate."""
+    error_floor: float = 1e-12
+    """Relative errors below this count as exact when ranking (round-off does not pick)."""
+    margin: float = 0.25
+    """A candidate must evaluate on the data box expanded by this fraction on each side."""
+    margin_samples: int = 256
+    """Random points drawn in the expanded box for that check (plus its corners)."""
+    margin_bound: float = 1e3
+    """...and stay within this factor of the target's scale there."""
+    max_regenerations: int = 3
+    """How often the search generates again when no candidate can be evaluated."""
+    init_accept_r2: float = 0.999
+    """With ``init=``, skip the search for a coordinate whose warm-started expression reaches
+    this validation R² (or its previous validation R², whichever is lower, minus 1e-3)."""
+    min_samples: int = 20
+    """Fewest finite transitions a fit accepts."""
+    # --- gp backend ---
+    gp_time: float = 3.0
+    """Seconds of pyoperon search per coordinate (rounded up to whole seconds)."""
+    gp_population: int = 500
+    """pyoperon population size."""
+    gp_max_length: int = 30
+    """Largest expression length pyoperon may build."""
+    gp_symbols: str = "add,sub,mul,div,constant,variable,sin,cos"
+    """pyoperon's allowed symbols."""
+    gp_candidates: int = 20
+    """Pareto-front members taken as candidates per run."""
+    # --- reporting ---
+    runner_ups: int = 3
+    """Runner-up candidates listed in the selection report."""
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> SymbolicDynamicsConfig:
+        """Build a config; an unknown key is a :class:`UserError` that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise UserError(
+                f"unknown SymbolicDynamics setting(s) {', '.join(unknown)}; "
+                f"known settings: {', '.join(sorted(known))}"
+            )
+        kwargs = dict(kwargs)
+        if "trig" in kwargs:
+            kwargs["trig"] = tuple(kwargs["trig"])
+            bad = set(kwargs["trig"]) - {"sin", "cos"}
+            if bad:
+                raise UserError(f"trig must be a subset of ('sin', 'cos'), got {kwargs['trig']}")
+        cfg = cls(**kwargs)
+        if not 0.0 <= cfg.validation_fraction < 0.9:
+            raise UserError("validation_fraction must be in [0, 0.9)")
+        return cfg
+
+
+def wrap_angle(x):
+    """Map angles (numpy or torch) to [-pi, pi)."""
+    return (x + math.pi) % (2 * math.pi) - math.pi
+
+
+def increment_r2(
+    current: np.ndarray, true_next: np.ndarray, pred_next: np.ndarray, angle: bool
+) -> float:
+    """R² of one coordinate computed on the increment (next - current), wrapped for angles.
+
+    When the true increment has (near) zero variance, R² is undefined; it is then 1.0 if the
+    predictions are exact (within 1e-9 relative) and 0.0 otherwise.
+    """
+    d_true = true_next - current
+    d_pred = pred_next - current
+    if angle:
+        d_true, d_pred = wrap_angle(d_true), wrap_angle(d_pred)
+    err = d_true - d_pred
+    if angle:
+        err = wrap_angle(err)
+    ss_res = float(np.sum(err * err))
+    centred = d_true - np.mean(d_true)
+    ss_tot = float(np.sum(centred * centred))
+    scale = 1.0 + float(np.max(np.abs(d_true), initial=0.0))
+    if ss_tot <= (1e-12 * scale) ** 2 * len(d_true):
+        return 1.0 if float(np.max(np.abs(err), initial=0.0)) <= 1e-9 * scale else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+class SymbolicDynamics:
+    """A world model with one symbolic expression per state coordinate, fitted from transitions.
+
+    Args:
+        state_names: one identifier per state coordinate (used in the expressions).
+        action_names: one identifier per action coordinate.
+        angle_coords: indices of periodic state coordinates, predicted in [-pi, pi).
+        static_coords: indices of coordinates copied through (``s'_i = s_i``).
+        backend: ``"sparse"`` (library + STLSQ, fast, default) or ``"gp"`` (pyoperon).
+        seed: seed of the validation split, the margin samples and the GP runs.
+        **config: any field of :class:`SymbolicDynamicsConfig`.
+    """
+
+    def __init__(
+        self,
+        state_names: Sequence[str],
+        action_names: Sequence[str],
+        angle_coords: Sequence[int] = (),
+        static_coords: Sequence[int] = (),
+        backend: str = "sparse",
+        seed: int = 0,
+        **config: Any,
+    ):
+        self.state_names = _check_names(state_names, "state")
+        self.action_names = _check_names(action_names, "action")
+        clash = set(self.state_names) & set(self.action_names)
+        if clash:
+            raise UserError(
+                f"names used for both a state and an action: {', '.join(sorted(clash))}"
+            )
+        n = len(self.state_names)
+        self.angle_coords = _check_indices(angle_coords, n, "angle_coords")
+        self.static_coords = _check_indices(static_coords, n, "static_coords")
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.seed = int(seed)
+        self.config = SymbolicDynamicsConfig.from_kwargs(config)
+        self.metrics: dict[str, Any] = {}
+        self._report: list[dict[str, Any]] = []
+        self._trees: list[Node] | None = None
+        self._compiled: list[CompiledExpression] = []
+        self.provenance: dict[str, Any] = {}
+
+    @classmethod
+    def for_task(cls, task, **kwargs: Any) -> SymbolicDynamics:
+        """A model for a :class:`~sym_mbrl_ros.envs.base.TaskSpec` (its names and coordinates)."""
+        return cls(
+            task.state_names, task.action_names, task.angle_coords, task.static_coords, **kwargs
+        )
+
+    # --- shape ---------------------------------------------------------------------------------
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._trees is not None
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.state_names + self.action_names
+
+    # --- fitting -------------------------------------------------------------------------------
+
+    def fit(self, states, actions, next_states, init: SymbolicDynamics | str | Path | None = None):
+        """Learn one expression per state coordinate; returns ``self``.
+
+        Rows with NaN or inf are dropped, counted in ``metrics["n_dropped_nonfinite"]`` and
+        reported with a warning. ``init`` (a model or a model file) makes its expressions
+        candidates and warm starts: their constants are refined on the new data, and a
+        coordinate they still explain well is not searched again.
+        """
+        t_start = time.perf_counter()
+        cfg = self.config
+        s, a, s2, finite = check_transition_arrays(
+            states,
+            actions,
+            next_states,
+            state_dim=self.state_dim,
+            action_dim=self.action_dim,
+            what="fit",
+        )
+        n_total = s.shape[0]
+        n_dropped = int((~finite).sum())
+        warn_dropped(n_dropped, n_total, "SymbolicDynamics.fit")
+        s, a, s2 = s[finite], a[finite], s2[finite]
+        n = s.shape[0]
+        if n < cfg.min_samples:
+            raise UserError(
+                f"fit needs at least {cfg.min_samples} transitions without NaN or inf, got {n}"
+                + (f" ({n_dropped} dropped)" if n_dropped else "")
+                + "; collect more data"
+            )
+        init_trees, init_metrics = self._init_trees(init)
+
+        X = np.hstack([s, a])
+        increments = s2 - s
+        for i in self.angle_coords:
+            increments[:, i] = wrap_angle(increments[:, i])
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(n)
+        n_val = int(round(cfg.validation_fraction * n))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        X_margin = margin_points(X, cfg.margin, cfg.margin_samples, rng)
+
+        trees: list[Node] = []
+        report: list[dict[str, Any]] = []
+        val_r2: dict[str, float | None] = {}
+        for i, name in enumerate(self.state_names):
+            t0 = time.perf_counter()
+            if i in self.static_coords:
+                trees.append(Name(name))
+                report.append(
+                    {
+                        "coordinate": name,
+                        "kind": "static",
+                        "chosen": {"expression": name},
+                        "reason": "static coordinate: copied through unchanged",
+                        "runner_ups": [],
+                    }
+                )
+                val_r2[name] = None
+                continue
+            init_incr = None if init_trees is None else increment_tree(name, init_trees[i])
+            prev_r2 = (init_metrics.get("validation_r2") or {}).get(name)
+            incr, rep = self._fit_coordinate(
+                i, X, increments[:, i], train_idx, val_idx, X_margin, init_incr, prev_r2
+            )
+            rep["seconds"] = round(time.perf_counter() - t0, 4)
+            trees.append(next_value_tree(name, incr))
+            report.append(rep)
+            val_r2[name] = rep["chosen"].get("validation_r2")
+
+        self._set_trees(trees)
+        self._report = report
+        pred = self.predict(s, a)
+        fit_r2 = {
+            name: increment_r2(s[:, i], s2[:, i], pred[:, i], i in self.angle_coords)
+            for i, name in enumerate(self.state_names)
+        }
+        self.metrics = {
+            "n_samples": n_total,
+            "n_used": n,
+            "n_dropped_nonfinite": n_dropped,
+            "n_train": int(len(train_idx)),
+            "n_validation": int(len(val_idx)),
+            "validation_r2": val_r2,
+            "fit_r2": fit_r2,
+            "fit_seconds": round(time.perf_counter() - t_start, 4),
+            "warm_start": init is not None,
+        }
+        return self
+
+    def _init_trees(self, init) -> tuple[list[Node] | None, dict]:
+        if init is None:
+            return None, {}
+        if isinstance(init, (str, Path)):
+            init = SymbolicDynamics.load(init)
+        if not isinstance(init, SymbolicDynamics):
+            raise UserError(
+                f"init must be a SymbolicDynamics model or a model file, not {type(init).__name__}"
+            )
+        if not init.is_fitted:
+            raise UserError("init model is not fitted; fit or load it first")
+        if init.state_names != self.state_names or init.action_names != self.action_names:
+            raise UserError(
+                f"init model has state names {list(init.state_names)} and action names "
+                f"{list(init.action_names)}, but this model has {list(self.state_names)} and "
+                f"{list(self.action_names)}; a warm start needs the same coordinates"
+            )
+        if set(init.angle_coords) != set(self.angle_coords):
+            raise UserError(
+                "init model has different angle coordinates; a warm start needs the same ones"
+            )
+        return list(init._trees or []), dict(init.metrics)
+
+    def _fit_coordinate(
+        self,
+        i: int,
+        X: np.ndarray,
+        y: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        X_margin: np.ndarray,
+        init_incr: Node | None,
+        prev_r2: float | None,
+    ) -> tuple[Node, dict[str, Any]]:
+        cfg = self.config
+        name = self.state_names[i]
+        variables = self.variables
+        rep: dict[str, Any] = {
+            "coordinate": name,
+            "kind": "learned",
+            "angle": i in self.angle_coords,
+        }
+        if np.all(y == y[0]):
+            value = float(y[0])
+            incr: Node = Num(value)
+            rep.update(
+                kind="constant",
+                chosen={
+                    "expression": to_string(next_value_tree(name, incr), 6),
+                    "source": "constant increment",
+                },
+                reason="the increment is the same in every transition",
+                runner_ups=[],
+            )
+            return incr, rep
+        data = make_fit_data(
+            variables,
+            X[train_idx],
+            y[train_idx],
+            X[val_idx],
+            y[val_idx],
+            X_margin,
+            cfg.margin_bound,
+        )
+        penalty, floor = cfg.complexity_penalty, cfg.error_floor
+        candidates: list[Candidate] = []
+        rejected = 0
+
+        def consider(tree: Node, source: str) -> int:
+            """Refine and assess one generated candidate; returns how many were kept."""
+            nonlocal rejected
+            if not evaluable(tree, data):
+                rejected += 1
+                return 0
+            res = refine_constants(tree, variables, data.X_train, data.y_train, cfg.bfgs_maxiter)
+            refined = snap_constants(res.tree, variables, data.X_train, data.y_train, floor)
+            note = {"bfgs_iterations": res.iterations, "constants": res.n_params}
+            cand = assess(refined, data, source + ", BFGS-refined", penalty, floor, note)
+            if cand is None:  # refinement walked into a singularity: keep the unrefined one
+                cand = assess(simplify(tree), data, source, penalty, floor)
+            if cand is None:
+                rejected += 1
+                return 0
+            candidates.append(cand)
+            return 1
+
+        search_note = ""
+        skip_search = False
+        if init_incr is not None:
+            consider(init_incr, "init: previous model")
+            if candidates:
+                threshold = cfg.init_accept_r2
+                if prev_r2 is not None:
+                    threshold = min(threshold, prev_r2 - 1e-3)
+                best_init = max(candidates, key=lambda c: c.val_r2)
+                if best_init.val_r2 >= threshold:
+                    skip_search = True
+                    search_note = (
+                        f"skipped: the warm-start expression reaches validation R² "
+                        f"{best_init.val_r2:.6f} >= {threshold:.6f}"
+                    )
+
+        attempts = 0
+        backend_info: dict[str, Any] = {}
+        if not skip_search:
+            for attempt in range(cfg.max_regenerations + 1):
+                attempts = attempt + 1
+                raw, backend_info = self._generate(i, data, attempt)
+                kept = sum(consider(tree, source) for tree, source in raw)
+                if kept:
+                    break
+            search_note = f"{self.backend} search" + (
+                f", regenerated {attempts - 1} time(s) because no candidate could be evaluated"
+                if attempts > 1
+                else ""
+            )
+        if not candidates:
+            cand = assess(
+                Num(float(np.mean(data.y_train))), data, "fallback: mean increment", penalty, floor
+            )
+            assert cand is not None
+            candidates.append(cand)
+            search_note += "; no candidate could be evaluated, kept the mean increment"
+
+        ranked = rank(candidates)
+        best = ranked[0]
+        # final polish of the winner's constants on all fit data (train + validation)
+        all_idx = np.concatenate([train_idx, val_idx])
+        final = best.tree
+        polish = refine_constants(best.tree, variables, X[all_idx], y[all_idx], cfg.bfgs_maxiter)
+        if evaluable(polish.tree, data):
+            final = snap_constants(polish.tree, variables, X[all_idx], y[all_idx], floor)
+        rep.update(
+            chosen=best.summary(name),
+            reason=(
+                f"lowest score = log(validation error + {floor:g}) + {penalty:g} x complexity "
+                f"among {len(ranked)} distinct candidates"
+            ),
+            runner_ups=[c.summary(name) for c in ranked[1 : 1 + cfg.runner_ups]],
+            n_candidates=len(ranked),
+            n_rejected=rejected,
+            search=search_note,
+            backend_info=backend_info,
+        )
+        rep["chosen"]["expression"] = to_string(next_value_tree(name, final), 4)
+        return final, rep
+
+    def _generate(self, i: int, data, attempt: int) -> tuple[list[tuple[Node, str]], dict]:
+        """One round of candidates from the backend; later attempts search differently."""
+        cfg = self.config
+        poly, angles = self._inputs()
+        if self.backend == "sparse":
+            spec = _fit_library(poly, angles, cfg, attempt)
+            settings = SparseSettings(
+                spec=spec,
+                n_thresholds=cfg.n_thresholds,
+                n_refine=cfg.n_refine,
+                refine_inner=cfg.refine_inner,
+                max_inner_calls=cfg.max_inner_calls,
+                penalty=cfg.complexity_penalty,
+                floor=cfg.error_floor,
+            )
+            raw, info = sparse_candidates(data, poly, angles, settings)
+            info["library"] = asdict(spec)
+            return raw, info
+        cols = [self.variables.index(v) for v in poly + angles]
+        names = [self.variables[c] for c in cols]
+        settings = GPSettings(
+            time_limit=cfg.gp_time,
+            population_size=cfg.gp_population,
+            max_length=cfg.gp_max_length,
+            symbols=cfg.gp_symbols,
+            max_candidates=cfg.gp_candidates,
+        )
+        seed = self.seed * 7919 + 101 * i + attempt
+        raw, info = gp_candidates(data.X_train[:, cols], data.y_train, names, settings, seed)
+        return raw, info
+
+    def _inputs(self) -> tuple[list[str], list[str]]:
+        """(polynomial inputs, angle inputs) that candidate expressions may use."""
+        cfg = self.config
+        poly, angles = [], []
+        for i, name in enumerate(self.state_names):
+            if i in self.static_coords and not cfg.static_inputs:
+                continue
+            if i in self.angle_coords:
+                angles.append(name)
+                if cfg.angle_polynomials:
+                    poly.append(name)
+            else:
+                poly.append(name)
+        return poly + list(self.action_names), angles
+
+    # --- prediction ----------------------------------------------------------------------------
+
+    def _set_trees(self, trees: Sequence[Node]) -> None:
+        self._trees = list(trees)
+        self._compiled = [CompiledExpression(t, self.variables) for t in self._trees]
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise UserError("the model is not fitted yet; call fit() or SymbolicDynamics.load()")
+
+    def predict(self, states, actions) -> np.ndarray:
+        """Next states (B, n) for states (B, n) and actions (B, m); single rows work too."""
+        self._require_fitted()
+        s = np.asarray(states, dtype=np.float64)
+        a = np.asarray(actions, dtype=np.float64)
+        single = s.ndim == 1
+        s2, a2 = np.atleast_2d(s), np.atleast_2d(a)
+        if (
+            s2.ndim != 2
+            or s2.shape[1] != self.state_dim
+            or a2.ndim != 2
+            or a2.shape[1] != self.action_dim
+        ):
+            raise UserError(
+                f"predict expects states (B, {self.state_dim}) and actions (B, {self.action_dim}), "
+                f"got {s.shape} and {a.shape}"
+            )
+        if s2.shape[0] != a2.shape[0]:
+            raise UserError(f"predict got {s2.shape[0]} states but {a2.shape[0]} actions")
+        X = np.hstack([s2, a2])
+        out = np.empty_like(s2)
+        for i, expr in enumerate(self._compiled):
+            out[:, i] = expr.numpy(X)
+        for i in self.angle_coords:
+            out[:, i] = wrap_angle(out[:, i])
+        return out[0] if single else out
+
+    def predict_torch(self, states, actions):
+        """Next states for torch tensors (B, n), (B, m), in one vectorised call per coordinate.
+
+        Same dtype and device in and out; agrees with :meth:`predict` to floating-point precision.
+        """
+        import torch
+
+        self._require_fitted()
+        if states.shape[-1] != self.state_dim or actions.shape[-1] != self.action_dim:
+            raise UserError(
+                f"predict_torch expects states (B, {self.state_dim}) and actions "
+                f"(B, {self.action_dim}), got {tuple(states.shape)} and {tuple(actions.shape)}"
+            )
+        X = torch.cat([states, actions.to(states.dtype)], dim=-1)
+        cols = []
+        for i, expr in enumerate(self._compiled):
+            col = expr.torch(X)
+            if i in self.angle_coords:
+                col = torch.remainder(col + math.pi, 2 * math.pi) - math.pi
+            cols.append(col)
+        return torch.stack(cols, dim=-1)
+
+    def score(self, states, actions, next_states) -> dict[str, float]:
+        """R² per coordinate, on the increment (next - current; wrapped for angle coordinates).
+
+        A coordinate whose true increment has ~zero variance scores 1.0 when predicted exactly
+        and 0.0 otherwise. Rows with NaN or inf are dropped (with a warning).
+        """
+        self._require_fitted()
+        s, a, s2, finite = check_transition_arrays(
+            states,
+            actions,
+            next_states,
+            state_dim=self.state_dim,
+            action_dim=self.action_dim,
+            what="score",
+        )
+        warn_dropped(int((~finite).sum()), s.shape[0], "SymbolicDynamics.score")
+        s, a, s2 = s[finite], a[finite], s2[finite]
+        if s.shape[0] == 0:
+            raise UserError("score needs at least one transition without NaN or inf")
+        pred = self.predict(s, a)
+        return {
+            name: increment_r2(s[:, i], s2[:, i], pred[:, i], i in self.angle_coords)
+            for i, name in enumerate(self.state_names)
+        }
+
+    # --- export --------------------------------------------------------------------------------
+
+    def trees(self) -> list[Node]:
+        """The parsed expression trees (next value of each coordinate)."""
+        self._require_fitted()
+        return list(self._trees or [])
+
+    def expression_strings(self, precision: int | None = None) -> list[str]:
+        """One string per coordinate for its next value; full precision unless ``precision``."""
+        return [to_string(t, precision) for t in self.trees()]
+
+    def expressions(self) -> list:
+        """sympy expressions for the next value of each state coordinate."""
+        return [to_sympy(t) for t in self.trees()]
+
+    def equations(self, precision: int = 4) -> list[str]:
+        """Readable equations, ``theta' = theta + 0.05*theta_dot + ...``, constants rounded."""
+        return [
+            f"{name}' = {text}"
+            for name, text in zip(self.state_names, self.expression_strings(precision))
+        ]
+
+    def latex(self, precision: int = 4) -> list[str]:
+        """One LaTeX equation per coordinate, constants rounded to ``precision`` digits."""
+        import sympy
+
+        out = []
+        for name, tree in zip(self.state_names, self.trees()):
+            lhs = sympy.latex(sympy.Symbol(name))
+            out.append(f"{lhs}' = {sympy.latex(to_sympy(tree, precision))}")
+        return out
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per coordinate: what was chosen and why (validation R², complexity, runner-ups)."""
+        return json.loads(json.dumps(self._report))
+
+    def format_report(self) -> str:
+        """The selection report as indented text (what ``sym-mbrl fit`` prints)."""
+        lines = []
+        for rep in self._report:
+            chosen = rep.get("chosen", {})
+            lines.append(f"{rep['coordinate']}: {rep.get('reason', '')}")
+            if rep.get("kind") != "learned":
+                continue
+            lines.append(
+                f"  chosen   {chosen.get('expression')}\n"
+                f"           from {chosen.get('source')}; "
+                f"validation R² {_fmt_r2(chosen.get('validation_r2'))}, "
+                f"complexity {chosen.get('complexity')}"
+            )
+            for k, ru in enumerate(rep.get("runner_ups", []), 1):
+                lines.append(
+                    f"  runner-up {k}: {ru['expression']}\n"
+                    f"           from {ru['source']}; "
+                    f"validation R² {_fmt_r2(ru['validation_r2'])}, "
+                    f"complexity {ru['complexity']}"
+                )
+            lines.append(
+                f"  search   {rep.get('search', '')}; "
+                f"{rep.get('n_candidates', 0)} candidates ranked, "
+                f"{rep.get('n_rejected', 0)} dropped as not evaluable on the data margin"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        if not self.is_fitted:
+            return (
+                f"SymbolicDynamics(state={list(self.state_names)}, "
+                f"action={list(self.action_names)}, unfitted)"
+            )
+        return "SymbolicDynamics(\n  " + "\n  ".join(self.equations()) + "\n)"
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready ``sym-mbrl/dynamics-v1`` document."""
+        self._require_fitted()
+        return _clean_json(
+            {
+                "format": FORMAT,
+                "state_names": list(self.state_names),
+                "action_names": list(self.action_names),
+                "expressions": self.expression_strings(),
+                "metrics": self.metrics,
+                "backend": self.backend,
+                "angle_coords": list(self.angle_coords),
+                "static_coords": list(self.static_coords),
+                "seed": self.seed,
+                "config": asdict(self.config),
+                "report": self._report,
+                "provenance": self.provenance,
+                "created_by": f"sym_mbrl_ros {__version__}",
+            }
+        )
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model as JSON (``sym-mbrl/dynamics-v1``); returns the path."""
+        path = Path(path)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "model") -> SymbolicDynamics:
+        """Rebuild a model from its JSON document; expressions go through the whitelisted parser."""
+        if not isinstance(doc, dict):
+            raise UserError(f"{source} is not a sym-mbrl dynamics model (expected a JSON object)")
+        if doc.get("format") != FORMAT:
+            raise UserError(
+                f"{source} is not a sym-mbrl dynamics model (format is {doc.get('format')!r}, "
+                f"expected {FORMAT!r})"
+            )
+        for key in ("state_names", "action_names", "expressions"):
+            if not isinstance(doc.get(key), list):
+                raise UserError(f"{source} has no {key} list")
+        state_names, action_names = doc["state_names"], doc["action_names"]
+        if not all(isinstance(x, str) for x in state_names + action_names):
+            raise UserError(f"{source}: state and action names must be strings")
+        if len(doc["expressions"]) != len(state_names):
+            raise UserError(
+                f"{source} has {len(doc['expressions'])} expressions for {len(state_names)} "
+                f"state coordinates; it needs one per coordinate"
+            )
+        config = doc.get("config") or {}
+        if not isinstance(config, dict):
+            raise UserError(f"{source}: config must be a JSON object")
+        known = {f.name for f in fields(SymbolicDynamicsConfig)}
+        config = {k: v for k, v in config.items() if k in known}
+        try:
+            model = cls(
+                state_names,
+                action_names,
+                doc.get("angle_coords") or (),
+                doc.get("static_coords") or (),
+                backend=doc.get("backend", "sparse")
+                if doc.get("backend") in BACKENDS
+                else "sparse",
+                seed=int(doc.get("seed", 0) or 0),
+                **config,
+            )
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{source} is not a valid sym-mbrl dynamics model: {exc}") from None
+        trees = []
+        for name, text in zip(state_names, doc["expressions"]):
+            try:
+                trees.append(parse_expression(text, model.variables))
+            except ExpressionError as exc:
+                raise UserError(f"{source}: the expression for {name} is invalid: {exc}") from None
+        model._set_trees(trees)
+        metrics = doc.get("metrics")
+        model.metrics = metrics if isinstance(metrics, dict) else {}
+        report = doc.get("report")
+        model._report = report if isinstance(report, list) else []
+        prov = doc.get("provenance")
+        model.provenance = prov if isinstance(prov, dict) else {}
+        return model
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> SymbolicDynamics:
+        """Rebuild a model from a JSON string (such as a ``/sym_mbrl/dynamics_model`` message)."""
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise UserError(f"{source} is not valid JSON ({exc})") from None
+        return cls.from_dict(doc, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SymbolicDynamics:
+        """Read a model file written by :meth:`save`; bad files raise :class:`UserError`."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise UserError(f"model file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read model file {path} ({exc})") from None
+        return cls.from_json(text, f"model file {path}")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _check_names(names: Sequence[str], kind: str) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise UserError(f"{kind} names must be a list of names, not one string {names!r}")
+    out = tuple(names)
+    for name in out:
+        if not isinstance(name, str) or not is_identifier(name):
+            raise UserError(
+                f"{kind} name {name!r} cannot be used in an expression; use letters, digits and "
+                f"underscores, not starting with a digit, and not a function name"
+            )
+    if len(set(out)) != len(out):
+        raise UserError(f"{kind} names must be unique, got {list(out)}")
+    return out
+
+
+def _check_indices(indices: Sequence[int], n: int, what: str) -> tuple[int, ...]:
+    out = []
+    for k in indices:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < n:
+            raise UserError(f"{what} must hold indices between 0 and {n - 1}, got {k!r}")
+        out.append(int(k))
+    return tuple(sorted(set(out)))
+
+
+def _fit_library(
+    poly: Sequence[str], angles: Sequence[str], cfg: SymbolicDynamicsConfig, attempt: int
+) -> LibrarySpec:
+    """The library spec for this attempt, lowered until it has at most ``max_library_terms``."""
+    spec = LibrarySpec(
+        cfg.degree, tuple(cfg.trig), cfg.trig_pairs, cfg.products, cfg.product_degree
+    )
+    if attempt:
+        spec = dataclasses.replace(spec, degree=max(1, spec.degree - attempt))
+    while library_size(len(poly), len(angles), spec) > cfg.max_library_terms:
+        if spec.products and spec.product_degree > 1:
+            spec = dataclasses.replace(spec, product_degree=spec.product_degree - 1)
+        elif spec.trig_pairs:
+            spec = dataclasses.replace(spec, trig_pairs=False)
+        elif spec.degree > 1:
+            spec = dataclasses.replace(spec, degree=spec.degree - 1)
+        elif spec.products:
+            spec = dataclasses.replace(spec, products=False)
+        else:
+            break
+    return spec
+
+
+def _fmt_r2(x) -> str:
+    return "n/a" if x is None else f"{x:.6f}"
+
+
+def _clean_json(x):
+    """Make a structure JSON-safe: tuples to lists, numpy scalars to Python, NaN/inf to None."""
+    if isinstance(x, dict):
+        return {str(k): _clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean_json(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.ndarray):
+        return _clean_json(x.tolist())
+    return x

@@ -1,0 +1,64 @@
+"""The shipped MuJoCo tasks: Pendulum, Reacher and Car2d.
+
+``TASKS`` maps a task name to its :class:`~sym_mbrl_ros.envs.base.TaskSpec` (observer, reward,
+termination, success, action box); ``register_all()`` registers the gymnasium ids
+``SymMbrl/Pendulum-v0``, ``SymMbrl/Reacher-v0`` and ``SymMbrl/Car2d-v0``; ``make_env(name)``
+creates an environment by task name. The environments live in ``pendulum``, ``reacher`` and
+``car2d``; docs/tasks.md describes their physics and observers.
+"""
+
+from __future__ import annotations
+
+from .base import ArrayOps, TaskError, TaskSpec, check_action, wrap_angle
+from .car2d import TASK as CAR2D
+from .pendulum import TASK as PENDULUM
+from .reacher import TASK as REACHER
+
+TASKS: dict[str, TaskSpec] = {"pendulum": PENDULUM, "reacher": REACHER, "car2d": CAR2D}
+
+_ENTRY_POINTS = {
+    "pendulum": "sym_mbrl_ros.envs.pendulum:PendulumEnv",
+    "reacher": "sym_mbrl_ros.envs.reacher:ReacherEnv",
+    "car2d": "sym_mbrl_ros.envs.car2d:Car2dEnv",
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called ``name``; raises TaskError naming the valid choices otherwise."""
+    try:
+        return TASKS[name]
+    except (KeyError, TypeError):
+        raise TaskError(
+            f"unknown task {name!r}; choose one of: {', '.join(TASKS)}"
+        ) from None
+
+
+def register_all() -> None:
+    """Register every task's gymnasium id (safe to call any number of times)."""
+    import gymnasium as gym
+
+    for name, task in TASKS.items():
+        if task.env_id not in gym.registry:
+            gym.register(
+                id=task.env_id,
+                entry_point=_ENTRY_POINTS[name],
+                max_episode_steps=task.max_episode_steps,
+            )
+
+
+def make_env(name: str, **kwargs):
+    """``gymnasium.make`` the task called ``name`` (kwargs: ``render_mode``, ``width``, ...)."""
+    return get_task(name).make_env(**kwargs)
+
+
+__all__ = [
+    "TASKS",
+    "ArrayOps",
+    "TaskError",
+    "TaskSpec",
+    "check_action",
+    "get_task",
+    "make_env",
+    "register_all",
+    "wrap_angle",
+]

@@ -1,0 +1,163 @@
+"""What every node shares: QoS profiles, parameter declaration, /diagnostics, and ``main``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+# State and command topics: reliable, like ros2_control.
+QOS_STREAM = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+# Model, policy, target, episode and e-stop: the last value reaches late joiners.
+QOS_LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+QOS_EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+MODEL_TOPIC = "/sym_mbrl/dynamics_model"
+POLICY_TOPIC = "/sym_mbrl/policy"
+TARGET_TOPIC = "/sym_mbrl/target"
+EPISODE_TOPIC = "/sym_mbrl/episode"
+ESTOP_TOPIC = "/sym_mbrl/estop"
+MARKER_TOPIC = "/sym_mbrl/markers"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+
+
+def declare(node: Node, name: str, default: Any, description: str) -> Any:
+    """Declare a parameter with a description and return its value.
+
+    Lists must say their element type through a non-empty default or a typed empty list
+    (``[""]`` is not allowed; pass ``list[str]`` as ``("str", [])``).
+    """
+    if isinstance(default, tuple) and len(default) == 2 and isinstance(default[0], str):
+        kind, default = default
+        ptype = {"str": ParameterType.PARAMETER_STRING_ARRAY,
+                 "float": ParameterType.PARAMETER_DOUBLE_ARRAY,
+                 "int": ParameterType.PARAMETER_INTEGER_ARRAY}[kind]
+    elif isinstance(default, list):
+        elem = type(default[0]) if default else str
+        ptype = {str: ParameterType.PARAMETER_STRING_ARRAY,
+                 float: ParameterType.PARAMETER_DOUBLE_ARRAY,
+                 int: ParameterType.PARAMETER_INTEGER_ARRAY}[elem]
+    else:
+        ptype = _TYPES[type(default)]
+    desc = ParameterDescriptor(name=name, type=ptype, description=description)
+    if isinstance(default, float) or ptype == ParameterType.PARAMETER_DOUBLE_ARRAY:
+        # YAML writes 1 for 1.0; accept integers for float parameters
+        desc.dynamic_typing = True
+    value = node.declare_parameter(name, default, desc).value
+    if ptype == ParameterType.PARAMETER_DOUBLE:
+        return float(value)
+    if ptype == ParameterType.PARAMETER_DOUBLE_ARRAY:
+        return [float(v) for v in value]
+    if ptype in (ParameterType.PARAMETER_STRING_ARRAY, ParameterType.PARAMETER_INTEGER_ARRAY):
+        return list(value)
+    return value
+
+
+class Diagnostics:
+    """Counters and values of one node, published on /diagnostics once a period.
+
+    ``drop(reason, text)`` is the single path for bad input: it counts ``dropped/<reason>``
+    and logs a warning at most once every ``warn_every_s`` per reason.
+    """
+
+    def __init__(self, node: Node, period_s: float = 1.0, warn_every_s: float = 5.0,
+                 callback_group=None):
+        self.node = node
+        self.counts: dict[str, int] = {}
+        self.values: dict[str, str] = {}
+        self._warned: dict[str, float] = {}
+        self._warn_every = warn_every_s
+        self._pub = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._timer = node.create_timer(period_s, self.publish, callback_group=callback_group)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value if isinstance(value, str) else f"{value:.6g}" if isinstance(
+            value, float) else str(value)
+
+    def drop(self, reason: str, text: str) -> None:
+        self.count(f"dropped/{reason}")
+        self.warn(reason, f"dropped: {text}")
+
+    def warn(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= self._warn_every:
+            self._warned[key] = now
+            n = self.counts.get(f"dropped/{key}")
+            self.node.get_logger().warning(text + (f" ({n} so far)" if n else ""))
+
+    @property
+    def dropped(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith("dropped/"))
+
+    def publish(self) -> None:
+        status = DiagnosticStatus()
+        status.name = f"sym_mbrl/{self.node.get_name()}"
+        status.hardware_id = "sym_mbrl_ros"
+        status.level = DiagnosticStatus.WARN if self.dropped else DiagnosticStatus.OK
+        status.message = f"{self.dropped} dropped" if self.dropped else "ok"
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(self.counts.items())]
+        status.values += [KeyValue(key=k, value=v) for k, v in sorted(self.values.items())]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.status = [status]
+        self._pub.publish(msg)
+
+
+def stamp_ns(stamp) -> int:
+    """A builtin_interfaces/Time as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def to_stamp(ns: int, msg_stamp) -> Any:
+    """Write integer nanoseconds into a builtin_interfaces/Time in place; returns it."""
+    msg_stamp.sec, msg_stamp.nanosec = divmod(int(ns), 1_000_000_000)
+    return msg_stamp
+
+
+def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
+    """``rclpy.init`` → spin the node → clean shutdown, on Ctrl-C and SIGTERM alike."""
+    rclpy.init(args=sys.argv if args is None else args)
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else None
+        if executor is None:
+            rclpy.spin(node)
+        else:
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,87 @@
+"""The parameters every node of a task's graph shares (the ``/**`` section of config/TASK.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rclpy.node import Node
+
+from ..envs.base import TaskSpec
+from .common import declare
+from .topics import CommandCodec, ConfigError, StateLayout
+
+
+@dataclass
+class TaskParams:
+    """Task, topic names and the state/command layout, declared on a node."""
+
+    task: TaskSpec
+    layout: StateLayout
+    codec: CommandCodec
+    joint_names: list[str]
+    known_joints: list[str]
+    state_topic: str
+    command_topic: str
+    run_dir: Path
+
+    @classmethod
+    def declare(cls, node: Node) -> TaskParams:
+        name = declare(node, "task", "pendulum", "task name (see `sym-mbrl tasks`)")
+        fields = declare(node, "state_fields", ("str", []),
+                         "message field of each state coordinate, in state order: "
+                         "position.<joint>, velocity.<joint>, odom.<x|y|yaw|vx|vy|wz>, "
+                         "target.<x|y|z>")
+        joints = declare(node, "joint_names", ("str", []),
+                         "commanded joints, in the order of the command array")
+        other = declare(node, "other_joints", ("str", []),
+                        "further joints that may appear in /joint_states (URDF joints that are "
+                        "not commanded); any other name makes a JointState invalid")
+        state_topic = declare(node, "state_topic", "/joint_states",
+                              "state topic: sensor_msgs/JointState, or nav_msgs/Odometry when "
+                              "state_fields use odom.*")
+        controller = declare(node, "controller_name", "effort_controller",
+                             "ros2_control controller whose /<name>/commands topic is used")
+        command_topic = declare(node, "command_topic", "",
+                                "command topic; empty means /<controller_name>/commands")
+        command_type = declare(node, "command_type", "array",
+                               "array: std_msgs/Float64MultiArray; twist: TwistStamped")
+        command_fields = declare(node, "command_fields", ("str", []),
+                                 "twist component of each action coordinate (twist commands), "
+                                 "e.g. [linear.x, angular.z]")
+        run_dir = declare(node, "run_dir", "runs/default",
+                          "run folder: the store, models, policies and logs go here")
+        from ..envs import get_task
+
+        try:
+            task = get_task(name)
+            layout = StateLayout.parse(fields or _default_fields(task), task.state_dim)
+            codec = CommandCodec.parse(command_type, task.action_dim, command_fields)
+            if command_type == "array" and joints and len(joints) != task.action_dim:
+                raise ConfigError(f"joint_names has {len(joints)} joints but {task.name} has "
+                                  f"{task.action_dim} action coordinates")
+        except (ConfigError, ValueError) as exc:
+            node.get_logger().fatal(str(exc))
+            raise SystemExit(f"{node.get_name()}: {exc}") from None
+        joints = joints or list(task.joint_names)
+        known = list(dict.fromkeys(list(joints) + list(layout.joints) + list(other)))
+        return cls(
+            task=task,
+            layout=layout,
+            codec=codec,
+            joint_names=joints,
+            known_joints=known,
+            state_topic=state_topic,
+            command_topic=command_topic or f"/{controller}/commands",
+            run_dir=Path(run_dir),
+        )
+
+
+def _default_fields(task: TaskSpec) -> list[str]:
+    """Without ``state_fields``: positions then velocities of the task's joints."""
+    joints = list(task.joint_names)
+    fields = [f"position.{j}" for j in joints] + [f"velocity.{j}" for j in joints]
+    if len(fields) != task.state_dim:
+        raise ConfigError(f"{task.name}: set state_fields in config/{task.name}.yaml (the state "
+                          f"{list(task.state_names)} is not just joint positions and velocities)")
+    return fields

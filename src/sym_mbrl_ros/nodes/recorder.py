@@ -1,0 +1,293 @@
+"""recorder: pairs each command with the state before and after it and stores the transition.
+
+Times: a state's time is its header stamp; a command's time is its header stamp
+(TwistStamped) or, for Float64MultiArray (no header), the DDS source timestamp, i.e. the
+moment the controller published it. Both are system-clock times, so the publishers of states
+must stamp with the system clock (what drivers and the sim bridge do; nodes run with
+``use_sim_time:=false``). The rule never depends on the order in which the recorder happens
+to process messages of different topics.
+
+For a command at time t:
+* ``before`` = the newest state stamped at or before t (not older than ``max_state_age_s``).
+* ``pairing: next`` (lockstep simulation): ``after`` = the first state stamped after t, the
+  state the simulator published in response. A second command before that state is ambiguous
+  and dropped (``superseded``).
+* ``pairing: hold`` (real time, real hardware): the command is in force until the next
+  command t' (or t + (1 + tol)·dt if none comes). ``after`` = the newest state stamped at or
+  before that end of hold. The transition is kept only if it spans one control period:
+  |after − before − dt| ≤ tol·dt. Otherwise (a missed tick, a doubled command, a gap in the
+  state stream) it is dropped as ``bad_period``; no guess is stored.
+* A transition is decided once a state stamped after the end of its window has arrived, so
+  every state that could belong to it has been received. Its ``before`` and ``after`` must lie
+  in the same episode (episode events on /sym_mbrl/episode give episode start stamps).
+
+Without episode events (a robot with no simulator), the recorder starts a new episode every
+``episode_steps`` transitions. Rewards and termination come from the task's own functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from geometry_msgs.msg import PointStamped
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from ..data.store import TransitionStore
+from .common import (
+    EPISODE_TOPIC,
+    QOS_EVENTS,
+    QOS_LATCHED,
+    QOS_STREAM,
+    TARGET_TOPIC,
+    Diagnostics,
+    declare,
+    run,
+    stamp_ns,
+)
+from .params import TaskParams
+from .topics import BadMessage, StampCheck
+
+
+@dataclass
+class _State:
+    ns: int
+    values: dict[str, float]
+    used: bool = False
+
+
+@dataclass
+class _Command:
+    ns: int
+    action: np.ndarray
+    received: float = field(default_factory=time.monotonic)
+
+
+class Recorder(Node):
+    """Turns the state and command streams into stored transitions."""
+
+    def __init__(self, **kwargs):
+        super().__init__("recorder", **kwargs)
+        self.p = TaskParams.declare(self)
+        task = self.p.task
+        store_name = declare(self, "store", "transitions.sqlite",
+                             "transition store file, relative to run_dir")
+        self.pairing = declare(self, "pairing", "next",
+                               "next: after = first state after the command (lockstep sim); "
+                               "hold: after = last state before the next command (real time)")
+        self.tol = declare(self, "period_tolerance", 0.25,
+                           "hold pairing: allowed |after-before-dt| as a fraction of dt")
+        self.max_state_age = int(1e9 * declare(
+            self, "max_state_age_s", 0.5, "a command's before-state may be at most this old"))
+        stamp_age = declare(self, "max_stamp_age_s", 2.0,
+                            "drop states whose stamp is further than this from now (stale)")
+        self.episode_steps = declare(self, "episode_steps", 0,
+                                     "without episode events: transitions per episode "
+                                     "(0: the task's episode length)") or task.max_episode_steps
+        if self.pairing not in ("next", "hold"):
+            raise SystemExit(f"recorder: pairing must be next or hold, not {self.pairing!r}")
+        self.dt_ns = int(round(task.dt * 1e9))
+        self.store = TransitionStore(self.p.run_dir / store_name, task.state_names,
+                                     task.action_names, dt=task.dt, task=task.name)
+        self.diag = Diagnostics(self)
+        self.stamps = StampCheck(stamp_age)
+        self.states: deque[_State] = deque(maxlen=2000)
+        self.commands: deque[_Command] = deque(maxlen=100)
+        self.targets: list[tuple[int, dict[str, float]]] = []
+        self.episodes: list[tuple[int, int]] = []  # (start stamp ns, store episode id)
+        self._auto_episode: int | None = None
+        self._auto_steps = 0
+        self.written = 0
+        self._rate_t, self._rate_n = time.monotonic(), 0
+
+        layout = self.p.layout
+        if layout.uses_odom:
+            self.create_subscription(Odometry, self.p.state_topic, self.on_odom, QOS_STREAM)
+        else:
+            self.create_subscription(JointState, self.p.state_topic, self.on_joint_state,
+                                     QOS_STREAM)
+        if layout.needs_target:
+            self.create_subscription(PointStamped, TARGET_TOPIC, self.on_target, QOS_LATCHED)
+        self.create_subscription(String, EPISODE_TOPIC, self.on_episode, QOS_EVENTS)
+        self.create_subscription(self.p.codec.msg_type, self.p.command_topic, self.on_command,
+                                 QOS_STREAM)
+        self.create_timer(0.5, self.on_timer)
+        self.get_logger().info(
+            f"recording {task.name} ({self.pairing} pairing) into {self.store.path} "
+            f"({self.store.count()} transitions already there)")
+
+    # ------------------------------------------------------------------ inputs
+    def on_joint_state(self, msg: JointState) -> None:
+        self._state(msg, lambda m: self.p.layout.joint_values(m, frozenset(self.p.known_joints)))
+
+    def on_odom(self, msg: Odometry) -> None:
+        self._state(msg, self.p.layout.odom_values)
+
+    def _state(self, msg, values_of) -> None:
+        try:
+            values = values_of(msg)
+            ns = stamp_ns(msg.header.stamp)
+            self.stamps.check(ns, time.time_ns())
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"state: {exc}")
+            return
+        self.diag.count("states")
+        self.states.append(_State(ns, values))
+        self._decide()
+
+    def on_target(self, msg: PointStamped) -> None:
+        try:
+            values = self.p.layout.target_values(msg)
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"target: {exc}")
+            return
+        ns = stamp_ns(msg.header.stamp) or time.time_ns()
+        self.targets = [t for t in self.targets if t[0] < ns][-20:] + [(ns, values)]
+
+    def on_episode(self, msg: String) -> None:
+        try:
+            event = json.loads(msg.data)
+            ns = int(event["stamp_ns"]) if "stamp_ns" in event else int(float(event["stamp"])
+                                                                          * 1e9)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.diag.drop("bad_episode", f"episode event {msg.data[:80]!r}: {exc}")
+            return
+        if self.episodes and ns <= self.episodes[-1][0]:
+            return  # a repeat (transient-local history)
+        last = self.store.episodes()[-1:] if not self.episodes else []
+        if last and not last[0].closed and abs(last[0].started - ns * 1e-9) < 1e-6:
+            ep = last[0].id  # restarted recorder: the sim episode we were recording goes on
+        else:
+            ep = self.store.start_episode(stamp=ns * 1e-9, source="sim")
+        self.episodes = self.episodes[-20:] + [(ns, ep)]
+        self._auto_episode = None
+        self.diag.count("episodes")
+
+    def on_command(self, msg, info=None) -> None:
+        try:
+            action, ns = self.p.codec.from_msg(msg, (info or {}).get("source_timestamp"))
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"command: {exc}")
+            return
+        task = self.p.task
+        action = np.clip(action, task.action_low, task.action_high)
+        self.diag.count("commands")
+        self.commands.append(_Command(ns or time.time_ns(), action))
+        self._decide()
+
+    # ------------------------------------------------------------------ pairing
+    def _decide(self) -> None:
+        """Decide every pending command whose window is complete, oldest first."""
+        while self.commands and self.states:
+            cmd = self.commands[0]
+            if self.pairing == "next":
+                end = cmd.ns
+            else:
+                nxt = self.commands[1].ns if len(self.commands) > 1 else None
+                end = min(nxt, cmd.ns + int(self.dt_ns * (1 + self.tol))) if nxt else (
+                    cmd.ns + int(self.dt_ns * (1 + self.tol)))
+            if self.states[-1].ns <= end:
+                return  # a state of this window may still be on its way
+            self.commands.popleft()
+            self._pair(cmd, end)
+
+    def _pair(self, cmd: _Command, end: int) -> None:
+        before = after = None
+        later = None  # the state right after the newest one checked (walking back in time)
+        for st in reversed(self.states):  # stamps increase; the window is at the end
+            if after is None and self.pairing == "hold" and st.ns <= end:
+                after = st
+            if st.ns <= cmd.ns:
+                before = st
+                if self.pairing == "next":
+                    after = later
+                break
+            later = st
+        if before is None or cmd.ns - before.ns > self.max_state_age:
+            self.diag.drop("no_state_before", "command with no recent state before it")
+            return
+        if after is None or after.ns <= before.ns:
+            self.diag.drop("no_state_after", "command with no state after it")
+            return
+        if self.pairing == "next" and before.used:
+            self.diag.drop("superseded", "two commands for one state (lockstep pairing)")
+            return
+        if self.pairing == "hold" and abs(after.ns - before.ns - self.dt_ns) > self.tol * self.dt_ns:
+            self.diag.drop("bad_period", f"transition spans {(after.ns - before.ns) * 1e-6:.1f} "
+                           f"ms, not one control period ({self.dt_ns * 1e-6:.1f} ms)")
+            return
+        if any(before.ns < start <= after.ns for start, _ in self.episodes):
+            self.diag.count("skipped/episode_boundary")
+            return
+        try:
+            s = self.p.layout.assemble({**before.values, **self._target_at(before.ns)})
+            s2 = self.p.layout.assemble({**after.values, **self._target_at(before.ns)})
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, str(exc))
+            return
+        before.used = True
+        self._write(cmd, s, s2, before.ns, after.ns)
+
+    def _target_at(self, ns: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t_ns, values in self.targets:
+            if t_ns <= ns:
+                out = values
+        return out
+
+    def _episode_of(self, ns: int) -> int:
+        ep = None
+        for start, eid in self.episodes:
+            if start <= ns:
+                ep = eid
+        if ep is not None:
+            return ep
+        if self._auto_episode is None or self._auto_steps >= self.episode_steps:
+            self._auto_episode = self.store.start_episode(stamp=ns * 1e-9, source="recorder")
+            self._auto_steps = 0
+        self._auto_steps += 1
+        return self._auto_episode
+
+    def _write(self, cmd: _Command, s: np.ndarray, s2: np.ndarray, b_ns: int, a_ns: int) -> None:
+        task = self.p.task
+        x, u, y = s[None], cmd.action[None], s2[None]
+        reward = float(np.asarray(task.reward(x, u, y)).reshape(-1)[0])
+        terminated = bool(np.asarray(task.terminated(x, u, y)).reshape(-1)[0])
+        self.store.append(s, cmd.action, s2, episode=self._episode_of(b_ns), reward=reward,
+                          terminated=terminated, stamp=cmd.ns * 1e-9, next_stamp=a_ns * 1e-9)
+        self.written += 1
+        self.diag.count("transitions")
+
+    # ------------------------------------------------------------------ housekeeping
+    def on_timer(self) -> None:
+        # a command whose window never completed (the state stream stopped) is lost
+        now = time.monotonic()
+        while self.commands and now - self.commands[0].received > 2.0:
+            self.commands.popleft()
+            self.diag.drop("unpaired", "command with no later state (state stream stopped?)")
+        if self.states and self.commands:
+            oldest = self.commands[0].ns - self.max_state_age
+            while len(self.states) > 2 and self.states[1].ns < oldest:
+                self.states.popleft()
+        dt = now - self._rate_t
+        if dt >= 2.0:
+            self.diag.set("transitions_per_s", (self.written - self._rate_n) / dt)
+            self._rate_t, self._rate_n = now, self.written
+        self.diag.set("stored", self.store.count())
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def main(args=None) -> int:
+    return run(Recorder, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

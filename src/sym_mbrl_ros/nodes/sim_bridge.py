@@ -1,0 +1,207 @@
+"""sim_bridge: a task's MuJoCo model behind the same topics a real robot driver publishes.
+
+Subscribes to the command topic, publishes the state (``/joint_states`` or ``odom``), the
+target, ``/clock``, markers and episode events; ``~/reset`` starts a new episode.
+
+Modes:
+* ``lockstep``: one control period of physics per command received, then the new state is
+  published. Deterministic for a given command sequence, and as fast as the controller.
+* ``realtime``: a wall-clock timer advances one control period per tick holding the last
+  command (zero before the first), like a robot that keeps executing its last setpoint.
+
+Episodes end when the task terminates or its step limit is reached; the bridge publishes the
+final state, then an episode event (``/sym_mbrl/episode``, JSON ``{"episode", "stamp",
+"reason"}`` where ``stamp`` is the first state's stamp), the new target and the first state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from geometry_msgs.msg import Point, PointStamped
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from rosgraph_msgs.msg import Clock
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..envs.base import check_action
+from .common import (
+    EPISODE_TOPIC,
+    MARKER_TOPIC,
+    QOS_EVENTS,
+    QOS_LATCHED,
+    QOS_STREAM,
+    TARGET_TOPIC,
+    Diagnostics,
+    declare,
+    run,
+)
+from .topics import BadMessage, CommandCodec, StateLayout
+from .params import TaskParams
+
+
+class SimBridge(Node):
+    """Runs the task's gymnasium env and speaks the robot's topic contract."""
+
+    def __init__(self, **kwargs):
+        super().__init__("sim_bridge", **kwargs)
+        self.p = TaskParams.declare(self)
+        self.mode = declare(self, "mode", "lockstep",
+                            "lockstep: one control period per command; realtime: wall-clock "
+                            "physics holding the last command")
+        self.seed = declare(self, "seed", 0, "seed of the first env.reset (episodes follow it)")
+        self.marker_rate = declare(self, "marker_rate_hz", 10.0,
+                                   "markers per wall-clock second (0 disables them)")
+        self.idle_republish = declare(self, "idle_republish_s", 0.5,
+                                      "lockstep: republish the current state after this long "
+                                      "without a command, so late subscribers can start")
+        if self.mode not in ("lockstep", "realtime"):
+            raise SystemExit(f"sim_bridge: mode must be lockstep or realtime, not {self.mode!r}")
+        task = self.p.task
+        self.env = task.make_env()
+        self.layout: StateLayout = self.p.layout
+        self.codec: CommandCodec = self.p.codec
+        self.diag = Diagnostics(self)
+
+        state_type = Odometry if self.layout.uses_odom else JointState
+        self.state_pub = self.create_publisher(state_type, self.p.state_topic, QOS_STREAM)
+        self.target_pub = (self.create_publisher(PointStamped, TARGET_TOPIC, QOS_LATCHED)
+                           if self.layout.needs_target else None)
+        self.episode_pub = self.create_publisher(String, EPISODE_TOPIC, QOS_EVENTS)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.marker_pub = self.create_publisher(MarkerArray, MARKER_TOPIC, 10)
+        self.create_subscription(self.codec.msg_type, self.p.command_topic, self.on_command,
+                                 QOS_STREAM)
+        self.create_service(Trigger, "~/reset", self.on_reset)
+
+        self.sim_time = 0.0
+        self.episode = 0
+        self.episode_return = 0.0
+        self.steps = 0
+        self.held = np.clip(np.zeros(task.action_dim), task.action_low, task.action_high)
+        self._last_marker = 0.0
+        self._last_publish = time.monotonic()
+        self.state = self._reset(seed=self.seed, reason="start")
+        if self.mode == "realtime":
+            self.create_timer(task.dt, self.on_tick)
+        else:
+            self.create_timer(max(self.idle_republish / 2, 0.01), self.on_idle)
+        self.get_logger().info(
+            f"{task.name} in {self.mode} mode: commands on {self.p.command_topic}, state on "
+            f"{self.p.state_topic}, dt={task.dt:g}s")
+
+    # ------------------------------------------------------------------ episodes
+    def _reset(self, seed: int | None = None, reason: str = "reset") -> np.ndarray:
+        _, info = self.env.reset(seed=seed)
+        state = np.asarray(info["state"], dtype=np.float64)
+        self.episode += 1
+        self.episode_return = 0.0
+        ns = time.time_ns()
+        self.episode_pub.publish(String(data=json.dumps(
+            {"episode": self.episode, "stamp": ns * 1e-9, "stamp_ns": ns, "reason": reason})))
+        if self.target_pub is not None:
+            self.target_pub.publish(self.layout.target(state, ns))
+        self._publish_state(state, ns)
+        self.diag.set("episode", self.episode)
+        return state
+
+    def on_reset(self, request, response):
+        self.state = self._reset(reason="service")
+        response.success = True
+        response.message = f"episode {self.episode} started"
+        return response
+
+    # ------------------------------------------------------------------ stepping
+    def _step(self, action: np.ndarray) -> None:
+        task = self.p.task
+        a = check_action(action, task.action_low, task.action_high)
+        _, reward, terminated, truncated, info = self.env.step(a)
+        self.state = np.asarray(info["state"], dtype=np.float64)
+        self.sim_time += task.dt
+        self.steps += 1
+        self.episode_return += float(reward)
+        self.diag.count("steps")
+        self._publish_state(self.state)
+        self.clock_pub.publish(self._clock())
+        if terminated or truncated:
+            self.diag.set("last_return", float(self.episode_return))
+            self.state = self._reset(reason="terminated" if terminated else "truncated")
+
+    def on_command(self, msg, info=None) -> None:
+        try:
+            action, _ = self.codec.from_msg(msg)
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, str(exc))
+            return
+        self.diag.count("commands")
+        self.held = action
+        if self.mode == "lockstep":
+            self._step(action)
+
+    def on_tick(self) -> None:
+        self._step(self.held)
+
+    def on_idle(self) -> None:
+        if time.monotonic() - self._last_publish >= self.idle_republish:
+            self._publish_state(self.state)
+
+    # ------------------------------------------------------------------ output
+    def _clock(self) -> Clock:
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = divmod(int(round(self.sim_time * 1e9)), 1_000_000_000)
+        return msg
+
+    def _publish_state(self, state: np.ndarray, ns: int | None = None) -> None:
+        ns = time.time_ns() if ns is None else ns
+        if self.layout.uses_odom:
+            self.state_pub.publish(self.layout.odometry(state, ns))
+        else:
+            self.state_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
+        self._last_publish = time.monotonic()
+        if self.marker_rate > 0 and time.monotonic() - self._last_marker >= 1 / self.marker_rate:
+            self._last_marker = time.monotonic()
+            self.marker_pub.publish(self._markers(state, ns))
+
+    def _markers(self, state: np.ndarray, ns: int) -> MarkerArray:
+        out = MarkerArray()
+        if self.layout.needs_target:
+            m = _marker(0, "target", Marker.SPHERE, ns, (1.0, 0.2, 0.2, 0.9), 0.05)
+            v = dict(zip(self.layout.fields, state))
+            m.pose.position.x = v.get("target.x", 0.0)
+            m.pose.position.y = v.get("target.y", 0.0)
+            m.pose.position.z = v.get("target.z", 0.0)
+            out.markers.append(m)
+        data = getattr(self.env.unwrapped, "data", None)
+        if data is not None and len(data.xpos) > 1:
+            m = _marker(1, "robot", Marker.LINE_STRIP, ns, (0.2, 0.5, 1.0, 1.0), 0.03)
+            m.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+                        for p in data.xpos[1:]]
+            out.markers.append(m)
+        return out
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _marker(mid: int, ns_name: str, kind: int, ns: int, rgba, size: float) -> Marker:
+    m = Marker()
+    m.header.frame_id = "world"
+    m.header.stamp.sec, m.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+    m.ns, m.id, m.type, m.action = ns_name, mid, kind, Marker.ADD
+    m.pose.orientation.w = 1.0
+    m.scale.x = m.scale.y = m.scale.z = size
+    m.color.r, m.color.g, m.color.b, m.color.a = rgba
+    return m
+
+
+def main(args=None) -> int:
+    return run(SimBridge, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
