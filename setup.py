@@ -49,7 +49,12 @@ EXTRAS_REQUIRE = {
 }
 
 NODES = [
-    # name = module:function; filled in as the nodes land (see bringup.py).
+    # name = module:function; the executables bringup.py and the launch files start.
+    "sim_bridge = sym_mbrl_ros.nodes.sim_bridge:main",
+    "recorder = sym_mbrl_ros.nodes.recorder:main",
+    "dynamics_learner = sym_mbrl_ros.nodes.dynamics_learner:main",
+    "policy_trainer = sym_mbrl_ros.nodes.policy_trainer:main",
+    "controller = sym_mbrl_ros.nodes.controller:main",
 ]
 
 setup(

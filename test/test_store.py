@@ -39,7 +39,8 @@ def test_round_trip_and_since_id(tmp_path):
         np.testing.assert_array_equal(tail.states, x[7:])
         assert st.read(since_id=ids[1], limit=3).ids.tolist() == ids[2:5]
         assert st.read(last=2).ids.tolist() == ids[-2:]
-        assert len(st.read(since_id=ids[-1])) == 0 and st.read(since_id=ids[-1]).states.shape == (0, 2)
+        empty = st.read(since_id=ids[-1])
+        assert len(empty) == 0 and empty.states.shape == (0, 2)
         (e,) = st.episodes()
         assert e.steps == 10 and e.episode_return == pytest.approx(-45.0) and not e.closed
         assert e.ended == pytest.approx(10.0)

@@ -482,7 +482,9 @@ class _GrammarPrinter(sympy.printing.str.StrPrinter):
 
 def expression_to_string(expr: sympy.Expr) -> str:
     """Spell a sympy expression in the grammar of DESIGN.md (names, numbers, + - * / **, …)."""
-    expr = sympy.sympify(expr).evalf()  # pi, E and exact rationals become numbers
+    expr = sympy.sympify(expr)
+    if expr.atoms(sympy.NumberSymbol):
+        expr = expr.evalf()  # pi and E become numbers
     allowed = {
         sympy.sin, sympy.cos, sympy.tan, sympy.exp, sympy.log, sympy.tanh, sympy.Abs,
     }
@@ -571,45 +573,38 @@ def _size_key(f: sympy.Expr) -> tuple[int, int]:
 
 
 def compact_formula(
-    f: sympy.Expr,
-    check: _FormulaCheck,
-    tolerance: float,
-    max_digits: int = 6,
-    max_simplify_ops: int = 150,
+    f: sympy.Expr, check: _FormulaCheck, tolerance: float, max_digits: int = 6, max_expand_ops: int = 60
 ) -> sympy.Expr:
     """The most compact variant of ``f`` whose action stays within ``tolerance`` of the network.
 
-    Steps, each kept only if the action error on the check points stays within ``tolerance``:
-    sympy's simplify (skipped for big expressions, where it can take minutes); dropping
-    constants (smallest first, replaced by 0, which removes their terms); rounding every
-    constant to the fewest significant digits. With ``tolerance = 0`` only the exactly
-    equivalent simplification (error below 1e-9) is tried.
+    sympy already folds constants, merges like terms and drops pruned (zero) terms when the
+    formula is built. On top of that, each step below is kept only if the action error on the
+    check points stays within ``tolerance`` (a fraction of the half action range): dropping
+    constants, smallest first (replacing one by 0 removes its term); rounding every constant to
+    the fewest significant digits; then the smallest of the formula, its common factors pulled
+    out (``factor_terms``) and, for small formulas, its expansion. ``sympy.simplify`` is not
+    used: on float coefficients it can run for minutes. ``tolerance = 0`` keeps the pruned
+    network exact (only rewrites that agree to 1e-9 are taken).
     """
     exact = tolerance <= 0
     accept = 1e-9 if exact else tolerance
     best = f
-    if sympy.count_ops(f) <= max_simplify_ops:
-        candidate = sympy.simplify(f)
-        if _size_key(candidate) < _size_key(best) and check.error(candidate) <= (
-            1e-9 if exact else tolerance / 4
-        ):
-            best = candidate
-    if exact:
-        return best
-    # drop constants, smallest magnitude first, while the action stays within half the budget
-    for atom in sorted(best.atoms(sympy.Float), key=lambda n: abs(float(n)))[:80]:
-        if atom not in best.atoms(sympy.Float):
-            continue
-        candidate = best.xreplace({atom: sympy.Integer(0)})
-        if check.error(candidate) <= tolerance / 2:
-            best = candidate
-    for digits in range(1, max_digits + 1):
-        candidate = round_constants(best, digits)
-        if check.error(candidate) <= accept:
-            best = candidate
-            break
-    if sympy.count_ops(best) <= max_simplify_ops:
-        candidate = sympy.simplify(best)
+    if not exact:
+        for atom in sorted(best.atoms(sympy.Float), key=lambda n: abs(float(n)))[:80]:
+            if atom not in best.atoms(sympy.Float):
+                continue
+            candidate = best.xreplace({atom: sympy.Integer(0)})
+            if check.error(candidate) <= tolerance / 2:
+                best = candidate
+        for digits in range(1, max_digits + 1):
+            candidate = round_constants(best, digits)
+            if check.error(candidate) <= accept:
+                best = candidate
+                break
+    candidates = [sympy.factor_terms(best)]
+    if sympy.count_ops(best) <= max_expand_ops:
+        candidates.append(sympy.expand(best))
+    for candidate in candidates:
         if _size_key(candidate) < _size_key(best) and check.error(candidate) <= accept:
             best = candidate
     return best

@@ -80,6 +80,8 @@ def make_config(
                 settings.setdefault(f"sac.{key}", preset["sac"][key])
     settings.update(overrides or {})
     for key, value in settings.items():
+        if algo == "sac" and key.startswith("sac."):  # the same keys work for every learner
+            key = key[len("sac."):]
         _set_field(config, key, value)
     return config
 

@@ -131,7 +131,8 @@ class VectorizedLinear(nn.Module):
     def __init__(self, n: int, in_features: int, out_features: int):
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default initialisation
-        self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
+        weight = torch.empty(n, in_features, out_features).uniform_(-bound, bound)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,8 +193,9 @@ class SAC:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.action_scale = torch.as_tensor((self.action_high - self.action_low) / 2, dtype=torch.float32)
-        self.action_bias = torch.as_tensor((self.action_high + self.action_low) / 2, dtype=torch.float32)
+        half_range = (self.action_high - self.action_low) / 2
+        self.action_scale = torch.as_tensor(half_range, dtype=torch.float32)
+        self.action_bias = torch.as_tensor(self.action_low + half_range, dtype=torch.float32)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -46,6 +46,7 @@ def run(args) -> int:
 
     from ..data.transitions import DataWarning, load_transitions
     from ..dynamics import SymbolicDynamics
+    from ..dynamics.symbolic import format_r2
 
     if not 0.0 <= args.holdout < 0.9:
         raise UserError(f"--holdout must be between 0 and 0.9, got {args.holdout}")
@@ -69,6 +70,8 @@ def run(args) -> int:
         seed=args.seed,
         **config,
     )
+    for old, new in model.renamed.items():
+        print(f"note: coordinate {old!r} is called {new!r} in the expressions", file=sys.stderr)
     model.fit(data.states[train], data.actions[train], data.next_states[train], init=args.init)
     heldout = (
         model.score(data.states[test], data.actions[test], data.next_states[test]) if n_test else {}
@@ -101,8 +104,7 @@ def run(args) -> int:
     width = max(len(s) for s in model.state_names)
     print(f"  {'coordinate':<{width}}  held-out R² (increment)")
     for name in model.state_names:
-        value = heldout.get(name)
-        text = "n/a" if value is None else f"{value:.6f}"
+        text = format_r2(heldout.get(name))
         if model.state_names.index(name) in model.static_coords:
             text += "  (static, copied through)"
         print(f"  {name:<{width}}  {text}")

@@ -15,6 +15,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..dynamics import SymbolicDynamics
+    from ..dynamics.symbolic import format_r2
     from ..errors import UserError
 
     if not 1 <= args.precision <= 17:
@@ -32,15 +33,12 @@ def run(args) -> int:
     for line in model.latex(args.precision):
         print(f"  {line}")
     heldout = model.metrics.get("heldout_r2") or {}
-    if heldout:
+    if isinstance(heldout, dict) and heldout:
         print()
-        print(
-            "held-out R² (increment): "
-            + ", ".join(
-                f"{k} {v:.6f}" if isinstance(v, (int, float)) else f"{k} n/a"
-                for k, v in heldout.items()
-            )
-        )
+        print("held-out R² (on the increment):")
+        for name, value in heldout.items():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            print(f"  {name}: {format_r2(float(value)) if ok else 'n/a'}")
     if args.report and model.report():
         print()
         print(model.format_report())

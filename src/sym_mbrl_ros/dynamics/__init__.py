@@ -7,11 +7,19 @@ whitelisted expression parser.
 """
 
 from .expression import ExpressionError, parse_expression
-from .symbolic import FORMAT, SymbolicDynamics, SymbolicDynamicsConfig, increment_r2, wrap_angle
+from .symbolic import (
+    FORMAT,
+    SymbolicDynamics,
+    SymbolicDynamicsConfig,
+    expression_names,
+    increment_r2,
+    wrap_angle,
+)
 
 __all__ = [
     "FORMAT",
     "ExpressionError",
+    "expression_names",
     "SymbolicDynamics",
     "SymbolicDynamicsConfig",
     "increment_r2",

@@ -37,7 +37,8 @@ class EnsembleLinear(nn.Module):
     def __init__(self, n: int, in_features: int, out_features: int):
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
+        weight = torch.empty(n, in_features, out_features).uniform_(-bound, bound)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(n, 1, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,9 @@ class EnsembleDynamics:
         seed: int = 0,
     ):
         if num_elites > ensemble_size:
-            raise UserError(f"num_elites ({num_elites}) cannot exceed ensemble_size ({ensemble_size})")
+            raise UserError(
+                f"num_elites ({num_elites}) cannot exceed ensemble_size ({ensemble_size})"
+            )
         self.state_names = tuple(state_names)
         self.action_names = tuple(action_names)
         self.angle_coords = tuple(int(i) for i in angle_coords)
@@ -121,7 +124,9 @@ class EnsembleDynamics:
         self.generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = GaussianEnsemble(ensemble_size, self.in_dim, self.out_dim, tuple(hidden_sizes))
+            self.net = GaussianEnsemble(
+                ensemble_size, self.in_dim, self.out_dim, tuple(hidden_sizes)
+            )
         self.elites = torch.arange(num_elites)
         for name in ("in_mean", "in_std", "out_mean", "out_std"):
             dim = self.in_dim if name.startswith("in") else self.out_dim
@@ -202,7 +207,8 @@ class EnsembleDynamics:
         best_state = copy.deepcopy(self.net.state_dict())
         stale, epochs = 0, 0
         n_tr = x_tr.shape[0]
-        for epochs in range(1, hp["max_epochs"] + 1):
+        while epochs < hp["max_epochs"]:
+            epochs += 1
             order = torch.argsort(torch.rand(E, n_tr, generator=self.generator), dim=1)
             for start in range(0, n_tr, bs):
                 idx = order[:, start : start + bs]
@@ -301,7 +307,9 @@ class EnsembleDynamics:
                 "action_names": list(self.action_names),
                 "angle_coords": list(self.angle_coords),
                 "static_coords": list(self.static_coords),
-                "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()},
+                "hparams": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()
+                },
                 "net": self.net.state_dict(),
                 "elites": self.elites,
                 "normalisers": [self.in_mean, self.in_std, self.out_mean, self.out_std],
@@ -321,7 +329,9 @@ class EnsembleDynamics:
             raise UserError(f"{path} is not an ensemble dynamics file (expected {FORMAT})")
         hp = dict(d["hparams"])
         hp["hidden_sizes"] = tuple(hp["hidden_sizes"])
-        model = cls(d["state_names"], d["action_names"], d["angle_coords"], d["static_coords"], **hp)
+        model = cls(
+            d["state_names"], d["action_names"], d["angle_coords"], d["static_coords"], **hp
+        )
         model.net.load_state_dict(d["net"])
         model.elites = d["elites"]
         model.in_mean, model.in_std, model.out_mean, model.out_std = d["normalisers"]

@@ -34,7 +34,8 @@ from ..errors import UserError
 FUNCTIONS = ("sin", "cos", "tan", "exp", "log", "sqrt", "abs", "tanh")
 BINARY_OPS = ("+", "-", "*", "/", "**")
 MAX_EXPRESSION_CHARS = 200_000
-MAX_NESTING = 200
+MAX_NESTING = 100  # parentheses, function calls and unary minus, nested
+MAX_DEPTH = 600  # depth of the tree (a sum of k terms is k levels deep)
 
 
 class ExpressionError(UserError):
@@ -249,7 +250,27 @@ def parse_expression(text: str, names: Iterable[str]) -> Node:
         raise ExpressionError(f"expression is longer than {MAX_EXPRESSION_CHARS} characters")
     if text.strip() == "":
         raise ExpressionError("expression is empty")
-    return _Parser(text, frozenset(names)).parse()
+    tree = _Parser(text, frozenset(names)).parse()
+    if tree_depth(tree) > MAX_DEPTH:
+        raise ExpressionError(
+            f"cannot read expression {_clip(text)!r}: it is more than {MAX_DEPTH} levels deep"
+        )
+    return tree
+
+
+def tree_depth(node: Node) -> int:
+    """Depth of a tree, computed without recursion (so any parsed tree can be measured)."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(n, (Neg, Call)):
+            stack.append((n.arg, d + 1))
+        elif isinstance(n, BinOp):
+            stack.append((n.left, d + 1))
+            stack.append((n.right, d + 1))
+    return deepest
 
 
 # --- tree utilities --------------------------------------------------------------------------

@@ -77,27 +77,68 @@ def stlsq_supports(
     return [(lam, s) for s, lam in found.items()]
 
 
+@dataclass
+class LibraryMatrix:
+    """A library evaluated on the training and validation rows, shared by all coordinates."""
+
+    terms: list[Node | None]
+    theta: np.ndarray
+    """(n_train, K) term values on the training rows."""
+    theta_val: np.ndarray
+    """(n_val, K) term values on the validation rows."""
+    rms: np.ndarray
+    """(K,) root-mean-square of each column: the scaling of the columns."""
+    q: np.ndarray
+    """Thin QR factors of the scaled training matrix, ``theta / rms = q @ r``."""
+    r: np.ndarray
+    sizes: np.ndarray
+    """(K,) node count of ``c*term`` for each term (the complexity it adds to a candidate)."""
+
+    @classmethod
+    def build(
+        cls,
+        poly_inputs: Sequence[str],
+        angle_inputs: Sequence[str],
+        spec: LibrarySpec,
+        variables: Sequence[str],
+        X_train: np.ndarray,
+        X_val: np.ndarray,
+    ) -> LibraryMatrix:
+        """Evaluate the library; columns that are zero or not finite are left out."""
+        terms = build_library(poly_inputs, angle_inputs, spec)
+        theta = evaluate_library(terms, variables, X_train)
+        theta_val = evaluate_library(terms, variables, X_val)
+        with np.errstate(all="ignore"):
+            rms = np.sqrt(np.mean(theta * theta, axis=0))
+        usable = (
+            np.isfinite(rms)
+            & (rms > 1e-300)
+            & np.all(np.isfinite(theta), axis=0)
+            & np.all(np.isfinite(theta_val), axis=0)
+        )
+        keep = np.flatnonzero(usable)
+        terms = [terms[j] for j in keep]
+        theta, theta_val, rms = theta[:, keep], theta_val[:, keep], rms[keep]
+        q, r = np.linalg.qr(theta / rms)
+        sizes = np.array([node_count(linear_combination([t], [1.0])) for t in terms], dtype=int)
+        return cls(terms, theta, theta_val, rms, q, r, sizes)
+
+
 def sparse_candidates(
-    data: FitData,
-    poly_inputs: Sequence[str],
-    angle_inputs: Sequence[str],
-    settings: SparseSettings,
+    data: FitData, library: LibraryMatrix, settings: SparseSettings
 ) -> tuple[list[tuple[Node, str]], dict]:
-    """Candidate increment expressions for one coordinate, plus facts for the report."""
-    terms = build_library(poly_inputs, angle_inputs, settings.spec)
-    theta = evaluate_library(terms, data.variables, data.X_train)
-    theta_val = evaluate_library(terms, data.variables, data.X_val)
-    rms = np.sqrt(np.mean(theta * theta, axis=0))
-    usable = np.isfinite(rms) & (rms > 1e-300) & np.all(np.isfinite(theta_val), axis=0)
-    keep = np.flatnonzero(usable)
-    terms = [terms[j] for j in keep]
-    theta, theta_val, rms = theta[:, keep], theta_val[:, keep], rms[keep]
+    """Candidate increment expressions for one coordinate, plus facts for the report.
+
+    Least squares on a support S uses the QR factors of the whole scaled library:
+    ``min |theta_S c - y|`` equals ``min |r_S c - q^T y|``, a problem of K rows instead of n.
+    """
+    terms, rms, r = library.terms, library.rms, library.r
     y = data.y_train
     y_sd = float(np.std(y)) or float(np.sqrt(np.mean(y * y))) or 1.0
-    scaled = theta / rms
-    G = scaled.T @ scaled
-    b = scaled.T @ (y / y_sd)
-    full = np.linalg.lstsq(scaled, y / y_sd, rcond=None)[0]
+    qty = library.q.T @ y
+    G = r.T @ r
+    b = r.T @ (qty / y_sd)
+    full = np.linalg.lstsq(r, qty / y_sd, rcond=None)[0]
     top = float(np.max(np.abs(full))) if full.size else 1.0
     thresholds = np.geomspace(1e-8, max(top, 1e-7), settings.n_thresholds)
     supports = stlsq_supports(G, b, thresholds, settings.max_iterations)
@@ -107,19 +148,21 @@ def sparse_candidates(
         idx = list(support)
         coefs = np.zeros(len(terms))
         if idx:
-            sol = np.linalg.lstsq(scaled[:, idx], y, rcond=None)[0]
+            sol = np.linalg.lstsq(r[:, idx], qty, rcond=None)[0]
             coefs[idx] = sol / rms[idx]
-        tree = linear_combination(terms, coefs)
-        pred_val = theta_val @ coefs
+        pred_val = library.theta_val @ coefs
         val = float(np.mean((pred_val - data.y_val) ** 2) / data.y_var) if len(data.y_val) else 0.0
         if not np.isfinite(val):
             continue
-        score = float(np.log(val + settings.floor) + settings.penalty * node_count(tree))
-        scored.append((score, lam, len(idx), tree))
+        # node count of the tree c_1*t_1 + c_2*t_2 + ...: the terms plus one '+' between each two
+        size = int(library.sizes[idx].sum()) + max(len(idx) - 1, 0) if idx else 1
+        score = float(np.log(val + settings.floor) + settings.penalty * size)
+        scored.append((score, lam, len(idx), coefs))
     scored.sort(key=lambda t: (t[0], t[2]))
 
     out: list[tuple[Node, str]] = []
-    for _score, lam, k, tree in scored[: settings.n_refine]:
+    for _score, lam, k, coefs in scored[: settings.n_refine]:
+        tree = linear_combination(terms, coefs)
         source = f"sparse: STLSQ threshold {lam:.2g}, {k} term{'s' if k != 1 else ''}"
         out.append((tree, source))
         if settings.refine_inner and 0 < count_trig_calls(tree) <= settings.max_inner_calls:

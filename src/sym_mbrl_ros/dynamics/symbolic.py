@@ -22,9 +22,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -37,13 +39,13 @@ from .. import __version__
 from ..data.transitions import check_transition_arrays, warn_dropped
 from ..errors import UserError
 from .expression import (
+    FUNCTIONS,
     CompiledExpression,
     ExpressionError,
     Name,
     Node,
     Num,
     increment_tree,
-    is_identifier,
     next_value_tree,
     parse_expression,
     simplify,
@@ -54,7 +56,7 @@ from .gp import GPSettings, gp_candidates
 from .library import LibrarySpec, library_size
 from .refine import refine_constants, snap_constants
 from .selection import Candidate, assess, evaluable, make_fit_data, margin_points, rank
-from .sparse import SparseSettings, sparse_candidates
+from .sparse import LibraryMatrix, SparseSettings, sparse_candidates
 
 FORMAT = "sym-mbrl/dynamics-v1"
 BACKENDS = ("sparse", "gp")
@@ -79,7 +81,7 @@ class SymbolicDynamicsConfig:
     """Also use the raw angle coordinates as polynomial variables (they jump at +-pi)."""
     static_inputs: bool = False
     """Let the learned expressions depend on the static coordinates."""
-    max_library_terms: int = 800
+    max_library_terms: int = 500
     """Upper bound on the library size; product and polynomial degrees are lowered to fit."""
     n_thresholds: int = 50
     """Number of STLSQ thresholds on the path (log-spaced)."""
@@ -181,13 +183,18 @@ class SymbolicDynamics:
     """A world model with one symbolic expression per state coordinate, fitted from transitions.
 
     Args:
-        state_names: one identifier per state coordinate (used in the expressions).
-        action_names: one identifier per action coordinate.
+        state_names: one name per state coordinate, used in the expressions.
+        action_names: one name per action coordinate.
         angle_coords: indices of periodic state coordinates, predicted in [-pi, pi).
         static_coords: indices of coordinates copied through (``s'_i = s_i``).
         backend: ``"sparse"`` (library + STLSQ, fast, default) or ``"gp"`` (pyoperon).
         seed: seed of the validation split, the margin samples and the GP runs.
         **config: any field of :class:`SymbolicDynamicsConfig`.
+
+    A name that cannot appear in an expression is replaced (see :func:`expression_names`): an
+    action named like a state (Car2d's ``steer``) becomes ``steer_cmd``, ``x.pos`` becomes
+    ``x_pos``. ``state_names`` and ``action_names`` hold the names used; ``renamed`` maps the
+    given names that changed to them.
     """
 
     def __init__(
@@ -200,13 +207,9 @@ class SymbolicDynamics:
         seed: int = 0,
         **config: Any,
     ):
-        self.state_names = _check_names(state_names, "state")
-        self.action_names = _check_names(action_names, "action")
-        clash = set(self.state_names) & set(self.action_names)
-        if clash:
-            raise UserError(
-                f"names used for both a state and an action: {', '.join(sorted(clash))}"
-            )
+        states = _check_names(state_names, "state")
+        actions = _check_names(action_names, "action")
+        self.state_names, self.action_names, self.renamed = expression_names(states, actions)
         n = len(self.state_names)
         self.angle_coords = _check_indices(angle_coords, n, "angle_coords")
         self.static_coords = _check_indices(static_coords, n, "static_coords")
@@ -220,6 +223,7 @@ class SymbolicDynamics:
         self._trees: list[Node] | None = None
         self._compiled: list[CompiledExpression] = []
         self.provenance: dict[str, Any] = {}
+        self._library_cache: dict = {}
 
     @classmethod
     def for_task(cls, task, **kwargs: Any) -> SymbolicDynamics:
@@ -256,6 +260,10 @@ class SymbolicDynamics:
         candidates and warm starts: their constants are refined on the new data, and a
         coordinate they still explain well is not searched again.
         """
+        with _single_threaded_blas():
+            return self._fit(states, actions, next_states, init)
+
+    def _fit(self, states, actions, next_states, init) -> SymbolicDynamics:
         t_start = time.perf_counter()
         cfg = self.config
         s, a, s2, finite = check_transition_arrays(
@@ -289,6 +297,7 @@ class SymbolicDynamics:
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         X_margin = margin_points(X, cfg.margin, cfg.margin_samples, rng)
 
+        self._library_cache: dict = {}
         trees: list[Node] = []
         report: list[dict[str, Any]] = []
         val_r2: dict[str, float | None] = {}
@@ -317,6 +326,7 @@ class SymbolicDynamics:
             report.append(rep)
             val_r2[name] = rep["chosen"].get("validation_r2")
 
+        self._library_cache = {}
         self._set_trees(trees)
         self._report = report
         pred = self.predict(s, a)
@@ -490,6 +500,13 @@ class SymbolicDynamics:
         poly, angles = self._inputs()
         if self.backend == "sparse":
             spec = _fit_library(poly, angles, cfg, attempt)
+            key = (spec, data.X_train.shape, data.X_val.shape)
+            library = self._library_cache.get(key)
+            if library is None:  # every coordinate shares the library matrix and its QR
+                library = LibraryMatrix.build(
+                    poly, angles, spec, self.variables, data.X_train, data.X_val
+                )
+                self._library_cache[key] = library
             settings = SparseSettings(
                 spec=spec,
                 n_thresholds=cfg.n_thresholds,
@@ -499,7 +516,7 @@ class SymbolicDynamics:
                 penalty=cfg.complexity_penalty,
                 floor=cfg.error_floor,
             )
-            raw, info = sparse_candidates(data, poly, angles, settings)
+            raw, info = sparse_candidates(data, library, settings)
             info["library"] = asdict(spec)
             return raw, info
         cols = [self.variables.index(v) for v in poly + angles]
@@ -661,14 +678,14 @@ class SymbolicDynamics:
             lines.append(
                 f"  chosen   {chosen.get('expression')}\n"
                 f"           from {chosen.get('source')}; "
-                f"validation R² {_fmt_r2(chosen.get('validation_r2'))}, "
+                f"validation R² {format_r2(chosen.get('validation_r2'))}, "
                 f"complexity {chosen.get('complexity')}"
             )
             for k, ru in enumerate(rep.get("runner_ups", []), 1):
                 lines.append(
                     f"  runner-up {k}: {ru['expression']}\n"
                     f"           from {ru['source']}; "
-                    f"validation R² {_fmt_r2(ru['validation_r2'])}, "
+                    f"validation R² {format_r2(ru['validation_r2'])}, "
                     f"complexity {ru['complexity']}"
                 )
             lines.append(
@@ -704,6 +721,7 @@ class SymbolicDynamics:
                 "seed": self.seed,
                 "config": asdict(self.config),
                 "report": self._report,
+                "renamed": self.renamed,
                 "provenance": self.provenance,
                 "created_by": f"sym_mbrl_ros {__version__}",
             }
@@ -774,6 +792,8 @@ class SymbolicDynamics:
         model.metrics = metrics if isinstance(metrics, dict) else {}
         report = doc.get("report")
         model._report = report if isinstance(report, list) else []
+        renamed = doc.get("renamed")
+        model.renamed = renamed if isinstance(renamed, dict) else {}
         prov = doc.get("provenance")
         model.provenance = prov if isinstance(prov, dict) else {}
         return model
@@ -803,18 +823,49 @@ class SymbolicDynamics:
 # --- helpers -----------------------------------------------------------------------------------
 
 
+def expression_names(
+    state_names: Sequence[str], action_names: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """Names usable in expressions: identifiers, not function names, all distinct.
+
+    Characters other than letters, digits and ``_`` become ``_``; an action named like a state
+    gets the suffix ``_cmd``. Returns the new state and action names and ``{old: new}`` for
+    those that changed (``sym-mbrl fit`` prints them).
+    """
+
+    def fix(name: str) -> str:
+        out = re.sub(r"[^A-Za-z0-9_]", "_", str(name)) or "x"
+        if out[0].isdigit():
+            out = "x_" + out
+        return out + "_" if out in FUNCTIONS else out
+
+    taken: set[str] = set()
+    changed: dict[str, str] = {}
+
+    def unique(name: str, suffix: str) -> str:
+        base = fix(name)
+        new = base if base not in taken else base + suffix
+        k = 2
+        while new in taken:
+            new = f"{base}{suffix}{k}"
+            k += 1
+        taken.add(new)
+        if new != name:
+            changed[str(name)] = new
+        return new
+
+    states = tuple(unique(n, "_") for n in state_names)
+    actions = tuple(unique(n, "_cmd") for n in action_names)
+    return states, actions, changed
+
+
 def _check_names(names: Sequence[str], kind: str) -> tuple[str, ...]:
     if isinstance(names, str):
         raise UserError(f"{kind} names must be a list of names, not one string {names!r}")
     out = tuple(names)
     for name in out:
-        if not isinstance(name, str) or not is_identifier(name):
-            raise UserError(
-                f"{kind} name {name!r} cannot be used in an expression; use letters, digits and "
-                f"underscores, not starting with a digit, and not a function name"
-            )
-    if len(set(out)) != len(out):
-        raise UserError(f"{kind} names must be unique, got {list(out)}")
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{kind} names must be non-empty strings, got {name!r}")
     return out
 
 
@@ -850,8 +901,25 @@ def _fit_library(
     return spec
 
 
-def _fmt_r2(x) -> str:
-    return "n/a" if x is None else f"{x:.6f}"
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Run BLAS on one thread: the matrices here are small, and threads only contend."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed depends on it
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def format_r2(x: float | None) -> str:
+    """R² for people: six decimals, and the gap to 1 when six decimals would read 1.000000."""
+    if x is None:
+        return "n/a"
+    if 0.9999995 <= x < 1.0:
+        return f"{x:.6f} (1 - {1.0 - x:.1e})"
+    return f"{x:.6f}"
 
 
 def _clean_json(x):

@@ -9,10 +9,23 @@ creates an environment by task name. The environments live in ``pendulum``, ``re
 
 from __future__ import annotations
 
-from .base import ArrayOps, TaskError, TaskSpec, check_action, wrap_angle
-from .car2d import TASK as CAR2D
-from .pendulum import TASK as PENDULUM
-from .reacher import TASK as REACHER
+import os
+import sys
+
+# MuJoCo picks its OpenGL backend when it is first imported; with no display, GLFW cannot
+# open a context, so offscreen rendering defaults to OSMesa (set MUJOCO_GL=egl for a GPU).
+if (
+    sys.platform.startswith("linux")
+    and "MUJOCO_GL" not in os.environ
+    and not os.environ.get("DISPLAY")
+    and not os.environ.get("WAYLAND_DISPLAY")
+):
+    os.environ["MUJOCO_GL"] = "osmesa"
+
+from .base import ArrayOps, TaskError, TaskSpec, check_action, wrap_angle  # noqa: E402
+from .car2d import TASK as CAR2D  # noqa: E402
+from .pendulum import TASK as PENDULUM  # noqa: E402
+from .reacher import TASK as REACHER  # noqa: E402
 
 TASKS: dict[str, TaskSpec] = {"pendulum": PENDULUM, "reacher": REACHER, "car2d": CAR2D}
 

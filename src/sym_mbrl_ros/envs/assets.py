@@ -6,9 +6,10 @@ the simulation from them and rviz draws them. They are found, in this order, in
 1. the folder named by the ``SYM_MBRL_URDF_DIR`` environment variable;
 2. ``sym_mbrl_ros/urdf`` inside the Python package (package data, if the build copies it);
 3. the source checkout (``<repo>/urdf``, for an editable install or a plain ``PYTHONPATH``);
-4. the package's ament share folder (``share/sym_mbrl_ros/urdf``, a colcon install);
-5. ``share/sym_mbrl_ros/urdf`` under the Python prefix (``pip install`` puts setup.py's
-   ``data_files`` there) or under the install prefix this module lives in.
+4. ``share/sym_mbrl_ros/urdf`` of the install tree this module lives in (colcon or pip put
+   setup.py's ``data_files`` there);
+5. the package's ament share folder (``get_package_share_directory``);
+6. ``share/sym_mbrl_ros/urdf`` under the Python prefix (``sys.prefix``).
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ def urdf_search_path() -> list[Path]:
         dirs.append(Path(os.environ[URDF_DIR_ENV]))
     dirs.append(here.parents[1] / "urdf")  # package data
     dirs.append(here.parents[3] / "urdf")  # <repo>/src/sym_mbrl_ros/envs/assets.py
+    # <prefix>/lib/pythonX.Y/site-packages/sym_mbrl_ros/envs/assets.py: the same install tree
+    if len(here.parents) > 5:
+        dirs.append(here.parents[5] / "share" / PACKAGE / "urdf")
     ament = _ament_share()
     if ament is not None:
         dirs.append(ament)
     dirs.append(Path(sys.prefix) / "share" / PACKAGE / "urdf")
-    # <prefix>/lib/pythonX.Y/site-packages/sym_mbrl_ros/envs/assets.py
-    if len(here.parents) > 5:
-        dirs.append(here.parents[5] / "share" / PACKAGE / "urdf")
     return dirs
 
 

@@ -13,10 +13,11 @@ speeds and accelerations the actuators allow.
 * ``steer`` in [-1, 1] is a steering angle command ``steer * 0.5 rad``, tracked by a PD
   position servo on the steering pivot, critically damped at 10 rad/s.
 
-Control period 0.05 s (5 implicit-fast steps of 10 ms). Episodes are 200 steps (10 s): the
-target is at most 2 m away; the worst case (target behind the car) needs about 3 m of path,
-or a reverse, at <= 1 m/s plus a second to stop on it, so 10 s is about twice the time a good
-controller needs and leaves room for the slack of a learned one.
+Control period 0.05 s (5 implicit-fast steps of 10 ms). Episodes are 150 steps (7.5 s): the
+target is at most 2 m away and the car's top speed is 1 m/s; a naive pursuit controller
+(forward or reverse, steering at the target, slowing in proportion to the distance) reaches
+and stops within 0.1 m after at most about 80 steps (4 s, a target behind or beside the car),
+so 150 steps leave a learned controller about twice the time it needs.
 
 Observer: obs (x, y, cos yaw, sin yaw, v, steer, steer_rate, tx, ty, dx_body, dy_body) ->
 state (x, y, yaw, v, steer, steer_rate, target_x, target_y). (x, y) is the centre of the rear
@@ -40,6 +41,7 @@ from .base import ArrayOps, TaskSpec
 from .mujoco_env import MujocoTaskEnv, add_floor, add_light_and_camera, add_target_marker
 
 WHEEL_RADIUS = 0.05
+WHEELBASE = 0.25  # rear axle (base_link) to the steering pivot, as in the URDF
 MAX_SPEED = 1.0
 SPEED_TIME_CONSTANT = 0.3
 MAX_STEER = 0.5
@@ -50,7 +52,7 @@ FRICTION = 1.0
 TIMESTEP = 0.01
 N_SUBSTEPS = 5
 DT = TIMESTEP * N_SUBSTEPS
-MAX_EPISODE_STEPS = 200
+MAX_EPISODE_STEPS = 150
 TARGET_RADIUS = (0.5, 2.0)
 SUCCESS_DISTANCE = 0.1
 CHASSIS_JOINTS = ("chassis_x", "chassis_y", "chassis_z", "chassis_yaw")
@@ -93,7 +95,7 @@ def reward(state, action, next_state):
 
 
 def terminated(state, action, next_state):
-    """Never: episodes end by truncation after 200 steps."""
+    """Never: episodes end by truncation after 150 steps."""
     return ArrayOps(state).zeros_bool(state)
 
 
@@ -122,7 +124,7 @@ TASK = TaskSpec(
         "Four-wheeled car with turntable steering on a plane, simulated with wheel contacts; "
         "drive (speed command, <= 1 m/s) and steer (<= 0.5 rad) in [-1, 1]; reach a random "
         "target 0.5-2 m away (success: within 0.1 m at the end), reward -distance, "
-        "dt = 0.05 s, 200 steps."
+        "dt = 0.05 s, 150 steps."
     ),
     joint_names=(*WHEELS, STEERING),
 )
@@ -157,7 +159,7 @@ def build_model() -> mujoco.MjModel:
             geom.contype, geom.conaffinity, geom.group = 1, 0, 3
             geom.condim = 3
             geom.friction = [FRICTION, 0.005, 0.0001]
-    floor = add_floor(spec, z=0.0, half_size=3.0, collide=True)
+    floor = add_floor(spec, z=0.0, half_size=4.0, collide=True)
     floor.friction = [FRICTION, 0.005, 0.0001]
     spec.joint(STEERING).armature = STEER_ARMATURE
     differential = spec.add_tendon(name="rear_differential")
@@ -202,8 +204,6 @@ def build_model() -> mujoco.MjModel:
              rgba=[0.1, 0.6, 0.15, 1.0]),
     ])
     add_light_and_camera(spec, pos=[0.0, 0.0, 6.2], xyaxes=[1, 0, 0, 0, 1, 0])
-    spec.visual.global_.offwidth = 960
-    spec.visual.global_.offheight = 720
     return spec.compile()
 
 

@@ -40,6 +40,12 @@ class MujocoTaskEnv(gym.Env):
         self.width, self.height = int(width), int(height)
         self.model = self._build_model()
         self.data = mujoco.MjData(self.model)
+        offscreen = self.model.vis.global_
+        offscreen.offwidth = max(offscreen.offwidth, self.width)
+        offscreen.offheight = max(offscreen.offheight, self.height)
+        joints = [self.model.joint(name).id for name in self.task.joint_names]
+        self._joint_qpos = self.model.jnt_qposadr[joints].copy()
+        self._joint_dof = self.model.jnt_dofadr[joints].copy()
         self._low = np.asarray(self.task.action_low, dtype=np.float64)
         self._high = np.asarray(self.task.action_high, dtype=np.float64)
         self.action_space = gym.spaces.Box(
@@ -99,7 +105,13 @@ class MujocoTaskEnv(gym.Env):
         if self.render_mode != "rgb_array":
             return None
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+            except Exception as exc:  # no OpenGL context: say how to get one
+                raise TaskError(
+                    f"cannot open an OpenGL context for rendering ({exc}); set MUJOCO_GL=osmesa "
+                    f"(or egl) before Python imports mujoco"
+                ) from exc
         self._renderer.update_scene(self.data, camera=self.camera)
         return self._renderer.render()
 
@@ -116,15 +128,11 @@ class MujocoTaskEnv(gym.Env):
 
     def joint_state(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
         """``(names, positions, velocities)`` of the task's URDF joints, for ``/joint_states``."""
-        names = self.task.joint_names
-        if not hasattr(self, "_joint_index"):
-            ids = [self.model.joint(n).id for n in names]
-            self._joint_index = (
-                np.array([self.model.jnt_qposadr[i] for i in ids], dtype=int),
-                np.array([self.model.jnt_dofadr[i] for i in ids], dtype=int),
-            )
-        qi, vi = self._joint_index
-        return names, self.data.qpos[qi].copy(), self.data.qvel[vi].copy()
+        return (
+            self.task.joint_names,
+            self.data.qpos[self._joint_qpos],
+            self.data.qvel[self._joint_dof],
+        )
 
     def _observe(self, state: np.ndarray) -> np.ndarray:
         return np.asarray(self.task.observation(state[None]), dtype=np.float64)[0]
@@ -138,9 +146,11 @@ def add_light_and_camera(spec: mujoco.MjSpec, pos, xyaxes, fovy: float = 45.0) -
         pos=[0.0, 0.0, 4.0],
         dir=[0.0, 0.3, -1.0],
         type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
-        diffuse=[0.7, 0.7, 0.7],
+        diffuse=[0.5, 0.5, 0.5],
         specular=[0.2, 0.2, 0.2],
     )
+    spec.visual.headlight.ambient = [0.25, 0.25, 0.25]
+    spec.visual.headlight.diffuse = [0.45, 0.45, 0.45]
     spec.worldbody.add_camera(name="overview", pos=list(pos), xyaxes=list(xyaxes), fovy=fovy)
 
 
@@ -150,8 +160,8 @@ def add_floor(spec: mujoco.MjSpec, z: float, half_size: float, collide: bool = F
         name="floor_checker",
         type=mujoco.mjtTexture.mjTEXTURE_2D,
         builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
-        rgb1=[0.82, 0.84, 0.86],
-        rgb2=[0.72, 0.74, 0.77],
+        rgb1=[0.62, 0.64, 0.66],
+        rgb2=[0.52, 0.54, 0.57],
         width=64,
         height=64,
     )

@@ -148,7 +148,7 @@ def build_model() -> mujoco.MjModel:
     spec.body("fingertip").add_site(name="fingertip", size=[0.005, 0.005, 0.005])
     spec.add_sensor(name="fingertip_pos", type=mujoco.mjtSensor.mjSENS_FRAMEPOS,
                     objname="fingertip", objtype=mujoco.mjtObj.mjOBJ_SITE)
-    add_floor(spec, z=-0.01, half_size=0.3)
+    add_floor(spec, z=-0.01, half_size=0.4)
     add_target_marker(spec, [dict(type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.009, 0, 0],
                                   rgba=[0.9, 0.1, 0.1, 1.0])])
     add_light_and_camera(spec, pos=[0.0, 0.0, 0.62], xyaxes=[1, 0, 0, 0, 1, 0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +13,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 
 # State and command topics: reliable, like ros2_control.
 QOS_STREAM = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
@@ -45,26 +48,32 @@ _TYPES = {
 def declare(node: Node, name: str, default: Any, description: str) -> Any:
     """Declare a parameter with a description and return its value.
 
-    Lists must say their element type through a non-empty default or a typed empty list
-    (``[""]`` is not allowed; pass ``list[str]`` as ``("str", [])``).
+    An empty list default must say its element type: pass ``("str", [])`` (or ``"float"``,
+    ``"int"``).
     """
+    typed_empty = None
     if isinstance(default, tuple) and len(default) == 2 and isinstance(default[0], str):
         kind, default = default
         ptype = {"str": ParameterType.PARAMETER_STRING_ARRAY,
                  "float": ParameterType.PARAMETER_DOUBLE_ARRAY,
                  "int": ParameterType.PARAMETER_INTEGER_ARRAY}[kind]
+        if not default:
+            typed_empty = {"str": Parameter.Type.STRING_ARRAY,
+                           "float": Parameter.Type.DOUBLE_ARRAY,
+                           "int": Parameter.Type.INTEGER_ARRAY}[kind]
     elif isinstance(default, list):
-        elem = type(default[0]) if default else str
         ptype = {str: ParameterType.PARAMETER_STRING_ARRAY,
                  float: ParameterType.PARAMETER_DOUBLE_ARRAY,
-                 int: ParameterType.PARAMETER_INTEGER_ARRAY}[elem]
+                 int: ParameterType.PARAMETER_INTEGER_ARRAY}[type(default[0])]
     else:
         ptype = _TYPES[type(default)]
     desc = ParameterDescriptor(name=name, type=ptype, description=description)
-    if isinstance(default, float) or ptype == ParameterType.PARAMETER_DOUBLE_ARRAY:
-        # YAML writes 1 for 1.0; accept integers for float parameters
-        desc.dynamic_typing = True
-    value = node.declare_parameter(name, default, desc).value
+    if ptype == ParameterType.PARAMETER_DOUBLE:
+        desc.dynamic_typing = True  # YAML writes 1 for 1.0; accept integers for floats
+    # an empty list has no element type, so declare it by type (value: None if unset)
+    value = node.declare_parameter(name, typed_empty or default, desc).value
+    if value is None:
+        return list(default)
     if ptype == ParameterType.PARAMETER_DOUBLE:
         return float(value)
     if ptype == ParameterType.PARAMETER_DOUBLE_ARRAY:
@@ -90,6 +99,10 @@ class Diagnostics:
         self._warn_every = warn_every_s
         self._pub = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._timer = node.create_timer(period_s, self.publish, callback_group=callback_group)
+
+    def close(self) -> None:
+        self.node.destroy_timer(self._timer)
+        self.node.destroy_publisher(self._pub)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -138,9 +151,19 @@ def to_stamp(ns: int, msg_stamp) -> Any:
     return msg_stamp
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
-    """``rclpy.init`` → spin the node → clean shutdown, on Ctrl-C and SIGTERM alike."""
-    rclpy.init(args=sys.argv if args is None else args)
+    """``rclpy.init`` → spin the node → clean shutdown, on Ctrl-C and SIGTERM alike.
+
+    rclpy's own signal handlers are off so that the context is still valid when the node
+    says goodbye (the controller sends a last zero command in ``close()``).
+    """
+    rclpy.init(args=sys.argv if args is None else args,
+               signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
     node = None
     try:
         node = make_node()
@@ -153,6 +176,7 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: i
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:

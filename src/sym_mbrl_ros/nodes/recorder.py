@@ -9,9 +9,10 @@ to process messages of different topics.
 
 For a command at time t:
 * ``before`` = the newest state stamped at or before t (not older than ``max_state_age_s``).
-* ``pairing: next`` (lockstep simulation): ``after`` = the first state stamped after t, the
-  state the simulator published in response. A second command before that state is ambiguous
-  and dropped (``superseded``).
+* ``pairing: next`` (lockstep simulation; ``auto`` picks it when the bridge's episode events
+  say ``"mode": "lockstep"``, and ``hold`` otherwise): ``after`` = the first state stamped
+  after t, the state the simulator published in response. A second command for the same
+  ``before`` is ambiguous and dropped (``superseded``); the bridge skips it too.
 * ``pairing: hold`` (real time, real hardware): the command is in force until the next
   command t' (or t + (1 + tol)·dt if none comes). ``after`` = the newest state stamped at or
   before that end of hold. The transition is kept only if it spans one control period:
@@ -78,9 +79,10 @@ class Recorder(Node):
         task = self.p.task
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
-        self.pairing = declare(self, "pairing", "next",
+        self.pairing = declare(self, "pairing", "auto",
                                "next: after = first state after the command (lockstep sim); "
-                               "hold: after = last state before the next command (real time)")
+                               "hold: after = last state before the next command (real time); "
+                               "auto: next while the sim bridge announces lockstep, else hold")
         self.tol = declare(self, "period_tolerance", 0.25,
                            "hold pairing: allowed |after-before-dt| as a fraction of dt")
         self.max_state_age = int(1e9 * declare(
@@ -90,8 +92,12 @@ class Recorder(Node):
         self.episode_steps = declare(self, "episode_steps", 0,
                                      "without episode events: transitions per episode "
                                      "(0: the task's episode length)") or task.max_episode_steps
-        if self.pairing not in ("next", "hold"):
-            raise SystemExit(f"recorder: pairing must be next or hold, not {self.pairing!r}")
+        if self.pairing not in ("next", "hold", "auto"):
+            raise SystemExit(f"recorder: pairing must be next, hold or auto, not "
+                             f"{self.pairing!r}")
+        self.auto_pairing = self.pairing == "auto"
+        if self.auto_pairing:
+            self.pairing = "hold"
         self.dt_ns = int(round(task.dt * 1e9))
         self.store = TransitionStore(self.p.run_dir / store_name, task.state_names,
                                      task.action_names, dt=task.dt, task=task.name)
@@ -158,6 +164,8 @@ class Recorder(Node):
         except (ValueError, KeyError, TypeError) as exc:
             self.diag.drop("bad_episode", f"episode event {msg.data[:80]!r}: {exc}")
             return
+        if self.auto_pairing:
+            self.pairing = "next" if event.get("mode") == "lockstep" else "hold"
         if self.episodes and ns <= self.episodes[-1][0]:
             return  # a repeat (transient-local history)
         last = self.store.episodes()[-1:] if not self.episodes else []
@@ -169,9 +177,9 @@ class Recorder(Node):
         self._auto_episode = None
         self.diag.count("episodes")
 
-    def on_command(self, msg, info=None) -> None:
+    def on_command(self, msg, info: dict) -> None:
         try:
-            action, ns = self.p.codec.from_msg(msg, (info or {}).get("source_timestamp"))
+            action, ns = self.p.codec.from_msg(msg, info.get("source_timestamp"))
         except BadMessage as exc:
             self.diag.drop(exc.reason, f"command: {exc}")
             return
@@ -218,8 +226,9 @@ class Recorder(Node):
         if self.pairing == "next" and before.used:
             self.diag.drop("superseded", "two commands for one state (lockstep pairing)")
             return
-        if self.pairing == "hold" and abs(after.ns - before.ns - self.dt_ns) > self.tol * self.dt_ns:
-            self.diag.drop("bad_period", f"transition spans {(after.ns - before.ns) * 1e-6:.1f} "
+        span = after.ns - before.ns
+        if self.pairing == "hold" and abs(span - self.dt_ns) > self.tol * self.dt_ns:
+            self.diag.drop("bad_period", f"transition spans {span * 1e-6:.1f} "
                            f"ms, not one control period ({self.dt_ns * 1e-6:.1f} ms)")
             return
         if any(before.ns < start <= after.ns for start, _ in self.episodes):

@@ -1,17 +1,22 @@
 """sim_bridge: a task's MuJoCo model behind the same topics a real robot driver publishes.
 
 Subscribes to the command topic, publishes the state (``/joint_states`` or ``odom``), the
-target, ``/clock``, markers and episode events; ``~/reset`` starts a new episode.
+target, ``/clock`` (simulated time), markers and episode events; ``~/reset`` starts a new
+episode. States are stamped with the system clock, like a driver's (see docs/ros.md).
 
 Modes:
-* ``lockstep``: one control period of physics per command received, then the new state is
-  published. Deterministic for a given command sequence, and as fast as the controller.
+* ``lockstep``: each command advances one control period, then the new state is published:
+  deterministic for a given command sequence, and as fast as the controller sends. A command
+  published before the current state (so computed from an older one: a duplicate, or one in
+  flight across a reset) is skipped, which keeps exactly one command per state. After the
+  last state of an episode, the next command starts the new episode instead of stepping.
+  Nothing is published until a command arrives: the controller's watchdog sends a zero
+  command when it has no state, which starts the exchange.
 * ``realtime``: a wall-clock timer advances one control period per tick holding the last
   command (zero before the first), like a robot that keeps executing its last setpoint.
 
-Episodes end when the task terminates or its step limit is reached; the bridge publishes the
-final state, then an episode event (``/sym_mbrl/episode``, JSON ``{"episode", "stamp",
-"reason"}`` where ``stamp`` is the first state's stamp), the new target and the first state.
+A new episode is announced on ``/sym_mbrl/episode`` (JSON ``{"episode", "stamp", "stamp_ns",
+"reason", "mode"}``, ``stamp`` being the first state's stamp) before its target and first state.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import numpy as np
 from geometry_msgs.msg import Point, PointStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
 from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -41,8 +46,8 @@ from .common import (
     declare,
     run,
 )
-from .topics import BadMessage, CommandCodec, StateLayout
 from .params import TaskParams
+from .topics import BadMessage, CommandCodec, StateLayout
 
 
 class SimBridge(Node):
@@ -57,9 +62,6 @@ class SimBridge(Node):
         self.seed = declare(self, "seed", 0, "seed of the first env.reset (episodes follow it)")
         self.marker_rate = declare(self, "marker_rate_hz", 10.0,
                                    "markers per wall-clock second (0 disables them)")
-        self.idle_republish = declare(self, "idle_republish_s", 0.5,
-                                      "lockstep: republish the current state after this long "
-                                      "without a command, so late subscribers can start")
         if self.mode not in ("lockstep", "realtime"):
             raise SystemExit(f"sim_bridge: mode must be lockstep or realtime, not {self.mode!r}")
         task = self.p.task
@@ -85,12 +87,11 @@ class SimBridge(Node):
         self.steps = 0
         self.held = np.clip(np.zeros(task.action_dim), task.action_low, task.action_high)
         self._last_marker = 0.0
-        self._last_publish = time.monotonic()
+        self.state_ns = 0
+        self.done = False
         self.state = self._reset(seed=self.seed, reason="start")
         if self.mode == "realtime":
             self.create_timer(task.dt, self.on_tick)
-        else:
-            self.create_timer(max(self.idle_republish / 2, 0.01), self.on_idle)
         self.get_logger().info(
             f"{task.name} in {self.mode} mode: commands on {self.p.command_topic}, state on "
             f"{self.p.state_topic}, dt={task.dt:g}s")
@@ -101,9 +102,11 @@ class SimBridge(Node):
         state = np.asarray(info["state"], dtype=np.float64)
         self.episode += 1
         self.episode_return = 0.0
+        self.done = False
         ns = time.time_ns()
         self.episode_pub.publish(String(data=json.dumps(
-            {"episode": self.episode, "stamp": ns * 1e-9, "stamp_ns": ns, "reason": reason})))
+            {"episode": self.episode, "stamp": ns * 1e-9, "stamp_ns": ns, "reason": reason,
+             "mode": self.mode})))
         if self.target_pub is not None:
             self.target_pub.publish(self.layout.target(state, ns))
         self._publish_state(state, ns)
@@ -127,31 +130,37 @@ class SimBridge(Node):
         self.episode_return += float(reward)
         self.diag.count("steps")
         self._publish_state(self.state)
-        self.clock_pub.publish(self._clock())
+        self.clock_pub.publish(self._clock_msg())
         if terminated or truncated:
             self.diag.set("last_return", float(self.episode_return))
-            self.state = self._reset(reason="terminated" if terminated else "truncated")
+            self.diag.count("episodes")
+            self.done = "terminated" if terminated else "truncated"
 
-    def on_command(self, msg, info=None) -> None:
+    def on_command(self, msg, info: dict) -> None:
         try:
-            action, _ = self.codec.from_msg(msg)
+            action, ns = self.codec.from_msg(msg, info.get("source_timestamp"))
         except BadMessage as exc:
             self.diag.drop(exc.reason, str(exc))
             return
         self.diag.count("commands")
         self.held = action
-        if self.mode == "lockstep":
+        if self.mode != "lockstep":
+            return
+        if ns is not None and ns <= self.state_ns:
+            self.diag.count("skipped/stale_command")
+            return
+        if self.done:
+            self.state = self._reset(reason=self.done)
+        else:
             self._step(action)
 
     def on_tick(self) -> None:
         self._step(self.held)
-
-    def on_idle(self) -> None:
-        if time.monotonic() - self._last_publish >= self.idle_republish:
-            self._publish_state(self.state)
+        if self.done:
+            self.state = self._reset(reason=self.done)
 
     # ------------------------------------------------------------------ output
-    def _clock(self) -> Clock:
+    def _clock_msg(self) -> Clock:
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = divmod(int(round(self.sim_time * 1e9)), 1_000_000_000)
         return msg
@@ -162,7 +171,7 @@ class SimBridge(Node):
             self.state_pub.publish(self.layout.odometry(state, ns))
         else:
             self.state_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
-        self._last_publish = time.monotonic()
+        self.state_ns = ns
         if self.marker_rate > 0 and time.monotonic() - self._last_marker >= 1 / self.marker_rate:
             self._last_marker = time.monotonic()
             self.marker_pub.publish(self._markers(state, ns))

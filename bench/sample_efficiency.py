@@ -1,0 +1,372 @@
+"""Sample efficiency: real steps to solve a task, for four learners on the same seeds.
+
+Learners: sym-mbpo (MBPO + symbolic world model), mbpo (MBPO + NN ensemble), our SAC, and
+Stable-Baselines3's SAC as an external anchor. Every learner is evaluated the same way (the
+deterministic policy, 5 episodes with fixed seeds, every ``--eval-every`` real steps).
+
+    python bench/sample_efficiency.py --task pendulum --seeds 5 \\
+        --steps sym-mbpo=1500,mbpo=3000,sac=15000,sb3-sac=15000
+
+Prints and writes ``bench/results/sample_efficiency_<task>.md`` (tables), ``.png`` (all curves)
+and ``.json`` (configuration and raw results). Run folders of the individual trainings go to
+``bench/results/runs/<task>/``; a finished run with the same settings is reused unless --fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LEARNERS = ("sym-mbpo", "mbpo", "sac", "sb3-sac")
+LABELS = {
+    "sym-mbpo": "sym-mbpo (symbolic model)",
+    "mbpo": "mbpo (NN ensemble)",
+    "sac": "SAC (ours)",
+    "sb3-sac": "SAC (Stable-Baselines3)",
+}
+DEFAULT_STEPS = {
+    "pendulum": {"sym-mbpo": 1500, "mbpo": 3000, "sac": 15000, "sb3-sac": 15000},
+    "reacher": {"sym-mbpo": 3000, "mbpo": 6000, "sac": 30000, "sb3-sac": 30000},
+    "car2d": {"sym-mbpo": 3000, "mbpo": 6000, "sac": 30000, "sb3-sac": 30000},
+}
+# SB3 settings: the defaults, with RL-Zoo's tuned learning rate for Pendulum.
+SB3_KWARGS: dict[str, dict[str, Any]] = {
+    "pendulum": {"learning_rate": 1e-3},
+}
+
+
+def parse_steps(text: str | None, task: str) -> dict[str, int]:
+    steps = dict(DEFAULT_STEPS.get(task, DEFAULT_STEPS["reacher"]))
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        if name.strip() not in LEARNERS or not value.strip().isdigit():
+            sys.exit(f"--steps expects LEARNER=N pairs with LEARNER in {', '.join(LEARNERS)}")
+        steps[name.strip()] = int(value)
+    return steps
+
+
+# ---------------------------------------------------------------- one training run (a worker)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one learner on one seed; returns its curve and timings."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(job["out"])
+    summary_path = out / "summary.json"
+    if job["reuse"] and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("steps") == job["steps"] and summary.get("eval_every") == job["eval_every"]:
+            return _result(job, summary, out, reused=True)
+    if job["learner"] == "sb3-sac":
+        summary = train_sb3(job)
+    else:
+        from sym_mbrl_ros.commands.train import train_run
+
+        summary = train_run(
+            job["task"], job["learner"], job["steps"], job["seed"], out,
+            eval_every=job["eval_every"], eval_episodes=job["eval_episodes"],
+            overrides=job["overrides"].get(job["learner"]), threads=1, progress=False,
+        )
+    return _result(job, summary, out, reused=False)
+
+
+def _result(job, summary, out: Path, reused: bool) -> dict[str, Any]:
+    import csv
+
+    with (out / "curve.csv").open() as f:
+        rows = [{k: float(v) if v not in ("", "None") else None for k, v in r.items()}
+                for r in csv.DictReader(f)]
+    print(
+        f"  done {job['learner']:<9} seed {job['seed']}: "
+        f"threshold at {summary.get('steps_to_threshold')}, "
+        f"{summary.get('train_s', 0):.0f} s{' (reused)' if reused else ''}",
+        flush=True,
+    )
+    return {"learner": job["learner"], "seed": job["seed"], "rows": rows, "summary": summary}
+
+
+def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
+    """Stable-Baselines3 SAC, evaluated exactly like our learners."""
+    import csv
+
+    from stable_baselines3 import SAC as SB3SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from sym_mbrl_ros.agents.evaluation import Evaluator
+    from sym_mbrl_ros.agents.presets import THRESHOLDS
+    from sym_mbrl_ros.commands.train import CURVE_COLUMNS, plot_curve, steps_to_threshold
+    from sym_mbrl_ros.envs import get_task
+
+    task = get_task(job["task"])
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator = Evaluator(task, job["eval_episodes"], seed=10_000 + 100 * job["seed"])
+    has_success = task.success is not None
+    columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
+    kwargs = {**SB3_KWARGS.get(task.name, {}), **job["overrides"].get("sb3-sac", {})}
+    (out / "config.json").write_text(json.dumps(
+        {"task": task.name, "algo": "sb3-sac", "steps": job["steps"], "seed": job["seed"],
+         "sb3_kwargs": kwargs}, indent=2) + "\n")
+    rows: list[dict[str, Any]] = []
+    clock = {"start": time.perf_counter(), "eval_s": 0.0}
+
+    class EvalEvery(BaseCallback):
+        def _on_step(self) -> bool:
+            step = self.num_timesteps
+            if step % job["eval_every"] == 0 or step == job["steps"]:
+                t0 = time.perf_counter()
+                res = evaluator(self.model)
+                clock["eval_s"] += time.perf_counter() - t0
+                row = {"env_steps": step, "eval_return_mean": round(res.mean, 4),
+                       "eval_return_std": round(res.std, 4),
+                       "wall_s": round(time.perf_counter() - clock["start"] - clock["eval_s"], 3)}
+                if has_success:
+                    row["success_rate"] = res.success_rate
+                rows.append(row)
+            return True
+
+    env = task.make_env()
+    model = SB3SAC("MlpPolicy", env, seed=job["seed"], device="cpu", verbose=0, **kwargs)
+    model.learn(job["steps"], callback=EvalEvery())
+    train_s = time.perf_counter() - clock["start"] - clock["eval_s"]
+    evaluator.close()
+    with (out / "curve.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    column, value = THRESHOLDS[task.name]
+    summary = {"task": task.name, "algo": "sb3-sac", "seed": job["seed"], "steps": job["steps"],
+               "eval_every": job["eval_every"], "train_s": round(train_s, 2),
+               "final_eval": rows[-1],
+               "steps_to_threshold": steps_to_threshold(rows, column, value)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_curve(rows, out / "curve.png", f"{task.name} — sb3-sac (seed {job['seed']})", has_success)
+    return summary
+
+
+# ---------------------------------------------------------------- tables and the figure
+
+
+def _fmt_steps(values: list[int | None], budget: int) -> str:
+    reached = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    # a seed that never reached the threshold counts as "more than the budget"
+    filled = sorted(v if v is not None else np.inf for v in values)
+    med = float(np.median(filled))
+    med_s = f">{budget}" if np.isinf(med) else f"{med:.0f}"
+    lo = min(reached) if reached else None
+    hi = max(filled)
+    rng = "—" if lo is None else f"{lo}–{'>' + str(budget) if np.isinf(hi) else int(hi)}"
+    return f"{med_s} [{rng}] ({len(reached)}/{len(values)} seeds)"
+
+
+def _value_at(rows: list[dict], step: int, column: str) -> float | None:
+    best = None
+    for r in rows:
+        if r["env_steps"] <= step and r.get(column) is not None:
+            best = r
+    if best is None or rows[-1]["env_steps"] < step:
+        return None
+    return best[column]
+
+
+def report(task: str, results: list[dict], steps: dict[str, int], budgets: list[int],
+           seeds: list[int]) -> tuple[str, dict[str, Any]]:
+    """The markdown tables and a dict of the numbers in them."""
+    from sym_mbrl_ros.agents.presets import THRESHOLDS
+
+    column, value = THRESHOLDS[task]
+    learners = [name for name in LEARNERS if any(r["learner"] == name for r in results)]
+    by = {name: sorted((r for r in results if r["learner"] == name), key=lambda r: r["seed"])
+          for name in learners}
+    crit = (f"mean return ≥ {value:g}" if column == "eval_return_mean"
+            else f"success rate ≥ {value:.0%}")
+    lines = [f"# Sample efficiency on {task}", "",
+             f"Seeds {seeds}; evaluation: deterministic policy, 5 episodes; threshold: {crit}.", "",
+             "## Real steps to reach the threshold", "",
+             "median [range] over seeds (a seed that never reached it counts as more than its "
+             "budget)", "",
+             "| learner | budget | steps to threshold | per seed |", "|---|---|---|---|"]
+    numbers: dict[str, Any] = {"steps_to_threshold": {}, "at_budget": {}, "wall_s": {}}
+    medians = {}
+    for name in learners:
+        vals = [r["summary"].get("steps_to_threshold") for r in by[name]]
+        numbers["steps_to_threshold"][name] = vals
+        filled = [v if v is not None else np.inf for v in vals]
+        medians[name] = float(np.median(filled)) if filled else np.inf
+        per_seed = ", ".join("—" if v is None else str(v) for v in vals)
+        lines.append(f"| {LABELS[name]} | {steps[name]} | {_fmt_steps(vals, steps[name])} | "
+                     f"{per_seed} |")
+    base = medians.get("sym-mbpo")
+    if base and np.isfinite(base):
+        lines += ["", "Ratio of median steps to sym-mbpo's: " + ", ".join(
+            f"{LABELS[n]} {'>' if not np.isfinite(medians[n]) else ''}"
+            f"{(medians[n] if np.isfinite(medians[n]) else steps[n]) / base:.1f}×"
+            for n in learners if n != "sym-mbpo")]
+    metric = "eval_return_mean" if column == "eval_return_mean" else column
+    unit = "return" if metric == "eval_return_mean" else "success rate"
+    lines += ["", f"## {unit.capitalize()} at fixed budgets of real steps", "",
+              "mean ± std over seeds (— : the learner's run is shorter)", "",
+              "| learner | " + " | ".join(str(b) for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for name in learners:
+        cells = []
+        numbers["at_budget"][name] = {}
+        for b in budgets:
+            vals = [_value_at(r["rows"], b, metric) for r in by[name]]
+            vals = [v for v in vals if v is not None]
+            numbers["at_budget"][name][b] = vals
+            if not vals:
+                cells.append("—")
+            elif metric == "eval_return_mean":
+                cells.append(f"{np.mean(vals):.0f} ± {np.std(vals):.0f}")
+            else:
+                cells.append(f"{np.mean(vals):.0%} ± {np.std(vals):.0%}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += ["", "## Wall-clock time (training only, evaluation excluded)", "",
+              "| learner | real steps | total s (median [range]) | ms per real step | "
+              "s to threshold (median) |", "|---|---|---|---|---|"]
+    for name in learners:
+        ts = [r["summary"]["train_s"] for r in by[name]]
+        to_thr = []
+        for r in by[name]:
+            k = r["summary"].get("steps_to_threshold")
+            if k is not None:
+                to_thr += [row["wall_s"] for row in r["rows"] if row["env_steps"] == k]
+        numbers["wall_s"][name] = ts
+        lines.append(
+            f"| {LABELS[name]} | {steps[name]} | {np.median(ts):.0f} [{min(ts):.0f}–{max(ts):.0f}] "
+            f"| {1000 * np.median(ts) / steps[name]:.1f} | "
+            f"{(f'{np.median(to_thr):.0f}' if to_thr else '—')} |"
+        )
+    return "\n".join(lines) + "\n", numbers
+
+
+def plot(task: str, results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sym_mbrl_ros.agents.presets import THRESHOLDS
+
+    column, value = THRESHOLDS[task]
+    metrics = ["eval_return_mean"] + ([column] if column != "eval_return_mean" else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
+    colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue", "sb3-sac": "tab:gray"}
+    for ax, metric in zip(axes[0], metrics):
+        for name in LEARNERS:
+            runs = [r["rows"] for r in results if r["learner"] == name]
+            if not runs:
+                continue
+            n = min(len(rows) for rows in runs)
+            x = np.array([row["env_steps"] for row in runs[0][:n]])
+            y = np.array([[row[metric] for row in rows[:n]] for rows in runs], dtype=float)
+            ax.plot(x, np.median(y, 0), color=colors[name], label=f"{LABELS[name]} (median)")
+            ax.fill_between(x, y.min(0), y.max(0), color=colors[name], alpha=0.15)
+        if metric == column:
+            ax.axhline(value, color="k", ls=":", lw=1, label="threshold")
+        ax.set_xscale("log")
+        ax.set_xlabel("real environment steps (log scale)")
+        ax.set_ylabel("evaluation return" if metric == "eval_return_mean" else "success rate")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Sample efficiency on {task} (band: range over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="pendulum")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--steps", default=None, help="per learner, e.g. sym-mbpo=1500,sac=15000")
+    p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--budgets", default=None, help="comma-separated step budgets for the table")
+    p.add_argument("--workers", type=int, default=2, help="parallel trainings (at most 2)")
+    p.add_argument("--set", dest="overrides", default="{}",
+                   help='JSON {"learner": {"key": value}} of setting overrides')
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")
+    args = p.parse_args(argv)
+
+    from sym_mbrl_ros.envs import TASKS
+
+    if args.task not in TASKS:
+        p.error(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
+    learners = [x.strip() for x in args.learners.split(",") if x.strip()]
+    if set(learners) - set(LEARNERS):
+        p.error(f"--learners must be a subset of {', '.join(LEARNERS)}")
+    steps = parse_steps(args.steps, args.task)
+    seeds = list(range(args.seeds))
+    overrides = json.loads(args.overrides)
+    out = Path(args.out)
+    runs_dir = out / "runs" / args.task
+    jobs = [
+        {"task": args.task, "learner": name, "seed": s, "steps": steps[name],
+         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+         "overrides": overrides, "out": str(runs_dir / f"{name}-s{s}"), "reuse": not args.fresh}
+        for name in learners for s in seeds
+    ]
+    # longest jobs first, so the two workers finish close together
+    cost = {"sym-mbpo": 0.15, "mbpo": 0.2, "sac": 0.008, "sb3-sac": 0.012}
+    jobs.sort(key=lambda j: -j["steps"] * cost[j["learner"]])
+    workers = max(1, min(2, args.workers))
+    print(f"sample efficiency on {args.task}: {len(jobs)} trainings, {workers} workers; "
+          f"steps {steps}", flush=True)
+    t0 = time.time()
+    if workers == 1:
+        results = [run_job(j) for j in jobs]
+    else:
+        with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            results = pool.map(run_job, jobs, chunksize=1)
+    elapsed = time.time() - t0
+
+    longest = max(steps[n] for n in learners)
+    budgets = ([int(b) for b in args.budgets.split(",")] if args.budgets else sorted(
+        {b for b in (500, 1000, 1500, 3000, 5000, 10000, 20000, 50000) if b <= longest}
+        | {steps[n] for n in learners}))
+    text, numbers = report(args.task, results, steps, budgets, seeds)
+    text += (f"\nCommand: `python bench/sample_efficiency.py {' '.join(argv or sys.argv[1:])}`; "
+             f"{elapsed / 60:.1f} min with {workers} workers on {os.cpu_count()} CPU cores "
+             f"({platform.processor() or platform.machine()}), torch threads 1 per worker.\n")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"sample_efficiency_{args.task}"
+    Path(f"{stem}.md").write_text(text)
+    plot(args.task, results, Path(f"{stem}.png"))
+    Path(f"{stem}.json").write_text(json.dumps({
+        "task": args.task, "seeds": seeds, "steps": steps, "eval_every": args.eval_every,
+        "eval_episodes": args.eval_episodes, "overrides": overrides, "budgets": budgets,
+        "sb3_kwargs": SB3_KWARGS.get(args.task, {}), "elapsed_s": elapsed, "numbers": numbers,
+        "configs": {r["learner"]: json.loads((runs_dir / f"{r['learner']}-s0" / "config.json")
+                                             .read_text()) for r in results if r["seed"] == 0},
+    }, indent=2, default=str) + "\n")
+    print(text)
+    print(f"written: {stem}.md, {stem}.png, {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Planning with a world model: scoring action sequences, and the gradient-based planner.
+
+A *planner* picks actions by imagining their consequences with a dynamics model (anything
+with ``predict_torch(states, actions)``, e.g. :class:`~sym_mbrl_ros.dynamics.symbolic.
+SymbolicDynamics`, or a plain function) and the task's true reward in torch. Two planners
+share the interface ``plan(states) -> (S, H, m)`` / ``act(states) -> (S, m)`` / ``reset()``:
+
+* :class:`~sym_mbrl_ros.agents.cem.CEMPlanner` (``agents/cem.py``): the cross-entropy method;
+* :class:`GradientPlanner` (here): Adam on tanh-squashed action sequences, back-propagating
+  through the torch evaluation of the model, several restarts batched.
+
+Both plan for S start states at once and for every candidate sequence in one batched model call
+per time step (no per-candidate Python loop), execute the first action and keep the rest of the
+plan, shifted by one step, as the warm start of the next call (receding horizon).
+
+:class:`PendulumDynamics` is the exact Pendulum equation in torch, the reference model that the
+benchmarks and tests plan with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..envs.base import TaskSpec
+from ..errors import UserError
+
+Dynamics = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(states (B, n), actions (B, m)) -> next states (B, n), torch."""
+
+
+def as_dynamics(model: Any) -> Dynamics:
+    """A model with ``predict_torch`` (or a plain function) as a dynamics function."""
+    if hasattr(model, "predict_torch"):
+        return model.predict_torch
+    if callable(model):
+        return model
+    raise UserError(
+        f"a planner needs a dynamics model with predict_torch(states, actions); got {type(model)}"
+    )
+
+
+class SequenceScorer:
+    """Sums the task's reward along action sequences rolled through a dynamics model.
+
+    Args:
+        dynamics: the model (see :func:`as_dynamics`).
+        task: gives the reward and termination (torch), static and angle coordinates.
+        gamma: discount per step (1: plain sum).
+    """
+
+    def __init__(self, dynamics: Any, task: TaskSpec, gamma: float = 1.0):
+        self.dynamics = as_dynamics(dynamics)
+        self.task = task
+        self.gamma = float(gamma)
+        self._static = list(task.static_coords)
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Returns (S, P) of action sequences (S, P, H, m) from start states (S, n).
+
+        Sequences whose rollout turns non-finite score ``-inf`` (or a large negative number
+        when gradients are needed). After a terminal step the rewards stop counting.
+        """
+        S, P, H, m = actions.shape
+        s = states.unsqueeze(1).expand(S, P, states.shape[-1]).reshape(S * P, -1)
+        a_all = actions.reshape(S * P, H, m)
+        total = s.new_zeros(S * P)
+        alive = None
+        discount = 1.0
+        for t in range(H):
+            a = a_all[:, t]
+            nxt = self.dynamics(s, a)
+            if self._static:
+                nxt = nxt.clone()
+                nxt[:, self._static] = s[:, self._static]
+            r = self.task.reward(s, a, nxt)
+            if alive is not None:
+                r = r * alive
+            done = self.task.terminated(s, a, nxt).to(r.dtype)
+            alive = (1.0 - done) if alive is None else alive * (1.0 - done)
+            total = total + (r if discount == 1.0 else discount * r)
+            discount *= self.gamma
+            s = nxt
+        total = total.reshape(S, P)
+        if total.requires_grad:
+            return torch.nan_to_num(total, nan=-1e9, posinf=-1e9, neginf=-1e9)
+        return torch.where(torch.isfinite(total), total, torch.full_like(total, -math.inf))
+
+
+class ActionBox:
+    """The action bounds as tensors, with the squashing map used by the gradient planner."""
+
+    def __init__(self, low, high, dtype: torch.dtype = torch.float32):
+        self.low = torch.as_tensor(np.asarray(low, dtype=np.float64), dtype=dtype).reshape(-1)
+        self.high = torch.as_tensor(np.asarray(high, dtype=np.float64), dtype=dtype).reshape(-1)
+        self.mid = (self.high + self.low) / 2
+        self.half = (self.high - self.low) / 2
+
+    def clip(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(a, self.high), self.low)
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        """Unbounded -> inside the box."""
+        return self.mid + self.half * torch.tanh(u)
+
+    def unsquash(self, a: torch.Tensor) -> torch.Tensor:
+        """Inside the box -> unbounded (inverse of :meth:`squash`, clipped away from the edges)."""
+        return torch.atanh(((a - self.mid) / self.half).clamp(-0.999, 0.999))
+
+
+def shift_plan(plan: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Drop the first step of each plan (S, H, m) and append ``fill`` (m,) as the last step."""
+    return torch.cat([plan[:, 1:], fill.expand(plan.shape[0], 1, plan.shape[-1])], dim=1)
+
+
+# ---------------------------------------------------------------- gradient-based planner
+
+
+@dataclass
+class GradientPlannerConfig:
+    """Settings of the gradient-based planner."""
+
+    horizon: int = 30
+    """Planned steps."""
+    restarts: int = 8
+    """Action sequences optimised side by side per state; one starts from the warm start."""
+    iterations: int = 30
+    """Adam steps per planning call."""
+    learning_rate: float = 0.1
+    """Adam step size on the unsquashed actions."""
+    init_std: float = 1.0
+    """Std of the random restarts in the unsquashed space (1: spread over the whole box)."""
+    gamma: float = 1.0
+    """Discount of the planning objective."""
+    seed: int = 0
+    """Seed of the planner's random generator."""
+
+
+class GradientPlanner:
+    """Plans by gradient ascent of the model return over tanh-squashed action sequences.
+
+    Args:
+        dynamics: the model (``predict_torch`` must be differentiable: SymbolicDynamics is).
+        task: reward, termination and action box.
+        config: settings.
+        dtype: torch dtype of the plans and rollouts.
+    """
+
+    def __init__(
+        self,
+        dynamics: Any,
+        task: TaskSpec,
+        config: GradientPlannerConfig | None = None,
+        dtype: torch.dtype = torch.float64,
+    ):
+        self.config = cfg = config or GradientPlannerConfig()
+        if cfg.horizon < 1 or cfg.restarts < 1 or cfg.iterations < 0:
+            raise UserError("the gradient planner needs horizon >= 1, restarts >= 1, iterations >= 0")
+        self.task, self.dtype = task, dtype
+        self.scorer = SequenceScorer(dynamics, task, cfg.gamma)
+        self.box = ActionBox(task.action_low, task.action_high, dtype)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.plan_: torch.Tensor | None = None
+        self.last_returns: torch.Tensor | None = None
+        self.initial_returns: torch.Tensor | None = None
+        """Return of the best initial sequence of the last call (before any Adam step), (S,)."""
+
+    def set_dynamics(self, dynamics: Any) -> None:
+        """Plan with another model from now on (the warm start is kept)."""
+        self.scorer.dynamics = as_dynamics(dynamics)
+
+    def reset(self) -> None:
+        """Forget the warm start."""
+        self.plan_ = None
+
+    def plan(self, states) -> torch.Tensor:
+        """Best action sequences (S, H, m) for start states (S, n)."""
+        cfg = self.config
+        s0 = torch.as_tensor(states, dtype=self.dtype).reshape(-1, self.task.state_dim)
+        S, H, m, R = s0.shape[0], cfg.horizon, self.task.action_dim, cfg.restarts
+        if self.plan_ is None or self.plan_.shape[0] != S:
+            self.plan_ = self.box.mid.expand(S, H, m).clone()
+        u = cfg.init_std * torch.randn((S, R, H, m), generator=self.generator, dtype=self.dtype)
+        u[:, 0] = self.box.unsquash(self.plan_)
+        u.requires_grad_(True)
+        optimizer = torch.optim.Adam([u], lr=cfg.learning_rate)
+        with torch.no_grad():
+            first = self.scorer(s0, self.box.squash(u))
+        self.initial_returns = first.max(1).values
+        best_u, best_ret = u.detach().clone(), first
+        for _ in range(cfg.iterations):
+            with torch.enable_grad():
+                returns = self.scorer(s0, self.box.squash(u))
+                optimizer.zero_grad(set_to_none=True)
+                (-returns.sum()).backward()
+            with torch.no_grad():
+                better = returns > best_ret
+                best_ret = torch.where(better, returns, best_ret)
+                best_u[better] = u.detach()[better]
+            optimizer.step()
+        with torch.no_grad():
+            returns = self.scorer(s0, self.box.squash(u))
+            better = returns > best_ret
+            best_ret = torch.where(better, returns, best_ret)
+            best_u[better] = u.detach()[better]
+            k = best_ret.argmax(1)
+            plan = self.box.squash(best_u[torch.arange(S), k])
+        self.last_returns = best_ret.max(1).values
+        self.plan_ = plan
+        return plan
+
+    def act(self, states) -> torch.Tensor:
+        """First action (S, m) of the plan for each state; keeps the rest as the warm start."""
+        plan = self.plan(states)
+        self.plan_ = shift_plan(plan, plan[:, -1:].mean(0, keepdim=True)[0, 0])
+        return plan[:, 0]
+
+
+# ---------------------------------------------------------------- the exact pendulum
+
+
+class PendulumDynamics:
+    """Pendulum's exact equation, ``theta'' = 15 sin(theta) + 3 u``, integrated like MuJoCo.
+
+    The constants are those of ``envs/pendulum.py`` (uniform 1 kg, 1 m rod, g = 10): RK4 with
+    step 0.01 s, 5 steps per control period, torque clipped to +-2, theta wrapped to [-pi, pi).
+    ``predict_torch`` is batched and differentiable.
+    """
+
+    def __init__(self):
+        from ..envs import pendulum
+
+        self.accel_gravity = 1.5 * pendulum.GRAVITY  # 3 g / (2 l), l = 1 m
+        self.accel_torque = 3.0  # 3 / (m l^2), m = 1 kg, l = 1 m
+        self.h = pendulum.TIMESTEP
+        self.substeps = pendulum.N_SUBSTEPS
+        self.max_torque = pendulum.MAX_TORQUE
+
+    def predict_torch(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        th, w = states[:, 0], states[:, 1]
+        bu = self.accel_torque * actions[:, 0].to(states.dtype).clamp(
+            -self.max_torque, self.max_torque
+        )
+        g, h = self.accel_gravity, self.h
+        for _ in range(self.substeps):
+            k1t, k1w = w, g * torch.sin(th) + bu
+            k2t, k2w = w + 0.5 * h * k1w, g * torch.sin(th + 0.5 * h * k1t) + bu
+            k3t, k3w = w + 0.5 * h * k2w, g * torch.sin(th + 0.5 * h * k2t) + bu
+            k4t, k4w = w + h * k3w, g * torch.sin(th + h * k3t) + bu
+            th = th + h / 6 * (k1t + 2 * k2t + 2 * k3t + k4t)
+            w = w + h / 6 * (k1w + 2 * k2w + 2 * k3w + k4w)
+        th = torch.remainder(th + math.pi, 2 * math.pi) - math.pi
+        return torch.stack([th, w], dim=-1)
+
+    def predict(self, states, actions) -> np.ndarray:
+        """Numpy version of :meth:`predict_torch`."""
+        s = torch.as_tensor(np.atleast_2d(states), dtype=torch.float64)
+        a = torch.as_tensor(np.atleast_2d(actions), dtype=torch.float64)
+        return self.predict_torch(s, a).numpy()

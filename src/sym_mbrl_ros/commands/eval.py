@@ -1,0 +1,90 @@
+"""sym-mbrl eval: replay a trained policy on its task and print the mean return."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+HELP = "replay the policy of a training run and print its mean return (--gif: an animation)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("run", help="run folder written by `sym-mbrl train`")
+    parser.add_argument("--episodes", type=int, default=5, help="episodes (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    parser.add_argument(
+        "--gif", nargs="?", const="", default=None, metavar="PATH",
+        help="also write an animation of the first episode (default RUN/episode.gif)",
+    )
+    parser.add_argument("--fps", type=int, default=None, help="GIF frame rate (default 1/dt)")
+
+
+def run(args) -> int:
+    run_dir = Path(args.run)
+    config_path, policy_path = run_dir / "config.json", run_dir / "policy.pt"
+    if not config_path.exists() or not policy_path.exists():
+        raise UserError(
+            f"{run_dir} is not a finished training run (it needs config.json and policy.pt); "
+            f"train one with `sym-mbrl train TASK --out {run_dir}`"
+        )
+    if args.episodes <= 0:
+        raise UserError("--episodes must be positive")
+    try:
+        config = json.loads(config_path.read_text())
+        task_name = config["task"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{config_path} is not a run configuration ({exc})") from None
+
+    from ..agents.evaluation import Evaluator
+    from ..agents.sac import SAC
+    from ..envs import get_task
+
+    task = get_task(task_name)
+    agent = SAC.load(policy_path)
+    evaluator = Evaluator(task, args.episodes, seed=args.seed)
+    try:
+        result = evaluator(agent)
+    finally:
+        evaluator.close()
+    line = (
+        f"{task.name}: mean return {result.mean:.1f} ± {result.std:.1f} over "
+        f"{args.episodes} episodes"
+    )
+    if result.success_rate is not None:
+        line += f", success {100 * result.success_rate:.0f}%"
+    print(line)
+    if args.gif is not None:
+        path = Path(args.gif) if args.gif else run_dir / "episode.gif"
+        ret = write_gif(task, agent, path, seed=args.seed, fps=args.fps)
+        print(f"animation of one episode (return {ret:.1f}) written to {path}")
+    return 0
+
+
+def write_gif(task, agent, path: Path, seed: int = 0, fps: int | None = None) -> float:
+    """Render one deterministic episode offscreen and save it as an animated GIF."""
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    import numpy as np
+    from PIL import Image
+
+    env = task.make_env(render_mode="rgb_array", width=320, height=240)
+    frames, total = [], 0.0
+    try:
+        obs, _ = env.reset(seed=seed)
+        frames.append(Image.fromarray(np.asarray(env.render())))
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.predict(obs))
+            total += float(reward)
+            done = terminated or truncated
+            frames.append(Image.fromarray(np.asarray(env.render())))
+    finally:
+        env.close()
+    fps = fps or max(1, round(1.0 / task.dt))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0
+    )
+    return total

@@ -1,0 +1,256 @@
+"""sym-mbrl train: learn a controller on a task with sym-mbpo, mbpo or model-free SAC.
+
+The run folder gets ``config.json``, ``curve.csv`` (one row per evaluation), ``curve.png``,
+``policy.pt``, ``summary.json`` and, for the model-based learners, the world model
+(``model.json`` for the symbolic one, ``model.pt`` for the ensemble).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+HELP = "learn a controller on a task (sym-mbpo: symbolic world model; mbpo: NN ensemble; sac)"
+
+CURVE_COLUMNS = ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("task", help="task name (see `sym-mbrl tasks`)")
+    parser.add_argument(
+        "--algo", default="sym-mbpo", help="sym-mbpo (default), mbpo (NN ensemble) or sac"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="real environment steps (default: per task/algo)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-sSEED)")
+    parser.add_argument(
+        "--eval-every", type=int, default=250, help="evaluate every E real steps (default 250)"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)"
+    )
+    parser.add_argument(
+        "--policy", default="mlp", help="policy architecture: mlp (default)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", metavar="KEY=VALUE",
+        help="change one setting, e.g. --set updates_per_step=10 --set sac.learning_rate=3e-4",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="reuse a run folder that already holds a run"
+    )
+
+
+def run(args) -> int:
+    from ..agents.presets import DEFAULT_STEPS, check_algorithm, check_policy
+    from ..envs import get_task
+
+    task = get_task(args.task)
+    check_algorithm(args.algo)
+    check_policy(args.policy)
+    steps = args.steps or DEFAULT_STEPS.get(task.name, {}).get(args.algo, 5000)
+    if steps <= 0 or args.eval_every <= 0 or args.eval_episodes <= 0:
+        raise UserError("--steps, --eval-every and --eval-episodes must be positive")
+    out = Path(args.out or f"runs/{task.name}-{args.algo}-s{args.seed}")
+    if (out / "config.json").exists() and not args.overwrite:
+        raise UserError(f"{out} already holds a run; choose another --out or pass --overwrite")
+    summary = train_run(
+        task.name, args.algo, steps, args.seed, out,
+        eval_every=args.eval_every, eval_episodes=args.eval_episodes, policy=args.policy,
+        overrides=_parse(args.overrides), threads=args.threads, progress=not args.no_progress,
+    )
+    final = summary["final_eval"]
+    line = f"final return {final['eval_return_mean']:.1f} ± {final['eval_return_std']:.1f}"
+    if final.get("success_rate") is not None:
+        line += f", success {100 * final['success_rate']:.0f}%"
+    reached = summary["steps_to_threshold"]
+    line += f"; threshold reached at {reached} steps" if reached else "; threshold not reached"
+    print(f"{line}; {summary['train_s']:.0f} s of training; run folder {out}")
+    if summary.get("equations"):
+        print("learned dynamics:")
+        for eq in summary["equations"]:
+            print(f"  {eq}")
+    return 0
+
+
+def _parse(items):
+    from ..agents.presets import parse_overrides
+
+    return parse_overrides(items)
+
+
+def train_run(
+    task_name: str,
+    algo: str,
+    steps: int,
+    seed: int,
+    out: str | Path,
+    eval_every: int = 250,
+    eval_episodes: int = 5,
+    policy: str = "mlp",
+    overrides: dict[str, Any] | None = None,
+    threads: int | None = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one learner, evaluating as it goes, and fill the run folder; returns the summary."""
+    import dataclasses
+
+    import torch
+
+    from ..agents.evaluation import Evaluator
+    from ..agents.mbpo import MBPO, MBPOConfig, model_filename
+    from ..agents.presets import THRESHOLDS, make_config, make_learner
+    from ..envs import get_task
+
+    task = get_task(task_name)
+    if threads:
+        torch.set_num_threads(threads)
+    config = make_config(algo, task.name, policy, overrides)
+    (config.sac if isinstance(config, MBPOConfig) else config).num_threads = threads
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = task.make_env()
+    obs_dim = int(env.observation_space.shape[0])
+    learner = make_learner(algo, task, config, seed, obs_dim)
+    evaluator = Evaluator(task, eval_episodes, seed=10_000 + 100 * seed)
+    has_success = task.success is not None
+    columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
+    run_config = {
+        "task": task.name, "algo": algo, "steps": steps, "seed": seed, "policy": policy,
+        "eval_every": eval_every, "eval_episodes": eval_episodes, "obs_dim": obs_dim,
+        "overrides": overrides or {}, "threads": threads,
+        "config": dataclasses.asdict(config),
+    }
+    (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+
+    rows: list[dict[str, Any]] = []
+    clock = {"start": time.perf_counter(), "eval_s": 0.0}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, unit="step", dynamic_ncols=True, desc=f"{task.name} {algo}")
+    curve_file = (out / "curve.csv").open("w", newline="")
+    writer = csv.DictWriter(curve_file, fieldnames=columns)
+    writer.writeheader()
+
+    def train_seconds() -> float:
+        return time.perf_counter() - clock["start"] - clock["eval_s"]
+
+    def callback(step: int, learner_: Any) -> None:
+        if step % eval_every == 0 or step == steps:
+            t0 = time.perf_counter()
+            result = evaluator(learner_)
+            clock["eval_s"] += time.perf_counter() - t0
+            row = {
+                "env_steps": step,
+                "eval_return_mean": round(result.mean, 4),
+                "eval_return_std": round(result.std, 4),
+                "wall_s": round(train_seconds(), 3),
+            }
+            if has_success:
+                row["success_rate"] = result.success_rate
+            rows.append(row)
+            writer.writerow(row)
+            curve_file.flush()
+        if bar is not None:
+            bar.update(1)
+            if step % eval_every == 0 or step % 50 == 0 or step == steps:
+                post = {}
+                if rows:
+                    post["eval"] = f"{rows[-1]['eval_return_mean']:.1f}"
+                    if has_success:
+                        post["success"] = f"{rows[-1]['success_rate']:.0%}"
+                if isinstance(learner_, MBPO) and learner_.model is not None:
+                    post["R2"] = f"{learner_.model_r2:.4f}"
+                bar.set_postfix(post, refresh=False)
+
+    try:
+        learner.learn(steps, env, callback=callback)
+    finally:
+        curve_file.close()
+        if bar is not None:
+            bar.close()
+        env.close()
+        evaluator.close()
+    train_s = train_seconds()
+
+    agent = learner.agent if isinstance(learner, MBPO) else learner
+    agent.save(out / "policy.pt")
+    summary: dict[str, Any] = {
+        "task": task.name, "algo": algo, "seed": seed, "steps": steps, "eval_every": eval_every,
+        "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
+        "final_eval": rows[-1], "best_eval_return": max(r["eval_return_mean"] for r in rows),
+        "threshold": None, "steps_to_threshold": None, "sac_updates": agent.num_updates,
+    }
+    if task.name in THRESHOLDS:
+        column, value = THRESHOLDS[task.name]
+        summary["threshold"] = {"column": column, "value": value}
+        summary["steps_to_threshold"] = steps_to_threshold(rows, column, value)
+    if isinstance(learner, MBPO):
+        summary["timings_s"] = {k: round(v, 2) for k, v in learner.timings.items()}
+        summary["model_fits"] = learner.num_model_fits
+        summary["model_metrics"] = learner.model_metrics
+        summary["model_r2"] = learner.model_r2
+        summary["model_buffer_size"] = len(learner.model_buffer)
+        if learner.model is not None:
+            learner.model.save(out / model_filename(learner.config.world_model))
+            if hasattr(learner.model, "equations"):
+                summary["equations"] = list(learner.model.equations())
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+    plot_curve(rows, out / "curve.png", f"{task.name} — {algo} (seed {seed})", has_success)
+    return summary
+
+
+def steps_to_threshold(rows: list[dict[str, Any]], column: str, value: float) -> int | None:
+    """The first ``env_steps`` whose ``column`` reaches ``value`` (None if none does)."""
+    for row in rows:
+        v = row.get(column)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)) and v >= value:
+            return int(row["env_steps"])
+    return None
+
+
+def plot_curve(rows: list[dict[str, Any]], path: Path, title: str, success: bool) -> None:
+    """Draw the evaluation curve (mean ± std; success rate on a second axis) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.array([r["env_steps"] for r in rows], dtype=float)
+    m = np.array([r["eval_return_mean"] for r in rows], dtype=float)
+    s = np.array([r["eval_return_std"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, m, marker="o", ms=3, label="eval return")
+    ax.fill_between(x, m - s, m + s, alpha=0.2)
+    ax.set_xlabel("real environment steps")
+    ax.set_ylabel("return (mean of evaluation episodes)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if success:
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["success_rate"] for r in rows], color="tab:green", ls="--", label="success")
+        ax2.set_ylabel("success rate")
+        ax2.set_ylim(-0.05, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _jsonable(x):
+    try:
+        return x.item()
+    except AttributeError:
+        return str(x)

@@ -1,0 +1,283 @@
+"""sym-mbrl up TASK: start the task's ROS 2 graph and learn online until solved or out of budget.
+
+The nodes run as separate processes (the installed executables, else ``python -m
+sym_mbrl_ros.nodes.X``) with the parameter file the launch file uses (see bringup.py). This
+command watches the run folder, not the topics: it reads the transition store (read-only) for
+episode returns and the model files for the equations, so it needs no ROS itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+HELP = "run the ROS 2 learning loop (sim bridge, recorder, learner, trainer, controller)"
+
+RESTARTABLE = ("recorder", "dynamics_learner", "policy_trainer")
+MAX_RESTARTS = 3
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("task", help="task name (see `sym-mbrl tasks`)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every node (default 0)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="budget of real steps (default: the task's, 3000 for pendulum)")
+    parser.add_argument("--out", default=None,
+                        help="run folder (default runs/TASK-<time>); an existing one is resumed")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="control ticks per control period of wall-clock time (default 1: "
+                             "real time)")
+    parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
+                        help="sim bridge mode (default lockstep)")
+    parser.add_argument("--target-return", type=float, default=None,
+                        help="stop once the mean return of the last 3 episodes reaches this "
+                             "(default: the task's)")
+    parser.add_argument("--max-wall", type=float, default=900.0,
+                        help="stop after this many seconds (default 900)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
+def run(args) -> int:
+    from .. import bringup
+    from ..envs import get_task
+
+    task = get_task(args.task)
+    graph = bringup.graph(task.name)
+    share = bringup.share_dir()
+    params_file = share / graph.config
+    if not params_file.is_file():
+        raise UserError(f"parameter file {params_file} is missing; reinstall the package")
+    if args.speed <= 0:
+        raise UserError("--speed must be positive")
+    steps = args.steps or graph.default_steps
+    target = args.target_return if args.target_return is not None else graph.solved_return
+    out = Path(args.out or f"runs/{task.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    overrides = {name: {"run_dir": str(out)} for name in (n.name for n in graph.nodes)}
+    for name in graph.seeded:
+        overrides[name]["seed"] = args.seed
+    overrides["sim_bridge"]["mode"] = args.mode
+    overrides["controller"]["rate_hz"] = args.speed / task.dt
+    commands = {n.name: bringup.node_command(n, params_file, overrides[n.name])
+                for n in graph.nodes}
+    config = {
+        "task": task.name, "seed": args.seed, "steps": steps, "speed": args.speed,
+        "mode": args.mode, "target_return": target, "max_wall_s": args.max_wall,
+        "params_file": str(params_file), "params": params_file.read_text(),
+        "overrides": overrides, "commands": commands, "python": sys.version,
+        "platform": platform.platform(), "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0"),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    say(f"sym-mbrl up {task.name}: run folder {out}\n  budget {steps} steps, "
+        f"target mean return {target}, {args.mode} at {args.speed:g}x real time")
+
+    graph_run = _Graph(commands, out / "logs")
+    t0 = time.monotonic()
+    watch = _Watch(out, task, target, steps)
+    reason = "interrupted"
+    try:
+        graph_run.start()
+        while True:
+            time.sleep(0.5)
+            for line in watch.poll():
+                say(line)
+            dead = graph_run.check()
+            if dead:
+                reason = f"node {dead} stopped; see {out / 'logs' / (dead + '.log')}"
+                break
+            if watch.solved:
+                reason = "solved"
+                break
+            if watch.steps >= steps:
+                reason = "step budget used"
+                break
+            if time.monotonic() - t0 > args.max_wall:
+                reason = "wall-clock limit"
+                break
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    finally:
+        graph_run.stop()
+    for line in watch.poll():
+        say(line)
+    wall = time.monotonic() - t0
+    summary = watch.finish(reason, wall)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{task.name}: {reason} after {summary['steps']} steps, {wall:.0f} s; "
+          f"last returns {[round(r, 1) for r in summary['returns'][-3:]]}; "
+          f"{summary['models']} models, {summary['policies']} policies -> {out}", flush=True)
+    return 0 if reason in ("solved", "step budget used", "wall-clock limit") else 1
+
+
+class _Graph:
+    """The node processes: start, watch (restarting learner-side nodes), stop."""
+
+    def __init__(self, commands: dict[str, list[str]], logs: Path):
+        self.commands, self.logs = commands, logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+        self.env = env
+
+    def _spawn(self, name: str) -> None:
+        log = open(self.logs / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(self.commands[name], stdout=log,
+                                            stderr=subprocess.STDOUT, env=self.env,
+                                            start_new_session=True)
+        log.close()
+
+    def start(self) -> None:
+        for name in self.commands:
+            self._spawn(name)
+
+    def check(self) -> str | None:
+        """The name of a node that stopped for good, else None (restarts what may restart)."""
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                continue
+            if name in RESTARTABLE and self.restarts.get(name, 0) < MAX_RESTARTS:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                print(f"  {name} exited with code {proc.returncode}; restarting it "
+                      f"({self.restarts[name]}/{MAX_RESTARTS})", flush=True)
+                self._spawn(name)
+                continue
+            return name
+        return None
+
+    def stop(self) -> None:
+        # the controller first, so that its last command is a zero command
+        order = sorted(self.procs, key=lambda n: n != "controller")
+        for sig, wait in ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+            alive = [n for n in order if self.procs[n].poll() is None]
+            if not alive:
+                return
+            for n in alive:
+                try:
+                    self.procs[n].send_signal(sig)
+                except ProcessLookupError:
+                    pass
+                if n == "controller" and sig == signal.SIGINT:
+                    _wait(self.procs[n], 2.0)
+            end = time.monotonic() + wait
+            for n in alive:
+                _wait(self.procs[n], max(0.0, end - time.monotonic()))
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class _Watch:
+    """Reads the run folder: episodes from the store, models and policies from their files."""
+
+    def __init__(self, out: Path, task, target: float | None, budget: int):
+        self.out, self.task, self.target, self.budget = out, task, target, budget
+        self.store = None
+        self.steps = 0
+        self.episodes: list[tuple[int, int, float]] = []  # (id, cumulative steps, return)
+        self.solved = False
+        self.equations: list[str] = []
+        self.model_version = 0
+        self.policy_files: list[Path] = []
+
+    def poll(self) -> list[str]:
+        lines: list[str] = []
+        if self.store is None:
+            from ..data.store import TransitionStore
+
+            try:
+                self.store = TransitionStore(self.out / "transitions.sqlite", readonly=True)
+            except UserError:
+                return lines
+        self.steps = self.store.count()
+        seen = self.episodes[-1][0] if self.episodes else 0
+        for ep in self.store.episodes(since_id=seen):
+            if not ep.closed:
+                break
+            if ep.steps < self.task.max_episode_steps // 2:
+                continue  # a fragment (start-up, restart): not an episode's return
+            total = (self.episodes[-1][1] if self.episodes else 0) + ep.steps
+            self.episodes.append((ep.id, total, ep.episode_return))
+            recent = [r for _, _, r in self.episodes[-3:]]
+            mean = sum(recent) / len(recent)
+            lines.append(f"episode {len(self.episodes):3d}: return {ep.episode_return:9.1f}  "
+                         f"(mean of last {len(recent)}: {mean:8.1f}; {self.steps} steps stored)")
+            if self.target is not None and len(recent) == 3 and mean >= self.target:
+                self.solved = True
+        lines += self._models()
+        self.policy_files = sorted((self.out / "policies").glob("policy_*.pt"))
+        return lines
+
+    def _models(self) -> list[str]:
+        from ..bringup import latest_version
+
+        version, path = latest_version(self.out / "models", "dynamics_", ".json")
+        if version <= self.model_version or path is None:
+            return []
+        self.model_version = version
+        from ..dynamics.symbolic import SymbolicDynamics
+
+        try:
+            model = SymbolicDynamics.load(path)
+        except UserError:
+            return []
+        equations = model.equations()
+        if equations == self.equations:
+            return []
+        self.equations = equations
+        r2 = model.provenance.get("heldout_r2", {})
+        head = f"model v{version}: held-out R² " + ", ".join(f"{k} {v:.4f}" for k, v in r2.items())
+        return [head] + [f"    {e}" for e in equations]
+
+    def finish(self, reason: str, wall: float) -> dict:
+        import shutil
+
+        if self.policy_files:
+            shutil.copyfile(self.policy_files[-1], self.out / "policy.pt")
+        models = sorted((self.out / "models").glob("dynamics_*.json"))
+        if models:
+            shutil.copyfile(models[-1], self.out / "model.json")
+        self._plot()
+        returns = [r for _, _, r in self.episodes]
+        return {
+            "task": self.task.name, "reason": reason, "solved": self.solved,
+            "steps": self.steps, "wall_s": round(wall, 1), "returns": returns,
+            "episode_end_steps": [s for _, s, _ in self.episodes],
+            "target_return": self.target, "models": len(models),
+            "policies": len(self.policy_files), "equations": self.equations,
+        }
+
+    def _plot(self) -> None:
+        if not self.episodes:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([s for _, s, _ in self.episodes], [r for _, _, r in self.episodes], "o-",
+                label="episode return")
+        if self.target is not None:
+            ax.axhline(self.target, color="k", ls="--", lw=1, label=f"target {self.target:g}")
+        ax.set_xlabel("real steps")
+        ax.set_ylabel("return")
+        ax.set_title(f"sym-mbrl up {self.task.name}")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(self.out / "curve.png", dpi=100)
+        plt.close(fig)

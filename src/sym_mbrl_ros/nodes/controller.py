@@ -1,0 +1,308 @@
+"""controller: a lifecycle node that turns the newest state into a clipped command.
+
+Lifecycle: *configure* creates the (lifecycle) command publisher and the subscriptions,
+*activate* starts the fixed-rate loop, *deactivate* sends one zero command and stops it,
+*cleanup* releases everything. ``autostart: true`` configures and activates at start-up (what
+``sym-mbrl up`` and the launch files use); otherwise drive it with the standard lifecycle
+services (``ros2 lifecycle set /controller activate``).
+
+Acting: until a policy message arrives the controller explores (``exploration``); then it
+uses the newest valid policy (a malformed one is dropped and the previous one kept, so a
+dead learner or trainer leaves the robot on its last policy). With ``planner`` set (the
+sym-mpc hook) it plans with the newest world model instead.
+
+Loop: a wall-clock timer at the control period (``rate_hz``, default 1/dt). With
+``trigger: timer`` each tick acts on the newest state if it has not acted on it yet; with
+``trigger: state`` it acts as soon as a new state arrives (lowest latency) and the timer only
+keeps watch. Safety, in order: e-stop (``/sym_mbrl/estop`` Bool true → zero commands until
+false), watchdog (no fresh state for ``watchdog_periods`` periods → zero command + warning),
+NaN guard (a non-finite action → zero command), and clipping to the task's limits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+from geometry_msgs.msg import PointStamped
+from nav_msgs.msg import Odometry
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, String
+
+from .common import (
+    ESTOP_TOPIC,
+    MODEL_TOPIC,
+    POLICY_TOPIC,
+    QOS_LATCHED,
+    QOS_STREAM,
+    TARGET_TOPIC,
+    Diagnostics,
+    declare,
+    run,
+    stamp_ns,
+)
+from .params import TaskParams
+from .policies import Exploration, PolicyError, load_planner, load_policy
+from .topics import BadMessage, StampCheck
+
+
+class Controller(LifecycleNode):
+    """Runs the control loop; see the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__("controller", **kwargs)
+        self.p = TaskParams.declare(self)
+        task = self.p.task
+        rate = declare(self, "rate_hz", 0.0, "loop rate in Hz (0: 1/dt of the task)")
+        self.period = 1.0 / rate if rate > 0 else task.dt
+        self.trigger = declare(self, "trigger", "timer",
+                               "timer: act on each tick; state: act when a new state arrives")
+        self.watchdog_periods = declare(self, "watchdog_periods", 3.0,
+                                        "zero command after this many periods without a fresh "
+                                        "state")
+        self.exploration = Exploration(
+            task,
+            declare(self, "exploration", "uniform",
+                    "actions before a policy exists: uniform, gaussian or zero"),
+            declare(self, "exploration_hold_steps", 1,
+                    "repeat each exploratory action this many ticks"),
+            declare(self, "exploration_scale", 0.5,
+                    "gaussian exploration: std as a fraction of the half-range"),
+            declare(self, "seed", 0, "seed of the exploration noise"))
+        self.policy_noise = declare(self, "policy_noise", 0.0,
+                                    "gaussian noise added to policy actions, as a fraction of "
+                                    "the half-range (exploration while learning)")
+        self.planner_spec = declare(self, "planner", "",
+                                    "MPC planner as module:factory (sym-mpc hook); empty: use "
+                                    "the published policy")
+        self.stamp_age = declare(self, "max_stamp_age_s", 2.0,
+                                 "drop states whose stamp is further than this from now")
+        autostart = declare(self, "autostart", True, "configure and activate at start-up")
+        if self.trigger not in ("timer", "state"):
+            raise SystemExit(f"controller: trigger must be timer or state, not {self.trigger!r}")
+        self.rng = np.random.default_rng(self.exploration.rng.integers(1 << 31))
+        self.low, self.high = task.action_low.astype(float), task.action_high.astype(float)
+        self.zero = np.clip(np.zeros(task.action_dim), self.low, self.high)
+        self._reset_runtime()
+        if autostart:
+            self.trigger_configure()
+            self.trigger_activate()
+
+    def _reset_runtime(self) -> None:
+        self.policy = None
+        self.policy_version = None
+        self.model_text: str | None = None
+        self.estop = False
+        self.values: dict[str, float] | None = None
+        self.target: dict[str, float] = {}
+        self.state_seq = 0
+        self.acted_seq = 0
+        self.state_time = -1e9
+        self.mode = "idle"
+        self.pub = self.timer = self.diag = None
+        self._subs: list = []
+        self._tick_times: deque[float] = deque(maxlen=500)
+        self._compute: deque[float] = deque(maxlen=500)
+        self._last_tick = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stamps = StampCheck(self.stamp_age)
+        self.pub = self.create_lifecycle_publisher(self.p.codec.msg_type, self.p.command_topic,
+                                                   QOS_STREAM)
+        self.diag = Diagnostics(self)
+        slow = MutuallyExclusiveCallbackGroup()  # policy/model loading stays off the loop thread
+        layout = self.p.layout
+        subs = [
+            self.create_subscription(Odometry if layout.uses_odom else JointState,
+                                     self.p.state_topic, self.on_state, QOS_STREAM),
+            self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_LATCHED),
+            self.create_subscription(String, POLICY_TOPIC, self.on_policy, QOS_LATCHED,
+                                     callback_group=slow),
+        ]
+        if layout.needs_target:
+            subs.append(self.create_subscription(PointStamped, TARGET_TOPIC, self.on_target,
+                                                 QOS_LATCHED))
+        if self.planner_spec:
+            subs.append(self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED,
+                                                 callback_group=slow))
+        self._subs = subs
+        self.mode = "inactive"
+        self.get_logger().info(
+            f"configured: {self.p.task.name}, commands on {self.p.command_topic} every "
+            f"{self.period * 1e3:.1f} ms ({self.trigger}-triggered)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.timer = self.create_timer(self.period, self.on_tick)
+        self.state_time = time.monotonic()  # the watchdog counts from activation
+        self.mode = "explore" if self.policy is None else "policy"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._publish(self.zero)  # leave the robot with a zero command, not the last one
+        self._stop_timer()
+        self.mode = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.timer is not None:
+            self._publish(self.zero)
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """On process exit: a zero command if the loop was running."""
+        if self.timer is not None:
+            self._publish(self.zero)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+
+    def _teardown(self) -> None:
+        self._stop_timer()
+        for s in self._subs:
+            self.destroy_subscription(s)
+        if self.pub is not None:
+            self.destroy_lifecycle_publisher(self.pub)
+        if self.diag is not None:
+            self.diag.close()
+        policy = self.policy
+        self._reset_runtime()
+        self.policy = policy  # a learned policy survives cleanup; data does not
+
+    # ------------------------------------------------------------------ inputs
+    def on_state(self, msg) -> None:
+        layout = self.p.layout
+        try:
+            if isinstance(msg, Odometry):
+                values = layout.odom_values(msg)
+            else:
+                values = layout.joint_values(msg, frozenset(self.p.known_joints))
+            self.stamps.check(stamp_ns(msg.header.stamp), time.time_ns())
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"state: {exc}")
+            return
+        self.values = values
+        self.state_seq += 1
+        self.state_time = time.monotonic()
+        if self.trigger == "state" and self.timer is not None:
+            self._act()
+
+    def on_target(self, msg: PointStamped) -> None:
+        try:
+            self.target = self.p.layout.target_values(msg)
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"target: {exc}")
+
+    def on_estop(self, msg: Bool) -> None:
+        if bool(msg.data) != self.estop:
+            self.estop = bool(msg.data)
+            log = self.get_logger().warning if self.estop else self.get_logger().info
+            log("EMERGENCY STOP engaged: zero commands" if self.estop else "e-stop released")
+
+    def on_policy(self, msg: String) -> None:
+        try:
+            policy, info = load_policy(msg.data, self.p.task)
+        except PolicyError as exc:
+            self.diag.drop("bad_policy", f"policy message: {exc}")
+            return
+        self.policy, self.policy_version = policy, info.get("version")
+        self.diag.count("policies")
+        self.diag.set("policy_version", str(self.policy_version))
+        self.get_logger().info(f"using policy {info['kind']} v{self.policy_version}")
+
+    def on_model(self, msg: String) -> None:
+        try:
+            self.policy = load_planner(self.planner_spec, self.p.task, msg.data)
+        except PolicyError as exc:
+            self.diag.drop("bad_model", f"model message: {exc}")
+            return
+        self.diag.count("models")
+
+    # ------------------------------------------------------------------ loop
+    def on_tick(self) -> None:
+        now = time.monotonic()
+        if self._last_tick is not None:
+            self._tick_times.append(now - self._last_tick)
+        self._last_tick = now
+        if self.estop:
+            self.mode = "estop"
+            self._publish(self.zero)
+            return
+        if now - self.state_time > self.watchdog_periods * self.period:
+            self.mode = "watchdog"
+            self.diag.count("watchdog")
+            self.diag.warn("watchdog", f"no fresh state for {now - self.state_time:.2f} s on "
+                           f"{self.p.state_topic}: zero command")
+            self._publish(self.zero)
+            return
+        if self.trigger == "timer":
+            self._act()
+
+    def _act(self) -> None:
+        if self.estop or self.values is None or self.acted_seq == self.state_seq:
+            return
+        t0 = time.perf_counter()
+        try:
+            state = self.p.layout.assemble({**self.values, **self.target})
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, str(exc))
+            return
+        self.acted_seq = self.state_seq
+        if self.policy is None:
+            self.mode = "explore"
+            action = self.exploration(state)
+        else:
+            self.mode = "policy"
+            try:
+                action = np.asarray(self.policy(state), dtype=np.float64).reshape(-1)
+            except Exception as exc:  # a policy must never take the loop down
+                self.diag.drop("policy_error", f"policy raised {type(exc).__name__}: {exc}")
+                action = self.zero
+            if self.policy_noise > 0 and action.shape == self.low.shape:
+                action = action + self.policy_noise * (self.high - self.low) / 2 * \
+                    self.rng.standard_normal(action.shape)
+        if action.shape != self.low.shape or not np.all(np.isfinite(action)):
+            self.diag.drop("nan_action", f"non-finite or mis-shaped action {action}: zero command")
+            action = self.zero
+        self._publish(np.clip(action, self.low, self.high))
+        self._compute.append(time.perf_counter() - t0)
+
+    def _publish(self, action: np.ndarray) -> None:
+        if self.pub is None:
+            return
+        self.pub.publish(self.p.codec.to_msg(action, time.time_ns()))
+        self.diag.count("commands")
+        self._loop_stats()
+
+    def _loop_stats(self) -> None:
+        if len(self._tick_times) >= 10 and self.diag.counts["commands"] % 20 == 0:
+            ticks = np.asarray(self._tick_times)
+            jitter = np.abs(ticks - self.period) * 1e3
+            self.diag.set("period_ms_mean", float(ticks.mean() * 1e3))
+            self.diag.set("jitter_ms_p50", float(np.percentile(jitter, 50)))
+            self.diag.set("jitter_ms_p99", float(np.percentile(jitter, 99)))
+        if self._compute and self.diag.counts["commands"] % 20 == 0:
+            c = np.asarray(self._compute) * 1e3
+            self.diag.set("compute_ms_p50", float(np.percentile(c, 50)))
+            self.diag.set("compute_ms_p99", float(np.percentile(c, 99)))
+            self.diag.set("compute_ms_max", float(c.max()))
+        self.diag.set("mode", self.mode)
+
+
+def main(args=None) -> int:
+    return run(Controller, args, threads=2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""policy_trainer: continues MBPO on every new world model and publishes the policy.
+
+A worker thread runs the MBPO inner loop without pause: it pulls new transitions from the
+store into the real buffer (every ``store_poll_s``), starts ``rollout_batch_size`` model
+rollouts of ``rollout_horizon`` steps from the newest ``rollout_start_window`` real states,
+and takes ``updates_per_round`` SAC gradient steps on the synthetic data
+(:class:`sym_mbrl_ros.agents.mbpo.MBPO`'s pieces; rewards from the task's true reward). A new
+``/sym_mbrl/dynamics_model`` message swaps the model in between rounds; SAC keeps learning.
+Every ``publish_every_s`` of training it writes ``<run_dir>/policies/policy_NNNN.pt`` (the
+whole agent, so a restart resumes from it) and publishes its path and sha256 on
+``/sym_mbrl/policy`` (transient-local). A malformed model message is dropped and counted.
+
+``max_updates_per_transition`` stops training from racing far ahead of the data while the
+robot is slow to collect it (0: no limit).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback
+
+import numpy as np
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from ..bringup import latest_version
+from ..data.store import TransitionStore
+from ..errors import UserError
+from .common import MODEL_TOPIC, POLICY_TOPIC, QOS_LATCHED, Diagnostics, declare, run
+from .params import TaskParams
+from .policies import PolicyError, model_from_message, weights_message
+
+
+class PolicyTrainer(Node):
+    """Trains SAC inside the learned model; see the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__("policy_trainer", **kwargs)
+        self.p = TaskParams.declare(self)
+        self.publish_every = declare(self, "publish_every_s", 5.0,
+                                     "publish the policy after this much training time")
+        batch = declare(self, "rollout_batch_size", 400, "model rollouts per round")
+        horizon = declare(self, "rollout_horizon", 5, "steps per model rollout")
+        window = declare(self, "rollout_start_window", 1000,
+                         "rollouts start from the newest N stored states")
+        updates = declare(self, "updates_per_round", 20, "SAC gradient steps per round")
+        self.max_ratio = declare(self, "max_updates_per_transition", 50.0,
+                                 "pause training beyond this many updates per stored "
+                                 "transition (0: no limit)")
+        sac = declare(self, "sac_options", "{}", "JSON object of SACConfig overrides")
+        self.seed = declare(self, "seed", 0, "seed of the agent and the buffers")
+        store_name = declare(self, "store", "transitions.sqlite",
+                             "transition store file, relative to run_dir")
+        self.store_poll = declare(self, "store_poll_s", 1.0,
+                                  "how often new transitions are pulled from the store")
+        from ..agents.mbpo import MBPO, MBPOConfig
+
+        try:
+            cfg = MBPOConfig(rollout_batch_size=batch, rollout_horizon=horizon,
+                             rollout_start_window=window, updates_per_step=updates)
+            overrides = json.loads(sac)
+            if not isinstance(overrides, dict):
+                raise ValueError("not an object")
+            for k, v in overrides.items():
+                if not hasattr(cfg.sac, k):
+                    raise ValueError(f"unknown SACConfig field {k!r}")
+                setattr(cfg.sac, k, tuple(v) if isinstance(v, list) else v)
+        except ValueError as exc:
+            raise SystemExit(f"policy_trainer: sac_options: {exc}") from None
+        self.mbpo = MBPO(self.p.task, cfg, seed=self.seed)
+        self.store_path = self.p.run_dir / store_name
+        self.policy_dir = self.p.run_dir / "policies"
+        self.version, last = latest_version(self.policy_dir, "policy_", ".pt")
+        if last is not None:
+            self._resume(last)
+        self.diag = Diagnostics(self)
+        self.pub = self.create_publisher(String, POLICY_TOPIC, QOS_LATCHED)
+        self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED)
+        self.pending_model = None
+        self.model_version = None
+        self.last_id = 0
+        self.updates = 0
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._train_loop, daemon=True)
+        self._worker.start()
+
+    def _resume(self, path) -> None:
+        from ..agents.sac import SAC
+
+        try:
+            self.mbpo.agent = SAC.load(path, num_threads=self.mbpo.config.sac.num_threads)
+        except UserError as exc:
+            self.get_logger().warning(f"not resuming from {path}: {exc}")
+            return
+        self.get_logger().info(f"resumed the agent from {path.name}")
+
+    def on_model(self, msg: String) -> None:
+        try:
+            model = model_from_message(msg.data)
+        except PolicyError as exc:
+            self.diag.drop("bad_model", f"model message: {exc}")
+            return
+        if model.state_names != self.p.task.state_names:
+            self.diag.drop("bad_model", f"model is for states {model.state_names}, not "
+                           f"{self.p.task.state_names}")
+            return
+        self.pending_model = model
+        self.diag.count("models")
+
+    # ------------------------------------------------------------------ worker
+    def _pull(self, store: TransitionStore) -> int:
+        batch = store.read(since_id=self.last_id)
+        if len(batch) == 0:
+            return 0
+        task = self.p.task
+        obs = np.asarray(task.observation(batch.states), dtype=np.float64)
+        next_obs = np.asarray(task.observation(batch.next_states), dtype=np.float64)
+        rewards = np.where(np.isfinite(batch.rewards), batch.rewards, np.asarray(
+            task.reward(batch.states, batch.actions, batch.next_states), dtype=np.float64))
+        self.mbpo.real_buffer.add_batch(obs, batch.actions, rewards, next_obs,
+                                        batch.terminated.astype(np.float64), batch.states,
+                                        batch.next_states)
+        self.last_id = int(batch.ids[-1])
+        self.mbpo.num_timesteps = len(self.mbpo.real_buffer)
+        return len(batch)
+
+    def _train_loop(self) -> None:
+        from ..agents.model_env import ModelEnv
+
+        store = None
+        last_pull = last_publish = 0.0
+        trained_s = 0.0
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - last_pull >= self.store_poll:
+                    last_pull = now
+                    if store is None:
+                        try:
+                            store = TransitionStore(self.store_path, readonly=True)
+                        except UserError:
+                            store = None
+                    if store is not None:
+                        self.diag.count("transitions", self._pull(store))
+                if self.pending_model is not None:
+                    model, self.pending_model = self.pending_model, None
+                    self.mbpo.model = model
+                    self.mbpo.model_env = ModelEnv(self.p.task, model)
+                    self.model_version = model.provenance.get("version")
+                    self.diag.set("model_version", str(self.model_version))
+                n_real = len(self.mbpo.real_buffer)
+                ratio_ok = self.max_ratio <= 0 or self.updates < self.max_ratio * n_real
+                if self.mbpo.model_env is None or n_real == 0 or not ratio_ok:
+                    self._stop.wait(0.2)
+                    continue
+                t0 = time.monotonic()
+                self.mbpo.rollout()
+                losses = self.mbpo.train_policy()
+                self.updates += self.mbpo.config.updates_per_step
+                trained_s += time.monotonic() - t0
+                if trained_s - last_publish >= self.publish_every:
+                    last_publish = trained_s
+                    self._publish(losses)
+            except Exception as exc:  # keep training through a bad round; count it
+                self.diag.count("errors")
+                self.get_logger().error(f"training round failed: {exc}\n"
+                                        f"{traceback.format_exc(limit=3)}")
+                self._stop.wait(1.0)
+
+    def _publish(self, losses) -> None:
+        self.version += 1
+        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        path = self.policy_dir / f"policy_{self.version:04d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        self.mbpo.agent.save(tmp)
+        tmp.replace(path)
+        info = {"updates": self.updates, "model_version": self.model_version,
+                "transitions": len(self.mbpo.real_buffer), "alpha": self.mbpo.agent.alpha}
+        if losses is not None:
+            info.update(critic_loss=float(losses.critic_loss), actor_loss=float(losses.actor_loss))
+        self.pub.publish(String(data=weights_message(
+            self.p.task, path, self.version, self.mbpo.config.sac.policy, info)))
+        self.diag.count("policies")
+        self.diag.set("policy_version", self.version)
+        self.diag.set("updates", self.updates)
+        self.get_logger().info(
+            f"policy v{self.version}: {self.updates} updates, model v{self.model_version}, "
+            f"{info['transitions']} real transitions, alpha {info['alpha']:.3f}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=5.0)
+
+
+def main(args=None) -> int:
+    return run(PolicyTrainer, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

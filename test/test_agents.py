@@ -1,0 +1,248 @@
+"""Agents: SAC, MBPO with the symbolic and the ensemble world model, ModelEnv, train/eval CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from sym_mbrl_ros.agents.mbpo import MBPO, MBPOConfig
+from sym_mbrl_ros.agents.model_env import ModelEnv
+from sym_mbrl_ros.agents.sac import SAC, SACConfig
+from sym_mbrl_ros.cli import main
+from sym_mbrl_ros.data.replay import ReplayBuffer
+from sym_mbrl_ros.dynamics.ensemble import EnsembleDynamics
+from sym_mbrl_ros.envs import get_task
+
+
+class MatchTheTarget(gym.Env):
+    """One-step task: observe a target x in [-1, 1], get reward -(a - x)^2 for action a."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self.x = np.zeros(1)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1.0, 1.0, size=1)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        reward = -float((np.asarray(action)[0] - self.x[0]) ** 2)
+        return self.x.copy(), reward, True, False, {}
+
+
+def test_sac_solves_a_one_dimensional_task_in_a_few_hundred_steps():
+    env = MatchTheTarget()
+    config = SACConfig(hidden_sizes=(64, 64), learning_rate=3e-3, learning_starts=100)
+    agent = SAC(1, env.action_space.low, env.action_space.high, config, seed=0)
+    xs = np.linspace(-0.9, 0.9, 19)[:, None]
+    error_before = np.abs(agent.predict(xs)[:, 0] - xs[:, 0]).mean()
+    agent.learn(400, env)
+    error_after = np.abs(agent.predict(xs)[:, 0] - xs[:, 0]).mean()
+    assert agent.num_updates == 301
+    assert error_before > 0.3
+    assert error_after < 0.1, f"mean |a - x| = {error_after:.3f} after 400 steps"
+
+
+def test_sac_save_load_round_trip_gives_identical_actions(tmp_path):
+    agent = SAC(3, [-2.0], [2.0], SACConfig(hidden_sizes=(32, 32)), seed=3)
+    buf = ReplayBuffer(3, 1, 1000, seed=0)
+    n = 300
+    buf.add_batch(torch.randn(n, 3), torch.rand(n, 1) * 4 - 2, torch.randn(n), torch.randn(n, 3),
+                  torch.zeros(n))
+    for _ in range(20):  # move the weights off their initial values
+        agent.update(buf.sample(64))
+    agent.save(tmp_path / "policy.pt")
+    loaded = SAC.load(tmp_path / "policy.pt")
+    obs = np.random.default_rng(0).normal(size=(50, 3))
+    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+    assert loaded.config == agent.config
+    assert loaded.alpha == pytest.approx(agent.alpha)
+    # the file is a plain state dict: it loads with weights_only=True
+    state = torch.load(tmp_path / "policy.pt", weights_only=True)
+    assert set(state) >= {"actor", "critic", "log_alpha", "config"}
+    # acting stays inside the box
+    a = loaded.predict(obs * 100, deterministic=False)
+    assert np.all(np.abs(a) <= 2.0)
+
+
+def test_mbpo_fills_the_model_buffer_from_symbolic_rollouts_and_trains_on_it(tmp_path):
+    task = get_task("pendulum")
+    config = MBPOConfig(
+        world_model="symbolic", init_random_steps=100, model_train_freq=100,
+        rollout_batch_size=40, rollout_horizon=3, updates_per_step=2, model_retain_steps=1000,
+        sac=SACConfig(hidden_sizes=(32, 32), batch_size=32),
+    )
+    mbpo = MBPO(task, config, seed=0)
+    mbpo.learn(300)
+
+    # fits at steps 100, 200 and 300, the later two warm-started from the previous fit
+    assert mbpo.num_model_fits == 3
+    assert mbpo.model.metrics["warm_start"] is True
+    assert mbpo.model_r2 > 0.999
+    # one batch of 40 rollouts x 3 steps at every real step from step 100 on (201 steps)
+    assert len(mbpo.model_buffer) == 201 * 40 * 3
+    assert len(mbpo.real_buffer) == 300
+    # every SAC update sampled its whole batch from the model buffer and none from the real one
+    assert mbpo.agent.num_updates == 201 * 2
+    assert mbpo.model_buffer.samples_drawn == mbpo.agent.num_updates * 32
+    assert mbpo.real_buffer.samples_drawn == 0
+
+    # the synthetic transitions are the symbolic model's predictions, scored by the task reward
+    buf = mbpo.model_buffer
+    idx = torch.arange(0, len(buf), 97)
+    obs, act = buf.observations[idx].double(), buf.actions[idx].double()
+    states = task.observe(obs)
+    predicted = torch.as_tensor(mbpo.model.predict(states.numpy(), act.numpy()))
+    np.testing.assert_allclose(
+        buf.next_observations[idx].numpy(), task.observation(predicted).numpy(), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        buf.rewards[idx].numpy(), task.reward(states, act, predicted).numpy(), rtol=1e-4, atol=1e-4
+    )
+
+    # rollouts start from recent real states
+    starts = mbpo.real_buffer.sample_recent_states(500, 50)
+    recent = mbpo.real_buffer.states[mbpo.real_buffer.recent_indices(50)]
+    assert torch.cdist(starts, recent).min(1).values.max() == 0
+
+    mbpo.save(tmp_path / "run")
+    again = MBPO.load(tmp_path / "run", task)
+    obs = np.random.default_rng(1).normal(size=(20, 3))
+    np.testing.assert_array_equal(again.predict(obs), mbpo.predict(obs))
+    assert again.model.equations() == mbpo.model.equations()
+
+
+def test_mbpo_mixes_real_data_when_asked():
+    task = get_task("pendulum")
+    config = MBPOConfig(
+        world_model="symbolic", init_random_steps=60, rollout_batch_size=10, rollout_horizon=1,
+        updates_per_step=1, real_ratio=0.25, sac=SACConfig(hidden_sizes=(16, 16), batch_size=16),
+    )
+    mbpo = MBPO(task, config, seed=1)
+    mbpo.learn(80)
+    assert mbpo.agent.num_updates == 21
+    assert mbpo.real_buffer.samples_drawn == 21 * 4
+    assert mbpo.model_buffer.samples_drawn == 21 * 12
+
+
+def _pendulum_data(n: int, seed: int = 0):
+    task = get_task("pendulum")
+    env = task.make_env()
+    rng = np.random.default_rng(seed)
+    s, a, s2 = [], [], []
+    _, info = env.reset(seed=seed)
+    for t in range(n):
+        u = rng.uniform(-2, 2, size=1)
+        state = info["state"]
+        _, _, term, trunc, info = env.step(u)
+        s.append(state), a.append(u), s2.append(info["state"])
+        if term or trunc or t % 50 == 49:
+            _, info = env.reset()
+    return task, np.array(s), np.array(a), np.array(s2)
+
+
+def test_ensemble_dynamics_learns_the_pendulum_and_round_trips(tmp_path):
+    task, s, a, s2 = _pendulum_data(1400)
+    model = EnsembleDynamics(task.state_names, task.action_names, task.angle_coords,
+                             ensemble_size=4, num_elites=3, hidden_sizes=(64, 64), seed=0)
+    model.fit(s[:1000], a[:1000], s2[:1000])
+    r2 = model.score(s[1000:], a[1000:], s2[1000:])
+    assert set(r2) == {"theta", "theta_dot"}
+    assert min(r2.values()) > 0.95, r2
+    assert len(model.elites) == 3
+    # warm start begins from the previous weights: already good before any new epoch
+    warm = EnsembleDynamics(task.state_names, task.action_names, task.angle_coords,
+                            ensemble_size=4, num_elites=3, hidden_sizes=(64, 64), max_epochs=1,
+                            seed=1).fit(s, a, s2, init=model)
+    assert min(warm.score(s[1000:], a[1000:], s2[1000:]).values()) > 0.95
+    # batched torch prediction: deterministic mode agrees with numpy, sampling adds noise
+    st, at = torch.as_tensor(s[:64]), torch.as_tensor(a[:64])
+    np.testing.assert_allclose(model.predict_torch(st, at, sample=False).numpy(),
+                               model.predict(s[:64], a[:64]))
+    sampled = model.predict_torch(st, at).numpy()
+    assert not np.allclose(sampled, model.predict(s[:64], a[:64]))
+    model.save(tmp_path / "model.pt")
+    loaded = EnsembleDynamics.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.predict(s[:10], a[:10]), model.predict(s[:10], a[:10]))
+
+
+def test_model_env_steps_a_batch_with_the_task_reward():
+    task, s, a, s2 = _pendulum_data(300)
+
+    class Exact:
+        """A world model that replays the recorded transitions (rows in order)."""
+
+        def predict_torch(self, states, actions):
+            return torch.as_tensor(s2[: len(states)], dtype=states.dtype)
+
+    env = ModelEnv(task, Exact())
+    obs = env.reset(torch.as_tensor(s))
+    np.testing.assert_allclose(obs.numpy(), task.observation(s), atol=1e-6)
+    step = env.step(torch.as_tensor(a))
+    assert step.rewards.shape == (300,)
+    np.testing.assert_allclose(step.rewards.numpy(), task.reward(s, a, s2), rtol=1e-10)
+    assert not step.terminated.any() and step.valid.all()
+
+    class Broken:
+        def predict_torch(self, states, actions):
+            out = states.clone()
+            out[::2] = float("nan")
+            return out
+
+    out = ModelEnv(task, Broken()).rollout(
+        lambda o: torch.zeros(len(o), 1), torch.as_tensor(s[:10]), 4
+    )
+    # the 5 rows that turn NaN are dropped and end their rollout; the other 5 run 4 steps
+    assert out.observations.shape[0] == 5 * 4
+    assert torch.isfinite(out.next_observations).all()
+
+
+def test_train_and_eval_commands_write_a_complete_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "pendulum", "--algo", "sac", "--steps", "120", "--eval-every", "60",
+               "--eval-episodes", "2", "--out", str(out), "--no-progress",
+               "--set", "sac.hidden_sizes=[16,16]", "--set", "learning_starts=100"])
+    assert rc == 0
+    for name in ("config.json", "curve.csv", "curve.png", "policy.pt", "summary.json"):
+        assert (out / name).exists(), name
+    with (out / "curve.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["env_steps"] for r in rows] == ["60", "120"]
+    assert list(rows[0]) == ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sac_updates"] == 21
+    assert json.loads((out / "config.json").read_text())["config"]["hidden_sizes"] == [16, 16]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--episodes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean return" in printed
+    # the same episodes as the last evaluation of training (seed 10000 + 100 * seed)
+    assert main(["eval", str(out), "--episodes", "2", "--seed", "10000"]) == 0
+    value = float(capsys.readouterr().out.split("mean return ")[1].split()[0])
+    assert value == pytest.approx(float(rows[-1]["eval_return_mean"]), abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "pendulm"], "unknown task 'pendulm'; choose one of: pendulum"),
+        (["train", "pendulum", "--algo", "ppo"], "unknown algorithm 'ppo'; choose one of:"),
+        (["train", "pendulum", "--policy", "tree"], "unknown policy 'tree'; choose one of:"),
+        (["eval", "/nonexistent/run"], "is not a finished training run"),
+    ],
+)
+def test_cli_rejects_user_mistakes_with_one_sentence(argv, message, capsys, tmp_path):
+    rc = main(argv + (["--out", str(tmp_path / "x")] if argv[0] == "train" else []))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
