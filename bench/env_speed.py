@@ -68,15 +68,17 @@ def run(seed: int, steps: int, blocks: int) -> list[dict]:
         for env in envs.values():
             env.close()
         direct, wrapped = statistics.median(rates["direct"]), statistics.median(rates["gym_make"])
-        rows.append({
-            "task": name,
-            "env_id": task.env_id,
-            "direct_steps_per_s": round(direct),
-            "gym_make_steps_per_s": round(wrapped),
-            "wrapper_overhead_us": round(1e6 / wrapped - 1e6 / direct, 1),
-            "sim_seconds_per_s": round(direct * task.dt, 1),
-            "target_steps_per_s": TARGETS[name],
-        })
+        rows.append(
+            {
+                "task": name,
+                "env_id": task.env_id,
+                "direct_steps_per_s": round(direct),
+                "gym_make_steps_per_s": round(wrapped),
+                "wrapper_overhead_us": round(1e6 / wrapped - 1e6 / direct, 1),
+                "sim_seconds_per_s": round(direct * task.dt, 1),
+                "target_steps_per_s": TARGETS[name],
+            }
+        )
     return rows
 
 
@@ -87,8 +89,11 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ok = "ok" if min(r["direct_steps_per_s"], r["gym_make_steps_per_s"]) >= (
-            r["target_steps_per_s"]) else "MISSED"
+        ok = (
+            "ok"
+            if min(r["direct_steps_per_s"], r["gym_make_steps_per_s"]) >= (r["target_steps_per_s"])
+            else "MISSED"
+        )
         lines.append(
             f"| {r['task']} | {r['direct_steps_per_s']:,} | {r['gym_make_steps_per_s']:,} | "
             f"{r['wrapper_overhead_us']} | {r['sim_seconds_per_s']:,}x | "
@@ -130,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "env_speed.md").write_text(header + text + "\n")
-    (RESULTS / "env_speed.json").write_text(json.dumps({"config": config, "rows": rows},
-                                                       indent=2) + "\n")
+    (RESULTS / "env_speed.json").write_text(
+        json.dumps({"config": config, "rows": rows}, indent=2) + "\n"
+    )
     print(f"\nwrote {RESULTS / 'env_speed.md'} and {RESULTS / 'env_speed.json'}")
     return 0
 

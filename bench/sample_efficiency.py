@@ -78,9 +78,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         from sym_mbrl_ros.commands.train import train_run
 
         summary = train_run(
-            job["task"], job["learner"], job["steps"], job["seed"], out,
-            eval_every=job["eval_every"], eval_episodes=job["eval_episodes"],
-            overrides=job["overrides"].get(job["learner"]), threads=1, progress=False,
+            job["task"],
+            job["learner"],
+            job["steps"],
+            job["seed"],
+            out,
+            eval_every=job["eval_every"],
+            eval_episodes=job["eval_episodes"],
+            overrides=job["overrides"].get(job["learner"]),
+            threads=1,
+            progress=False,
         )
     return _result(job, summary, out, reused=False)
 
@@ -89,8 +96,10 @@ def _result(job, summary, out: Path, reused: bool) -> dict[str, Any]:
     import csv
 
     with (out / "curve.csv").open() as f:
-        rows = [{k: float(v) if v not in ("", "None") else None for k, v in r.items()}
-                for r in csv.DictReader(f)]
+        rows = [
+            {k: float(v) if v not in ("", "None") else None for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]
     print(
         f"  done {job['learner']:<9} seed {job['seed']}: "
         f"threshold at {summary.get('steps_to_threshold')}, "
@@ -119,9 +128,19 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     has_success = task.success is not None
     columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
     kwargs = {**SB3_KWARGS.get(task.name, {}), **job["overrides"].get("sb3-sac", {})}
-    (out / "config.json").write_text(json.dumps(
-        {"task": task.name, "algo": "sb3-sac", "steps": job["steps"], "seed": job["seed"],
-         "sb3_kwargs": kwargs}, indent=2) + "\n")
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "task": task.name,
+                "algo": "sb3-sac",
+                "steps": job["steps"],
+                "seed": job["seed"],
+                "sb3_kwargs": kwargs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     rows: list[dict[str, Any]] = []
     clock = {"start": time.perf_counter(), "eval_s": 0.0}
 
@@ -132,9 +151,12 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 res = evaluator(self.model)
                 clock["eval_s"] += time.perf_counter() - t0
-                row = {"env_steps": step, "eval_return_mean": round(res.mean, 4),
-                       "eval_return_std": round(res.std, 4),
-                       "wall_s": round(time.perf_counter() - clock["start"] - clock["eval_s"], 3)}
+                row = {
+                    "env_steps": step,
+                    "eval_return_mean": round(res.mean, 4),
+                    "eval_return_std": round(res.std, 4),
+                    "wall_s": round(time.perf_counter() - clock["start"] - clock["eval_s"], 3),
+                }
                 if has_success:
                     row["success_rate"] = res.success_rate
                 rows.append(row)
@@ -150,10 +172,16 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows(rows)
     column, value = THRESHOLDS[task.name]
-    summary = {"task": task.name, "algo": "sb3-sac", "seed": job["seed"], "steps": job["steps"],
-               "eval_every": job["eval_every"], "train_s": round(train_s, 2),
-               "final_eval": rows[-1],
-               "steps_to_threshold": steps_to_threshold(rows, column, value)}
+    summary = {
+        "task": task.name,
+        "algo": "sb3-sac",
+        "seed": job["seed"],
+        "steps": job["steps"],
+        "eval_every": job["eval_every"],
+        "train_s": round(train_s, 2),
+        "final_eval": rows[-1],
+        "steps_to_threshold": steps_to_threshold(rows, column, value),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_curve(rows, out / "curve.png", f"{task.name} — sb3-sac (seed {job['seed']})", has_success)
     return summary
@@ -186,23 +214,35 @@ def _value_at(rows: list[dict], step: int, column: str) -> float | None:
     return best[column]
 
 
-def report(task: str, results: list[dict], steps: dict[str, int], budgets: list[int],
-           seeds: list[int]) -> tuple[str, dict[str, Any]]:
+def report(
+    task: str, results: list[dict], steps: dict[str, int], budgets: list[int], seeds: list[int]
+) -> tuple[str, dict[str, Any]]:
     """The markdown tables and a dict of the numbers in them."""
     from sym_mbrl_ros.agents.presets import THRESHOLDS
 
     column, value = THRESHOLDS[task]
     learners = [name for name in LEARNERS if any(r["learner"] == name for r in results)]
-    by = {name: sorted((r for r in results if r["learner"] == name), key=lambda r: r["seed"])
-          for name in learners}
-    crit = (f"mean return ≥ {value:g}" if column == "eval_return_mean"
-            else f"success rate ≥ {value:.0%}")
-    lines = [f"# Sample efficiency on {task}", "",
-             f"Seeds {seeds}; evaluation: deterministic policy, 5 episodes; threshold: {crit}.", "",
-             "## Real steps to reach the threshold", "",
-             "median [range] over seeds (a seed that never reached it counts as more than its "
-             "budget)", "",
-             "| learner | budget | steps to threshold | per seed |", "|---|---|---|---|"]
+    by = {
+        name: sorted((r for r in results if r["learner"] == name), key=lambda r: r["seed"])
+        for name in learners
+    }
+    crit = (
+        f"mean return ≥ {value:g}"
+        if column == "eval_return_mean"
+        else f"success rate ≥ {value:.0%}"
+    )
+    lines = [
+        f"# Sample efficiency on {task}",
+        "",
+        f"Seeds {seeds}; evaluation: deterministic policy, 5 episodes; threshold: {crit}.",
+        "",
+        "## Real steps to reach the threshold",
+        "",
+        "median [range] over seeds (a seed that never reached it counts as more than its budget)",
+        "",
+        "| learner | budget | steps to threshold | per seed |",
+        "|---|---|---|---|",
+    ]
     numbers: dict[str, Any] = {"steps_to_threshold": {}, "at_budget": {}, "wall_s": {}}
     medians = {}
     for name in learners:
@@ -211,20 +251,32 @@ def report(task: str, results: list[dict], steps: dict[str, int], budgets: list[
         filled = [v if v is not None else np.inf for v in vals]
         medians[name] = float(np.median(filled)) if filled else np.inf
         per_seed = ", ".join("—" if v is None else str(v) for v in vals)
-        lines.append(f"| {LABELS[name]} | {steps[name]} | {_fmt_steps(vals, steps[name])} | "
-                     f"{per_seed} |")
+        lines.append(
+            f"| {LABELS[name]} | {steps[name]} | {_fmt_steps(vals, steps[name])} | {per_seed} |"
+        )
     base = medians.get("sym-mbpo")
     if base and np.isfinite(base):
-        lines += ["", "Ratio of median steps to sym-mbpo's: " + ", ".join(
-            f"{LABELS[n]} {'>' if not np.isfinite(medians[n]) else ''}"
-            f"{(medians[n] if np.isfinite(medians[n]) else steps[n]) / base:.1f}×"
-            for n in learners if n != "sym-mbpo")]
+        lines += [
+            "",
+            "Ratio of median steps to sym-mbpo's: "
+            + ", ".join(
+                f"{LABELS[n]} {'>' if not np.isfinite(medians[n]) else ''}"
+                f"{(medians[n] if np.isfinite(medians[n]) else steps[n]) / base:.1f}×"
+                for n in learners
+                if n != "sym-mbpo"
+            ),
+        ]
     metric = "eval_return_mean" if column == "eval_return_mean" else column
     unit = "return" if metric == "eval_return_mean" else "success rate"
-    lines += ["", f"## {unit.capitalize()} at fixed budgets of real steps", "",
-              "mean ± std over seeds (— : the learner's run is shorter)", "",
-              "| learner | " + " | ".join(str(b) for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
+    lines += [
+        "",
+        f"## {unit.capitalize()} at fixed budgets of real steps",
+        "",
+        "mean ± std over seeds (— : the learner's run is shorter)",
+        "",
+        "| learner | " + " | ".join(str(b) for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
     for name in learners:
         cells = []
         numbers["at_budget"][name] = {}
@@ -239,9 +291,14 @@ def report(task: str, results: list[dict], steps: dict[str, int], budgets: list[
             else:
                 cells.append(f"{np.mean(vals):.0%} ± {np.std(vals):.0%}")
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    lines += ["", "## Wall-clock time (training only, evaluation excluded)", "",
-              "| learner | real steps | total s (median [range]) | ms per real step | "
-              "s to threshold (median) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Wall-clock time (training only, evaluation excluded)",
+        "",
+        "| learner | real steps | total s (median [range]) | ms per real step | "
+        "s to threshold (median) |",
+        "|---|---|---|---|---|",
+    ]
     for name in learners:
         ts = [r["summary"]["train_s"] for r in by[name]]
         to_thr = []
@@ -306,8 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--budgets", default=None, help="comma-separated step budgets for the table")
     p.add_argument("--workers", type=int, default=2, help="parallel trainings (at most 2)")
-    p.add_argument("--set", dest="overrides", default="{}",
-                   help='JSON {"learner": {"key": value}} of setting overrides')
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        default="{}",
+        help='JSON {"learner": {"key": value}} of setting overrides',
+    )
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")
     args = p.parse_args(argv)
@@ -325,17 +386,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     runs_dir = out / "runs" / args.task
     jobs = [
-        {"task": args.task, "learner": name, "seed": s, "steps": steps[name],
-         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-         "overrides": overrides, "out": str(runs_dir / f"{name}-s{s}"), "reuse": not args.fresh}
-        for name in learners for s in seeds
+        {
+            "task": args.task,
+            "learner": name,
+            "seed": s,
+            "steps": steps[name],
+            "eval_every": args.eval_every,
+            "eval_episodes": args.eval_episodes,
+            "overrides": overrides,
+            "out": str(runs_dir / f"{name}-s{s}"),
+            "reuse": not args.fresh,
+        }
+        for name in learners
+        for s in seeds
     ]
     # longest jobs first, so the two workers finish close together
     cost = {"sym-mbpo": 0.15, "mbpo": 0.2, "sac": 0.008, "sb3-sac": 0.012}
     jobs.sort(key=lambda j: -j["steps"] * cost[j["learner"]])
     workers = max(1, min(2, args.workers))
-    print(f"sample efficiency on {args.task}: {len(jobs)} trainings, {workers} workers; "
-          f"steps {steps}", flush=True)
+    print(
+        f"sample efficiency on {args.task}: {len(jobs)} trainings, {workers} workers; "
+        f"steps {steps}",
+        flush=True,
+    )
     t0 = time.time()
     if workers == 1:
         results = [run_job(j) for j in jobs]
@@ -345,24 +418,50 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - t0
 
     longest = max(steps[n] for n in learners)
-    budgets = ([int(b) for b in args.budgets.split(",")] if args.budgets else sorted(
-        {b for b in (500, 1000, 1500, 3000, 5000, 10000, 20000, 50000) if b <= longest}
-        | {steps[n] for n in learners}))
+    budgets = (
+        [int(b) for b in args.budgets.split(",")]
+        if args.budgets
+        else sorted(
+            {b for b in (500, 1000, 1500, 3000, 5000, 10000, 20000, 50000) if b <= longest}
+            | {steps[n] for n in learners}
+        )
+    )
     text, numbers = report(args.task, results, steps, budgets, seeds)
-    text += (f"\nCommand: `python bench/sample_efficiency.py {' '.join(argv or sys.argv[1:])}`; "
-             f"{elapsed / 60:.1f} min with {workers} workers on {os.cpu_count()} CPU cores "
-             f"({platform.processor() or platform.machine()}), torch threads 1 per worker.\n")
+    text += (
+        f"\nCommand: `python bench/sample_efficiency.py {' '.join(argv or sys.argv[1:])}`; "
+        f"{elapsed / 60:.1f} min with {workers} workers on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), torch threads 1 per worker.\n"
+    )
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"sample_efficiency_{args.task}"
     Path(f"{stem}.md").write_text(text)
     plot(args.task, results, Path(f"{stem}.png"))
-    Path(f"{stem}.json").write_text(json.dumps({
-        "task": args.task, "seeds": seeds, "steps": steps, "eval_every": args.eval_every,
-        "eval_episodes": args.eval_episodes, "overrides": overrides, "budgets": budgets,
-        "sb3_kwargs": SB3_KWARGS.get(args.task, {}), "elapsed_s": elapsed, "numbers": numbers,
-        "configs": {r["learner"]: json.loads((runs_dir / f"{r['learner']}-s0" / "config.json")
-                                             .read_text()) for r in results if r["seed"] == 0},
-    }, indent=2, default=str) + "\n")
+    Path(f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "task": args.task,
+                "seeds": seeds,
+                "steps": steps,
+                "eval_every": args.eval_every,
+                "eval_episodes": args.eval_episodes,
+                "overrides": overrides,
+                "budgets": budgets,
+                "sb3_kwargs": SB3_KWARGS.get(args.task, {}),
+                "elapsed_s": elapsed,
+                "numbers": numbers,
+                "configs": {
+                    r["learner"]: json.loads(
+                        (runs_dir / f"{r['learner']}-s0" / "config.json").read_text()
+                    )
+                    for r in results
+                    if r["seed"] == 0
+                },
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     print(text)
     print(f"written: {stem}.md, {stem}.png, {stem}.json")
     return 0

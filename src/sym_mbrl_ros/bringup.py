@@ -118,25 +118,42 @@ def executable_path(spec: NodeSpec, prefix: str | Path | None = None) -> Path:
     return Path(prefix or sys.prefix) / "lib" / PACKAGE / spec.executable
 
 
-def node_command(spec: NodeSpec, params_file: str | Path, overrides: dict[str, object],
+def node_command(spec: NodeSpec, params_files: list[str | Path],
                  python: str | None = None) -> list[str]:
-    """The command line that starts ``spec``: the installed executable, or ``python -m``."""
+    """The command line that starts ``spec``: the installed executable, else ``python -m``.
+
+    Later parameter files override earlier ones (a run's overrides go last). They are files,
+    not ``-p``: a ``-p`` value is node-agnostic and loses to a node's own YAML section.
+    """
     exe = executable_path(spec)
     cmd = [str(exe)] if exe.is_file() else [python or sys.executable, "-m", spec.module]
-    cmd += ["--ros-args", "-r", f"__node:={spec.name}", "--params-file", str(params_file)]
+    cmd += ["--ros-args", "-r", f"__node:={spec.name}"]
+    for f in params_files:
+        cmd += ["--params-file", str(f)]
     for src, dst in spec.remappings:
         cmd += ["-r", f"{src}:={dst}"]
-    for key, value in overrides.items():
-        cmd += ["-p", f"{key}:={_param_text(value)}"]
     return cmd
 
 
-def _param_text(value: object) -> str:
+def overrides_yaml(overrides: dict[str, dict[str, object]]) -> str:
+    """A parameter file with ``ros__parameters`` per node name (values: str, number, bool)."""
+    lines = ["# written by sym-mbrl up: this run's parameters over config/TASK.yaml"]
+    for node, params in overrides.items():
+        lines += [f"{node}:", "  ros__parameters:"]
+        lines += [f"    {k}: {_yaml_value(v)}" for k, v in params.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(value: object) -> str:
+    import json
+
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid YAML string
 
 
 def latest_version(folder: Path, prefix: str, suffix: str) -> tuple[int, Path | None]:

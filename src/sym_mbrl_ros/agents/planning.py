@@ -20,6 +20,7 @@ benchmarks and tests plan with.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,238 @@ class ActionBox:
 def shift_plan(plan: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Drop the first step of each plan (S, H, m) and append ``fill`` (m,) as the last step."""
     return torch.cat([plan[:, 1:], fill.expand(plan.shape[0], 1, plan.shape[-1])], dim=1)
+
+
+# ---------------------------------------------------------------- a fast symbolic model
+
+
+_TORCH_CALLS = {
+    "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "exp": torch.exp, "log": torch.log,
+    "sqrt": torch.sqrt, "abs": torch.abs, "tanh": torch.tanh,
+}
+_MATH_CALLS = {
+    "sin": math.sin, "cos": math.cos, "tan": math.tan, "exp": math.exp, "log": math.log,
+    "sqrt": math.sqrt, "abs": abs, "tanh": math.tanh,
+}
+
+
+def _fold(fn: Callable, *args: float) -> float:
+    try:
+        return float(fn(*args))
+    except (ValueError, OverflowError, ZeroDivisionError):
+        return math.nan
+
+
+class FusedSymbolicModel:
+    """A symbolic world model compiled for planning: one program for all coordinates.
+
+    ``SymbolicDynamics.predict_torch`` evaluates each coordinate's expression on its own and
+    one tree node at a time. Planning calls the model once per time step for the whole
+    population, and on a CPU each torch call costs microseconds whatever the batch size, so the
+    number of calls is what matters. Here the trees of all coordinates become one program:
+
+    * sums are flattened into ``c0 + sum_k c_k * term_k`` and evaluated as a chain of
+      ``torch.add(acc, term, alpha=c_k)`` (a scaled add is one call);
+    * products are flattened into a constant times a canonically ordered list of factors;
+    * every distinct subexpression (``sin(theta)``, ``theta_dot**2``, a product of factors)
+      is computed once, across coordinates; constant subexpressions are folded;
+    * constants are 0-dim tensors (a Python float operand costs a tensor construction per call).
+
+    The result equals ``predict_torch`` to rounding.
+
+    Args:
+        model: a fitted model with ``trees()``, ``variables``, ``state_names``,
+            ``angle_coords`` and ``static_coords`` (a
+            :class:`~sym_mbrl_ros.dynamics.symbolic.SymbolicDynamics`).
+    """
+
+    def __init__(self, model: Any):
+        from ..dynamics.expression import BinOp, Call, Name, Neg, Num, sum_terms
+
+        self.model = model
+        self.state_dim = len(model.state_names)
+        self.angle_coords = list(model.angle_coords)
+        self.static_coords = list(model.static_coords)
+        index = {name: k for k, name in enumerate(model.variables)}
+        steps: list[tuple[Callable, tuple, dict]] = []
+        memo: dict[tuple, tuple] = {}
+        # operands: ("i", k) input column k, ("c", value) a constant, ("v", k) step k's result
+
+        def emit(key: tuple, fn: Callable, args: tuple, kw: dict | None = None) -> tuple:
+            if key not in memo:
+                steps.append((fn, args, kw or {}))
+                memo[key] = ("v", len(steps) - 1)
+            return memo[key]
+
+        def product(n) -> tuple[float, list]:
+            if isinstance(n, Num):
+                return float(n.value), []
+            if isinstance(n, Neg):
+                c, f = product(n.arg)
+                return -c, f
+            if isinstance(n, BinOp) and n.op == "*":
+                c1, f1 = product(n.left)
+                c2, f2 = product(n.right)
+                return c1 * c2, f1 + f2
+            if isinstance(n, BinOp) and n.op == "/" and isinstance(n.right, Num):
+                c, f = product(n.left)
+                return _fold(lambda x, y: x / y, c, n.right.value), f
+            return 1.0, [n]
+
+        def term(n) -> tuple[float, tuple | None]:
+            coef, factors = product(n)
+            ops = []
+            for f in factors:
+                o = atom(f)
+                if o[0] == "c":
+                    coef *= o[1]
+                else:
+                    ops.append(o)
+            if not ops:
+                return coef, None
+            ops.sort(key=repr)
+            acc = ops[0]
+            for o in ops[1:]:
+                acc = emit(("*", acc, o), torch.mul, (acc, o))
+            return coef, acc
+
+        def linear_items(n) -> tuple[list[tuple[tuple, float]], float]:
+            terms: dict[tuple, float] = {}
+            c0 = 0.0
+            for sign, t in sum_terms(n):
+                coef, op = term(t)
+                if op is None:
+                    c0 += sign * coef
+                else:
+                    terms[op] = terms.get(op, 0.0) + sign * coef
+            items = sorted(((op, c) for op, c in terms.items() if c != 0.0), key=repr)
+            return items, c0
+
+        def linear(n) -> tuple:
+            items, c0 = linear_items(n)
+            if not items:
+                return ("c", c0)
+            key = ("sum", tuple(items), c0)
+            if key in memo:
+                return memo[key]
+            (op, c), rest = items[0], items[1:]
+            acc = op if c == 1.0 else emit(("scale", op, c), torch.mul, (op, ("c", c)))
+            for op, c in rest:
+                acc = emit(("add", acc, op, c), torch.add, (acc, op), {"alpha": c})
+            if c0 != 0.0:
+                acc = emit(("add", acc, ("c", c0)), torch.add, (acc, ("c", c0)))
+            memo[key] = acc
+            return acc
+
+        def atom(n) -> tuple:
+            if isinstance(n, Num):
+                return ("c", float(n.value))
+            if isinstance(n, Name):
+                return ("i", index[n.name])
+            if isinstance(n, Call):
+                a = linear(n.arg)
+                if a[0] == "c":
+                    return ("c", _fold(_MATH_CALLS[n.func], a[1]))
+                return emit((n.func, a), _TORCH_CALLS[n.func], (a,))
+            if isinstance(n, BinOp) and n.op == "/":
+                a, b = linear(n.left), linear(n.right)
+                if a[0] == "c" and b[0] == "c":
+                    return ("c", _fold(lambda x, y: x / y, a[1], b[1]))
+                return emit(("/", a, b), torch.div, (a, b))
+            if isinstance(n, BinOp) and n.op == "**":
+                a, b = linear(n.left), linear(n.right)
+                if a[0] == "c" and b[0] == "c":
+                    return ("c", _fold(lambda x, y: x**y, a[1], b[1]))
+                if b == ("c", 2.0):
+                    return emit(("sq", a), torch.square, (a,))
+                if b[0] == "c":
+                    return emit(("pow", a, b), torch.pow, (a,), {"exponent": b[1]})
+                return emit(("pow", a, b), torch.pow, (a, b))
+            return linear(n)  # a sum, a product or a negation inside a factor
+
+        # Each coordinate is an affine map of its top-level terms; all of them are computed
+        # as one matrix product of the stacked terms (one call instead of a chain of adds).
+        outputs = [linear_items(tree) for tree in model.trees()]
+        term_list = sorted({op for items, _ in outputs for op, _ in items}, key=repr)
+        position = {op: k for k, op in enumerate(term_list)}
+        weight = np.zeros((len(outputs), max(1, len(term_list))))
+        bias = np.zeros((len(outputs), 1))
+        for i, (items, c0) in enumerate(outputs):
+            for op, c in items:
+                weight[i, position[op]] = c
+            bias[i, 0] = c0
+        # flat layout of the values list: inputs, then constants, then the steps' results
+        n_in = len(model.variables)
+        consts: dict[float, int] = {}
+
+        def slot(o: tuple) -> int:
+            if o[0] == "i":
+                return o[1]
+            if o[0] == "c":
+                return -1 - consts.setdefault(o[1], len(consts))
+            return o[1] + 10**9  # fixed below, once the number of constants is known
+
+        raw = [(fn, tuple(slot(a) for a in args), kw) for fn, args, kw in steps]
+        term_slots = [slot(o) for o in term_list]
+        n_c = len(consts)
+
+        def final(k: int) -> int:
+            if k >= 10**9:
+                return n_in + n_c + (k - 10**9)
+            if k < 0:
+                return n_in + (-1 - k)
+            return k
+
+        self._program = [(fn, tuple(final(k) for k in idx), kw) for fn, idx, kw in raw]
+        self._terms = [final(k) for k in term_slots]
+        self._consts = list(consts)
+        self._weight, self._bias = weight, bias
+        self._cache: dict[tuple, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
+        self.n_calls = len(self._program) + 2
+        """Torch calls per prediction besides the input and angle handling (program, stack,
+        matrix product)."""
+
+    def predict_torch(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Next states (B, n) for states (B, n) and actions (B, m)."""
+        key = (states.dtype, states.device)
+        if key not in self._cache:
+            like = dict(dtype=states.dtype, device=states.device)
+            self._cache[key] = (
+                [torch.tensor(v, **like) for v in self._consts],
+                torch.as_tensor(self._weight, **like),
+                torch.as_tensor(self._bias, **like),
+            )
+        consts, weight, bias = self._cache[key]
+        b = states.shape[0]
+        if actions.dtype != states.dtype:
+            actions = actions.to(states.dtype)
+        columns = torch.cat([states, actions], dim=1).T.contiguous()
+        values: list[Any] = [*columns.unbind(0), *consts]
+        for fn, idx, kw in self._program:
+            values.append(fn(*[values[k] for k in idx], **kw))
+        if self._terms:
+            terms = torch.stack([values[k] for k in self._terms])  # terms are never constant
+            out = torch.addmm(bias, weight, terms)  # (n, B)
+        else:
+            out = bias.expand(-1, b).clone()
+        for i in self.angle_coords:
+            out[i] = torch.remainder(out[i] + math.pi, 2 * math.pi) - math.pi
+        out = out.T
+        if self.static_coords:
+            out = out.clone()
+            out[:, self.static_coords] = states[:, self.static_coords]
+        return out
+
+
+def planning_model(model: Any) -> Any:
+    """The fastest equivalent of ``model`` for planning (:class:`FusedSymbolicModel` when it
+    has expression trees; the model itself otherwise)."""
+    if hasattr(model, "trees") and hasattr(model, "variables"):
+        try:
+            return FusedSymbolicModel(model)
+        except (UserError, KeyError, AttributeError):
+            return model
+    return model
 
 
 # ---------------------------------------------------------------- gradient-based planner

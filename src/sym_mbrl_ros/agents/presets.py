@@ -14,7 +14,7 @@ from typing import Any
 from ..envs.base import TaskSpec
 from ..errors import UserError
 from .mbpo import MBPO, MBPOConfig
-from .sac import ACTORS, SAC, SACConfig
+from .sac import SAC, SACConfig, actor_factory
 
 ALGORITHMS: dict[str, str] = {
     "sym-mbpo": "MBPO with the symbolic world model",
@@ -54,8 +54,7 @@ def check_algorithm(algo: str) -> None:
 
 def check_policy(policy: str) -> None:
     """Raise a one-sentence UserError unless ``policy`` names an actor architecture."""
-    if policy not in ACTORS:
-        raise UserError(f"unknown policy {policy!r}; choose one of: {', '.join(ACTORS)}")
+    actor_factory(policy)
 
 
 def make_config(

@@ -12,6 +12,7 @@ name (``SACConfig.policy``). ``"mlp"`` ships here; the symbolic ESPL policy plug
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -125,6 +126,21 @@ def register_actor(name: str, factory: ActorFactory) -> None:
     ACTORS[name] = factory
 
 
+def actor_factory(name: str) -> ActorFactory:
+    """The factory registered as ``name``; a policy module ``agents/<name>.py`` that is not
+    imported yet is imported first (it registers itself, as ``agents/espl.py`` does)."""
+    if name not in ACTORS and name.isidentifier():
+        module = f"{__package__}.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    if name not in ACTORS:
+        raise UserError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(ACTORS))}")
+    return ACTORS[name]
+
+
 class VectorizedLinear(nn.Module):
     """``n`` independent linear layers applied in one batched matmul: (n, B, i) -> (n, B, o)."""
 
@@ -180,10 +196,7 @@ class SAC:
         seed: int = 0,
     ):
         self.config = config = config or SACConfig()
-        if config.policy not in ACTORS:
-            raise UserError(
-                f"unknown policy {config.policy!r}; choose one of {', '.join(sorted(ACTORS))}"
-            )
+        make_actor = actor_factory(config.policy)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.obs_dim = int(obs_dim)
@@ -199,7 +212,7 @@ class SAC:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = ACTORS[config.policy](self.obs_dim, self.action_dim, config)
+            self.actor = make_actor(self.obs_dim, self.action_dim, config)
             self.critic = TwinQ(self.obs_dim, self.action_dim, config.hidden_sizes)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
@@ -213,6 +226,8 @@ class SAC:
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr, fused=True)
         self.num_updates = 0
         self.num_timesteps = 0
+        self.replay_buffer: ReplayBuffer | None = None
+        """Model-free training's buffer, made by the first :meth:`learn`."""
 
     @property
     def alpha(self) -> float:
@@ -310,8 +325,11 @@ class SAC:
         ``callback(step, agent)`` runs after every environment step (``step`` counts from 1).
         """
         cfg = self.config
-        buffer = ReplayBuffer(self.obs_dim, self.action_dim, cfg.buffer_size, seed=self.seed)
-        self.replay_buffer = buffer
+        if self.replay_buffer is None:
+            self.replay_buffer = ReplayBuffer(
+                self.obs_dim, self.action_dim, cfg.buffer_size, seed=self.seed
+            )
+        buffer = self.replay_buffer
         obs, _ = env.reset(seed=self.seed)
         bar = _progress(total_steps, progress_bar)
         for _ in range(total_steps):

@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
         "--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)"
     )
     parser.add_argument(
-        "--policy", default="mlp", help="policy architecture: mlp (default)"
+        "--policy", default="mlp",
+        help="policy architecture: mlp (default) or a registered one such as espl",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", metavar="KEY=VALUE",

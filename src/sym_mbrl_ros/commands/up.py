@@ -37,11 +37,18 @@ def add_arguments(parser) -> None:
                              "real time)")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
                         help="sim bridge mode (default lockstep)")
+    parser.add_argument("--sync", type=float, default=None,
+                        help="lockstep: the world waits while the policy trainer has done fewer "
+                             "SAC updates than this per real step (default 10; 0: never wait), "
+                             "so that the result does not depend on the CPU")
     parser.add_argument("--target-return", type=float, default=None,
                         help="stop once the mean return of the last 3 episodes reaches this "
                              "(default: the task's)")
     parser.add_argument("--max-wall", type=float, default=900.0,
                         help="stop after this many seconds (default 900)")
+    parser.add_argument("--param", action="append", metavar="NODE.NAME=VALUE",
+                        help="set a node parameter for this run (repeatable), e.g. "
+                             "policy_trainer.publish_every_s=2")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -67,11 +74,20 @@ def run(args) -> int:
         overrides[name]["seed"] = args.seed
     overrides["sim_bridge"]["mode"] = args.mode
     overrides["controller"]["rate_hz"] = args.speed / task.dt
-    commands = {n.name: bringup.node_command(n, params_file, overrides[n.name])
-                for n in graph.nodes}
+    sync = args.sync if args.sync is not None else (10.0 if args.mode == "lockstep" else 0.0)
+    if sync > 0 and args.mode != "lockstep":
+        raise UserError("--sync needs --mode lockstep: a world in real time cannot wait")
+    overrides["controller"]["sync_updates_per_step"] = float(sync)
+    for item in args.param or []:
+        node, value = _parse_param(item, overrides)
+        overrides[node].update(value)
+    run_params = out / "params.yaml"
+    run_params.write_text(bringup.overrides_yaml(overrides))
+    commands = {n.name: bringup.node_command(n, [params_file, run_params]) for n in graph.nodes}
     config = {
         "task": task.name, "seed": args.seed, "steps": steps, "speed": args.speed,
-        "mode": args.mode, "target_return": target, "max_wall_s": args.max_wall,
+        "mode": args.mode, "sync_updates_per_step": sync, "target_return": target,
+        "max_wall_s": args.max_wall,
         "params_file": str(params_file), "params": params_file.read_text(),
         "overrides": overrides, "commands": commands, "python": sys.version,
         "platform": platform.platform(), "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0"),
@@ -80,7 +96,8 @@ def run(args) -> int:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     say(f"sym-mbrl up {task.name}: run folder {out}\n  budget {steps} steps, "
-        f"target mean return {target}, {args.mode} at {args.speed:g}x real time")
+        f"target mean return {target}, {args.mode} at up to {args.speed:g}x real time"
+        + (f", waiting for {sync:g} SAC updates per step" if sync > 0 else ""))
 
     graph_run = _Graph(commands, out / "logs")
     t0 = time.monotonic()
@@ -118,6 +135,21 @@ def run(args) -> int:
           f"last returns {[round(r, 1) for r in summary['returns'][-3:]]}; "
           f"{summary['models']} models, {summary['policies']} policies -> {out}", flush=True)
     return 0 if reason in ("solved", "step budget used", "wall-clock limit") else 1
+
+
+def _parse_param(item: str, overrides: dict[str, dict]) -> tuple[str, dict]:
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    node, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise UserError(f"--param expects NODE.NAME=VALUE, got {item!r}")
+    if node not in overrides:
+        raise UserError(f"--param: no node {node!r} in this graph; nodes: {', '.join(overrides)}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if not isinstance(value, (str, int, float, bool)):
+        value = raw
+    return node, {name: value}
 
 
 class _Graph:

@@ -15,7 +15,7 @@ Schema (``format = sym-mbrl/store-v1`` in ``meta``)::
     meta(key TEXT PRIMARY KEY, value TEXT)
         format, state_names, action_names (JSON lists), dt, task
     episodes(id INTEGER PRIMARY KEY,      -- increasing, never reused
-             started REAL,                -- stamp (s) of the episode's first state
+             started REAL,                -- its states are stamped after this (s)
              ended REAL,                  -- stamp of its last stored next_state; NULL if empty
              closed INTEGER,              -- 1 once a later episode started or it terminated
              steps INTEGER,               -- stored transitions

@@ -41,8 +41,10 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(n, 1, out_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
 class GaussianEnsemble(nn.Module):
@@ -55,14 +57,26 @@ class GaussianEnsemble(nn.Module):
             EnsembleLinear(n, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)
         )
         self.head = EnsembleLinear(n, sizes[-1], 2 * out_dim)
-        self.max_logvar = nn.Parameter(torch.full((1, 1, out_dim), 0.5))
-        self.min_logvar = nn.Parameter(torch.full((1, 1, out_dim), -10.0))
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), -10.0))
         self.out_dim = out_dim
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, members: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, B, in) -> mean, log-variance (k, B, out) of all members, or of ``members``."""
         for layer in self.hidden:
-            x = nn.functional.silu(layer(x))
-        mean, logvar = self.head(x).split(self.out_dim, dim=-1)
+            x = nn.functional.silu(layer(x, members))
+        return self._bound(self.head(x, members))
+
+    def forward_member(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, in) -> mean, log-variance (B, out) of member ``k`` alone."""
+        for layer in self.hidden:
+            x = nn.functional.silu(torch.addmm(layer.bias[k, 0], x, layer.weight[k]))
+        return self._bound(torch.addmm(self.head.bias[k, 0], x, self.head.weight[k]))
+
+    def _bound(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = out.split(self.out_dim, dim=-1)
         logvar = self.max_logvar - nn.functional.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + nn.functional.softplus(logvar - self.min_logvar)
         return mean, logvar
@@ -224,7 +238,7 @@ class EnsembleDynamics:
             if improved.any():
                 state = self.net.state_dict()
                 for key, val in state.items():
-                    if val.shape[0] == E:
+                    if val.ndim == 3:  # per-member weights and biases
                         best_state[key][improved] = val[improved]
                     else:
                         best_state[key] = val.clone()
@@ -251,16 +265,23 @@ class EnsembleDynamics:
 
     def _predict_increment(self, s: torch.Tensor, a: torch.Tensor, sample: bool) -> torch.Tensor:
         x = (self._features(s, a) - self.in_mean) / self.in_std
-        members = self.elites
-        mean, logvar = self.net(x.expand(self.hparams["ensemble_size"], -1, -1))
-        mean, logvar = mean[members], logvar[members]
+        elites = self.elites
         if sample:
-            pick = torch.randint(0, len(members), (x.shape[0],), generator=self.generator)
-            rows = torch.arange(x.shape[0])
-            mu, lv = mean[pick, rows], logvar[pick, rows]
-            noise = torch.randn(mu.shape, generator=self.generator)
-            out = mu + noise * torch.exp(0.5 * lv)
+            # each row goes through one random elite: rows are grouped by member, so the
+            # cost is one forward pass of the batch, not one per member
+            pick = torch.randint(0, len(elites), (x.shape[0],), generator=self.generator)
+            order = torch.argsort(pick)
+            counts = torch.bincount(pick, minlength=len(elites)).tolist()
+            parts = []
+            for k, rows in zip(elites.tolist(), torch.split(order, counts)):
+                if len(rows):
+                    mu, logvar = self.net.forward_member(x[rows], k)
+                    noise = torch.randn(mu.shape, generator=self.generator)
+                    parts.append(mu + noise * torch.exp(0.5 * logvar))
+            out = torch.empty(x.shape[0], self.out_dim)
+            out[order] = torch.cat(parts)
         else:
+            mean, _ = self.net(x.expand(len(elites), -1, -1), elites)
             out = mean.mean(0)
         return out * self.out_std + self.out_mean
 

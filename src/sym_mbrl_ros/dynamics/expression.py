@@ -338,7 +338,7 @@ def increment_tree(name: str, next_value: Node) -> Node:
 
 
 def simplify(node: Node) -> Node:
-    """Fold constants and drop neutral ones: ``1*x``, ``-1*x``, ``0*x``, ``x + 0``, ``2*3``."""
+    """Fold constants and drop neutral ones: ``1*x``, ``-1*x``, ``0*x``, ``x + 0``, ``cos(2)``."""
     if isinstance(node, (Num, Name)):
         return node
     if isinstance(node, Neg):
@@ -347,7 +347,13 @@ def simplify(node: Node) -> Node:
             return Num(-arg.value)
         return arg.arg if isinstance(arg, Neg) else Neg(arg)
     if isinstance(node, Call):
-        return Call(node.func, simplify(node.arg))
+        arg = simplify(node.arg)
+        if isinstance(arg, Num):
+            with np.errstate(all="ignore"):
+                value = _NUMPY_FUNCS[node.func](np.float64(arg.value))
+            if np.isfinite(value):
+                return Num(float(value))
+        return Call(node.func, arg)
     left, right = simplify(node.left), simplify(node.right)
     op = node.op
     if isinstance(left, Num) and isinstance(right, Num):
@@ -595,7 +601,7 @@ class CompiledExpression:
             slot_value = dict(zip(self.param_slots, np.asarray(params, dtype=np.float64)))
         for i, (kind, a, b, payload) in enumerate(self.program):
             if kind == _CONST:
-                values[i] = float(slot_value.get(i, payload))
+                values[i] = np.float64(slot_value.get(i, payload))
             elif kind == _VAR:
                 values[i] = X[:, payload]
             elif kind == _NEG:

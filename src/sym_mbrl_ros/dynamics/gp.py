@@ -28,6 +28,7 @@ class GPSettings:
     max_length: int = 30
     symbols: str = "add,sub,mul,div,constant,variable,sin,cos"
     max_candidates: int = 20
+    local_iterations: int = 10
 
 
 def operon_to_grammar(text: str) -> str:
@@ -46,6 +47,7 @@ def gp_candidates(
         objectives=["r2", "length"],
         population_size=settings.population_size,
         max_length=settings.max_length,
+        optimizer_iterations=settings.local_iterations,
         generations=100_000,
         max_evaluations=10**9,
         max_time=max(1, int(math.ceil(settings.time_limit))),

@@ -150,8 +150,10 @@ def sparse_candidates(
         if idx:
             sol = np.linalg.lstsq(r[:, idx], qty, rcond=None)[0]
             coefs[idx] = sol / rms[idx]
-        pred_val = library.theta_val @ coefs
-        val = float(np.mean((pred_val - data.y_val) ** 2) / data.y_var) if len(data.y_val) else 0.0
+        if len(data.y_val):
+            val = float(np.mean((library.theta_val @ coefs - data.y_val) ** 2) / data.y_var)
+        else:  # no validation split: rank on the training error
+            val = float(np.mean((library.theta @ coefs - y) ** 2) / data.y_var)
         if not np.isfinite(val):
             continue
         # node count of the tree c_1*t_1 + c_2*t_2 + ...: the terms plus one '+' between each two

@@ -124,6 +124,8 @@ class SymbolicDynamicsConfig:
     """pyoperon's allowed symbols."""
     gp_candidates: int = 20
     """Pareto-front members taken as candidates per run."""
+    gp_local_iterations: int = 10
+    """Levenberg-Marquardt iterations pyoperon spends on each individual's constants."""
     # --- reporting ---
     runner_ups: int = 3
     """Runner-up candidates listed in the selection report."""
@@ -527,6 +529,7 @@ class SymbolicDynamics:
             max_length=cfg.gp_max_length,
             symbols=cfg.gp_symbols,
             max_candidates=cfg.gp_candidates,
+            local_iterations=cfg.gp_local_iterations,
         )
         seed = self.seed * 7919 + 101 * i + attempt
         raw, info = gp_candidates(data.X_train[:, cols], data.y_train, names, settings, seed)

@@ -34,6 +34,7 @@ POLICY_TOPIC = "/sym_mbrl/policy"
 TARGET_TOPIC = "/sym_mbrl/target"
 EPISODE_TOPIC = "/sym_mbrl/episode"
 ESTOP_TOPIC = "/sym_mbrl/estop"
+TRAINING_TOPIC = "/sym_mbrl/training"
 MARKER_TOPIC = "/sym_mbrl/markers"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 

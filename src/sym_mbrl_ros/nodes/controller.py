@@ -21,15 +21,13 @@ NaN guard (a non-finite action → zero command), and clipping to the task's lim
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 
 import numpy as np
-from geometry_msgs.msg import PointStamped
-from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
 from .common import (
@@ -38,15 +36,14 @@ from .common import (
     POLICY_TOPIC,
     QOS_LATCHED,
     QOS_STREAM,
-    TARGET_TOPIC,
+    TRAINING_TOPIC,
     Diagnostics,
     declare,
     run,
-    stamp_ns,
 )
 from .params import TaskParams
 from .policies import Exploration, PolicyError, load_planner, load_policy
-from .topics import BadMessage, StampCheck
+from .topics import BadMessage, StateInput
 
 
 class Controller(LifecycleNode):
@@ -78,6 +75,10 @@ class Controller(LifecycleNode):
         self.planner_spec = declare(self, "planner", "",
                                     "MPC planner as module:factory (sym-mpc hook); empty: use "
                                     "the published policy")
+        self.sync = declare(self, "sync_updates_per_step", 0.0,
+                            "simulation only: send nothing (the lockstep world waits) while "
+                            "the policy trainer has done fewer SAC updates than this per real "
+                            "step since its first model; 0 never waits. Never on a robot.")
         self.stamp_age = declare(self, "max_stamp_age_s", 2.0,
                                  "drop states whose stamp is further than this from now")
         autostart = declare(self, "autostart", True, "configure and activate at start-up")
@@ -94,10 +95,9 @@ class Controller(LifecycleNode):
     def _reset_runtime(self) -> None:
         self.policy = None
         self.policy_version = None
-        self.model_text: str | None = None
+        self.training: dict | None = None
         self.estop = False
         self.values: dict[str, float] | None = None
-        self.target: dict[str, float] = {}
         self.state_seq = 0
         self.acted_seq = 0
         self.state_time = -1e9
@@ -110,21 +110,18 @@ class Controller(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.stamps = StampCheck(self.stamp_age)
         self.pub = self.create_lifecycle_publisher(self.p.codec.msg_type, self.p.command_topic,
                                                    QOS_STREAM)
         self.diag = Diagnostics(self)
         slow = MutuallyExclusiveCallbackGroup()  # policy/model loading stays off the loop thread
-        layout = self.p.layout
-        subs = [
-            self.create_subscription(Odometry if layout.uses_odom else JointState,
-                                     self.p.state_topic, self.on_state, QOS_STREAM),
+        self.input = StateInput(self, self.p, self.diag, self.on_state, self.stamp_age)
+        subs = self.input.subscriptions + [
             self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_LATCHED),
             self.create_subscription(String, POLICY_TOPIC, self.on_policy, QOS_LATCHED,
                                      callback_group=slow),
         ]
-        if layout.needs_target:
-            subs.append(self.create_subscription(PointStamped, TARGET_TOPIC, self.on_target,
+        if self.sync > 0:
+            subs.append(self.create_subscription(String, TRAINING_TOPIC, self.on_training,
                                                  QOS_LATCHED))
         if self.planner_spec:
             subs.append(self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED,
@@ -181,28 +178,12 @@ class Controller(LifecycleNode):
         self.policy = policy  # a learned policy survives cleanup; data does not
 
     # ------------------------------------------------------------------ inputs
-    def on_state(self, msg) -> None:
-        layout = self.p.layout
-        try:
-            if isinstance(msg, Odometry):
-                values = layout.odom_values(msg)
-            else:
-                values = layout.joint_values(msg, frozenset(self.p.known_joints))
-            self.stamps.check(stamp_ns(msg.header.stamp), time.time_ns())
-        except BadMessage as exc:
-            self.diag.drop(exc.reason, f"state: {exc}")
-            return
+    def on_state(self, ns: int, values: dict[str, float]) -> None:
         self.values = values
         self.state_seq += 1
         self.state_time = time.monotonic()
         if self.trigger == "state" and self.timer is not None:
             self._act()
-
-    def on_target(self, msg: PointStamped) -> None:
-        try:
-            self.target = self.p.layout.target_values(msg)
-        except BadMessage as exc:
-            self.diag.drop(exc.reason, f"target: {exc}")
 
     def on_estop(self, msg: Bool) -> None:
         if bool(msg.data) != self.estop:
@@ -220,6 +201,25 @@ class Controller(LifecycleNode):
         self.diag.count("policies")
         self.diag.set("policy_version", str(self.policy_version))
         self.get_logger().info(f"using policy {info['kind']} v{self.policy_version}")
+
+    def on_training(self, msg: String) -> None:
+        try:
+            progress = json.loads(msg.data)
+            self.training = {"updates": int(progress["updates"]),
+                             "transitions": int(progress["transitions"]),
+                             "first": progress.get("first_model_transitions"),
+                             "received": time.monotonic()}
+        except (ValueError, KeyError, TypeError) as exc:
+            self.diag.drop("bad_training", f"training progress: {exc}")
+
+    def _waiting_for_training(self) -> bool:
+        """Sync mode: is the trainer (alive, with a model) behind its updates per step?"""
+        t = self.training
+        if self.sync <= 0 or t is None or t["first"] is None:
+            return False
+        if time.monotonic() - t["received"] > 5.0:
+            return False  # the trainer is gone: do not wait for it
+        return t["updates"] < self.sync * (t["transitions"] - int(t["first"]))
 
     def on_model(self, msg: String) -> None:
         try:
@@ -239,6 +239,11 @@ class Controller(LifecycleNode):
             self.mode = "estop"
             self._publish(self.zero)
             return
+        if self._waiting_for_training():
+            self.mode = "sync"
+            self.diag.count("sync_waits")
+            self.state_time = now  # a deliberate pause, not a lost state stream
+            return
         if now - self.state_time > self.watchdog_periods * self.period:
             self.mode = "watchdog"
             self.diag.count("watchdog")
@@ -252,9 +257,12 @@ class Controller(LifecycleNode):
     def _act(self) -> None:
         if self.estop or self.values is None or self.acted_seq == self.state_seq:
             return
+        if self._waiting_for_training():
+            return
         t0 = time.perf_counter()
         try:
-            state = self.p.layout.assemble({**self.values, **self.target})
+            state = self.p.layout.assemble({**self.input.joints_at(), **self.values,
+                                            **self.input.target_at()})
         except BadMessage as exc:
             self.diag.drop(exc.reason, str(exc))
             return

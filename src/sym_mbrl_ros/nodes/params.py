@@ -22,6 +22,7 @@ class TaskParams:
     joint_names: list[str]
     known_joints: list[str]
     state_topic: str
+    joint_state_topic: str
     command_topic: str
     run_dir: Path
 
@@ -40,6 +41,9 @@ class TaskParams:
         state_topic = declare(node, "state_topic", "/joint_states",
                               "state topic: sensor_msgs/JointState, or nav_msgs/Odometry when "
                               "state_fields use odom.*")
+        joint_topic = declare(node, "joint_state_topic", "/joint_states",
+                              "JointState topic read next to an Odometry state topic (for "
+                              "position.*/velocity.* fields)")
         controller = declare(node, "controller_name", "effort_controller",
                              "ros2_control controller whose /<name>/commands topic is used")
         command_topic = declare(node, "command_topic", "",
@@ -72,6 +76,7 @@ class TaskParams:
             joint_names=joints,
             known_joints=known,
             state_topic=state_topic,
+            joint_state_topic=joint_topic,
             command_topic=command_topic or f"/{controller}/commands",
             run_dir=Path(run_dir),
         )

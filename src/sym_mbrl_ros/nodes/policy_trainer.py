@@ -1,17 +1,20 @@
 """policy_trainer: continues MBPO on every new world model and publishes the policy.
 
-A worker thread runs the MBPO inner loop without pause: it pulls new transitions from the
-store into the real buffer (every ``store_poll_s``), starts ``rollout_batch_size`` model
-rollouts of ``rollout_horizon`` steps from the newest ``rollout_start_window`` real states,
-and takes ``updates_per_round`` SAC gradient steps on the synthetic data
-(:class:`sym_mbrl_ros.agents.mbpo.MBPO`'s pieces; rewards from the task's true reward). A new
+A worker thread runs the MBPO inner loop without pause, with the task's tuned ``sym-mbpo``
+settings (:mod:`sym_mbrl_ros.agents.presets`, changed with ``overrides``): it pulls new
+transitions from the store into the real buffer (every ``store_poll_s``), starts
+``rollout_batch_size`` model rollouts of ``rollout_horizon`` steps from the newest
+``rollout_start_window`` real states, and takes ``updates_per_step`` SAC gradient steps on the
+synthetic data (:class:`sym_mbrl_ros.agents.mbpo.MBPO`'s pieces; the task's true reward). A new
 ``/sym_mbrl/dynamics_model`` message swaps the model in between rounds; SAC keeps learning.
 Every ``publish_every_s`` of training it writes ``<run_dir>/policies/policy_NNNN.pt`` (the
 whole agent, so a restart resumes from it) and publishes its path and sha256 on
 ``/sym_mbrl/policy`` (transient-local). A malformed model message is dropped and counted.
 
 ``max_updates_per_transition`` stops training from racing far ahead of the data while the
-robot is slow to collect it (0: no limit).
+robot is slow to collect it (0: no limit). Progress (updates, transitions) goes out on
+``/sym_mbrl/training`` four times a second; in simulation the controller can wait for it
+(``sync_updates_per_step``), so that sample efficiency does not depend on the CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from std_msgs.msg import String
 from ..bringup import latest_version
 from ..data.store import TransitionStore
 from ..errors import UserError
-from .common import MODEL_TOPIC, POLICY_TOPIC, QOS_LATCHED, Diagnostics, declare, run
+from .common import (
+    MODEL_TOPIC,
+    POLICY_TOPIC,
+    QOS_LATCHED,
+    TRAINING_TOPIC,
+    Diagnostics,
+    declare,
+    run,
+)
 from .params import TaskParams
 from .policies import PolicyError, model_from_message, weights_message
 
@@ -41,34 +52,33 @@ class PolicyTrainer(Node):
         self.p = TaskParams.declare(self)
         self.publish_every = declare(self, "publish_every_s", 5.0,
                                      "publish the policy after this much training time")
-        batch = declare(self, "rollout_batch_size", 400, "model rollouts per round")
-        horizon = declare(self, "rollout_horizon", 5, "steps per model rollout")
-        window = declare(self, "rollout_start_window", 1000,
-                         "rollouts start from the newest N stored states")
-        updates = declare(self, "updates_per_round", 20, "SAC gradient steps per round")
+        overrides = declare(self, "overrides", "{}",
+                            "JSON object of MBPO settings over the task's tuned preset, with "
+                            "dotted keys as in `sym-mbrl train --set` (e.g. "
+                            "{\"rollout_horizon\": 5, \"sac.learning_rate\": 0.001})")
+        actor = declare(self, "policy", "mlp", "actor architecture: mlp (or espl)")
         self.max_ratio = declare(self, "max_updates_per_transition", 50.0,
                                  "pause training beyond this many updates per stored "
                                  "transition (0: no limit)")
-        sac = declare(self, "sac_options", "{}", "JSON object of SACConfig overrides")
         self.seed = declare(self, "seed", 0, "seed of the agent and the buffers")
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
         self.store_poll = declare(self, "store_poll_s", 1.0,
                                   "how often new transitions are pulled from the store")
-        from ..agents.mbpo import MBPO, MBPOConfig
+        from ..agents.mbpo import MBPO
+        from ..agents.presets import make_config
 
         try:
-            cfg = MBPOConfig(rollout_batch_size=batch, rollout_horizon=horizon,
-                             rollout_start_window=window, updates_per_step=updates)
-            overrides = json.loads(sac)
-            if not isinstance(overrides, dict):
-                raise ValueError("not an object")
-            for k, v in overrides.items():
-                if not hasattr(cfg.sac, k):
-                    raise ValueError(f"unknown SACConfig field {k!r}")
-                setattr(cfg.sac, k, tuple(v) if isinstance(v, list) else v)
-        except ValueError as exc:
-            raise SystemExit(f"policy_trainer: sac_options: {exc}") from None
+            settings = json.loads(overrides)
+            if not isinstance(settings, dict):
+                raise ValueError("overrides must be a JSON object")
+            if actor == "espl":
+                from ..agents.espl import register_espl
+
+                register_espl()
+            cfg = make_config("sym-mbpo", self.p.task.name, actor, settings)
+        except (ValueError, UserError) as exc:
+            raise SystemExit(f"policy_trainer: {exc}") from None
         self.mbpo = MBPO(self.p.task, cfg, seed=self.seed)
         self.store_path = self.p.run_dir / store_name
         self.policy_dir = self.p.run_dir / "policies"
@@ -78,8 +88,11 @@ class PolicyTrainer(Node):
         self.diag = Diagnostics(self)
         self.pub = self.create_publisher(String, POLICY_TOPIC, QOS_LATCHED)
         self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED)
+        self.progress_pub = self.create_publisher(String, TRAINING_TOPIC, QOS_LATCHED)
+        self.create_timer(0.25, self.on_progress)
         self.pending_model = None
         self.model_version = None
+        self.first_model_transitions: int | None = None
         self.last_id = 0
         self.updates = 0
         self._stop = threading.Event()
@@ -108,6 +121,15 @@ class PolicyTrainer(Node):
             return
         self.pending_model = model
         self.diag.count("models")
+
+    def on_progress(self) -> None:
+        """Training progress, for a simulated world that waits for the learner (controller's
+        ``sync_updates_per_step``)."""
+        self.progress_pub.publish(String(data=json.dumps({
+            "updates": self.updates, "transitions": len(self.mbpo.real_buffer),
+            "first_model_transitions": self.first_model_transitions,
+            "model_version": self.model_version, "policy_version": self.version,
+            "stamp": time.time()})))
 
     # ------------------------------------------------------------------ worker
     def _pull(self, store: TransitionStore) -> int:
@@ -149,6 +171,8 @@ class PolicyTrainer(Node):
                     self.mbpo.model = model
                     self.mbpo.model_env = ModelEnv(self.p.task, model)
                     self.model_version = model.provenance.get("version")
+                    if self.first_model_transitions is None:
+                        self.first_model_transitions = len(self.mbpo.real_buffer)
                     self.diag.set("model_version", str(self.model_version))
                 n_real = len(self.mbpo.real_buffer)
                 ratio_ok = self.max_ratio <= 0 or self.updates < self.max_ratio * n_real

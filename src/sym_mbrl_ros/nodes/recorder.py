@@ -20,7 +20,8 @@ For a command at time t:
   state stream) it is dropped as ``bad_period``; no guess is stored.
 * A transition is decided once a state stamped after the end of its window has arrived, so
   every state that could belong to it has been received. Its ``before`` and ``after`` must lie
-  in the same episode (episode events on /sym_mbrl/episode give episode start stamps).
+  in the same episode (events on /sym_mbrl/episode give the boundaries: an episode holds
+  the states stamped after its ``boundary_ns``).
 
 Without episode events (a robot with no simulator), the recorder starts a new episode every
 ``episode_steps`` transitions. Rewards and termination come from the task's own functions.
@@ -34,26 +35,20 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from geometry_msgs.msg import PointStamped
-from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from ..data.store import TransitionStore
 from .common import (
     EPISODE_TOPIC,
     QOS_EVENTS,
-    QOS_LATCHED,
     QOS_STREAM,
-    TARGET_TOPIC,
     Diagnostics,
     declare,
     run,
-    stamp_ns,
 )
 from .params import TaskParams
-from .topics import BadMessage, StampCheck
+from .topics import BadMessage, StateInput
 
 
 @dataclass
@@ -102,25 +97,17 @@ class Recorder(Node):
         self.store = TransitionStore(self.p.run_dir / store_name, task.state_names,
                                      task.action_names, dt=task.dt, task=task.name)
         self.diag = Diagnostics(self)
-        self.stamps = StampCheck(stamp_age)
         self.states: deque[_State] = deque(maxlen=2000)
         self.commands: deque[_Command] = deque(maxlen=100)
-        self.targets: list[tuple[int, dict[str, float]]] = []
-        self.episodes: list[tuple[int, int]] = []  # (start stamp ns, store episode id)
+        self.episodes: list[tuple[int, int]] = []  # (boundary stamp ns, store episode id)
         self._auto_episode: int | None = None
         self._auto_steps = 0
         self.written = 0
         self._rate_t, self._rate_n = time.monotonic(), 0
 
-        layout = self.p.layout
-        if layout.uses_odom:
-            self.create_subscription(Odometry, self.p.state_topic, self.on_odom, QOS_STREAM)
-        else:
-            self.create_subscription(JointState, self.p.state_topic, self.on_joint_state,
-                                     QOS_STREAM)
-        if layout.needs_target:
-            self.create_subscription(PointStamped, TARGET_TOPIC, self.on_target, QOS_LATCHED)
+        # created first: when an event and a state are ready together, the event goes first
         self.create_subscription(String, EPISODE_TOPIC, self.on_episode, QOS_EVENTS)
+        self.input = StateInput(self, self.p, self.diag, self.on_state, stamp_age)
         self.create_subscription(self.p.codec.msg_type, self.p.command_topic, self.on_command,
                                  QOS_STREAM)
         self.create_timer(0.5, self.on_timer)
@@ -129,51 +116,27 @@ class Recorder(Node):
             f"({self.store.count()} transitions already there)")
 
     # ------------------------------------------------------------------ inputs
-    def on_joint_state(self, msg: JointState) -> None:
-        self._state(msg, lambda m: self.p.layout.joint_values(m, frozenset(self.p.known_joints)))
-
-    def on_odom(self, msg: Odometry) -> None:
-        self._state(msg, self.p.layout.odom_values)
-
-    def _state(self, msg, values_of) -> None:
-        try:
-            values = values_of(msg)
-            ns = stamp_ns(msg.header.stamp)
-            self.stamps.check(ns, time.time_ns())
-        except BadMessage as exc:
-            self.diag.drop(exc.reason, f"state: {exc}")
-            return
-        self.diag.count("states")
+    def on_state(self, ns: int, values: dict[str, float]) -> None:
         self.states.append(_State(ns, values))
         self._decide()
-
-    def on_target(self, msg: PointStamped) -> None:
-        try:
-            values = self.p.layout.target_values(msg)
-        except BadMessage as exc:
-            self.diag.drop(exc.reason, f"target: {exc}")
-            return
-        ns = stamp_ns(msg.header.stamp) or time.time_ns()
-        self.targets = [t for t in self.targets if t[0] < ns][-20:] + [(ns, values)]
 
     def on_episode(self, msg: String) -> None:
         try:
             event = json.loads(msg.data)
-            ns = int(event["stamp_ns"]) if "stamp_ns" in event else int(float(event["stamp"])
-                                                                          * 1e9)
+            boundary = int(event["boundary_ns"])
         except (ValueError, KeyError, TypeError) as exc:
             self.diag.drop("bad_episode", f"episode event {msg.data[:80]!r}: {exc}")
             return
         if self.auto_pairing:
             self.pairing = "next" if event.get("mode") == "lockstep" else "hold"
-        if self.episodes and ns <= self.episodes[-1][0]:
+        if self.episodes and boundary <= self.episodes[-1][0]:
             return  # a repeat (transient-local history)
         last = self.store.episodes()[-1:] if not self.episodes else []
-        if last and not last[0].closed and abs(last[0].started - ns * 1e-9) < 1e-6:
+        if last and not last[0].closed and abs(last[0].started - boundary * 1e-9) < 1e-6:
             ep = last[0].id  # restarted recorder: the sim episode we were recording goes on
         else:
-            ep = self.store.start_episode(stamp=ns * 1e-9, source="sim")
-        self.episodes = self.episodes[-20:] + [(ns, ep)]
+            ep = self.store.start_episode(stamp=boundary * 1e-9, source="sim")
+        self.episodes = self.episodes[-20:] + [(boundary, ep)]
         self._auto_episode = None
         self.diag.count("episodes")
 
@@ -231,29 +194,25 @@ class Recorder(Node):
             self.diag.drop("bad_period", f"transition spans {span * 1e-6:.1f} "
                            f"ms, not one control period ({self.dt_ns * 1e-6:.1f} ms)")
             return
-        if any(before.ns < start <= after.ns for start, _ in self.episodes):
+        if any(before.ns <= boundary < after.ns for boundary, _ in self.episodes):
             self.diag.count("skipped/episode_boundary")
             return
+        target = self.input.target_at(before.ns)
         try:
-            s = self.p.layout.assemble({**before.values, **self._target_at(before.ns)})
-            s2 = self.p.layout.assemble({**after.values, **self._target_at(before.ns)})
+            s = self.p.layout.assemble({**self.input.joints_at(before.ns), **before.values,
+                                        **target})
+            s2 = self.p.layout.assemble({**self.input.joints_at(after.ns), **after.values,
+                                         **target})
         except BadMessage as exc:
             self.diag.drop(exc.reason, str(exc))
             return
         before.used = True
         self._write(cmd, s, s2, before.ns, after.ns)
 
-    def _target_at(self, ns: int) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for t_ns, values in self.targets:
-            if t_ns <= ns:
-                out = values
-        return out
-
     def _episode_of(self, ns: int) -> int:
         ep = None
-        for start, eid in self.episodes:
-            if start <= ns:
+        for boundary, eid in self.episodes:
+            if boundary < ns:
                 ep = eid
         if ep is not None:
             return ep

@@ -15,8 +15,11 @@ Modes:
 * ``realtime``: a wall-clock timer advances one control period per tick holding the last
   command (zero before the first), like a robot that keeps executing its last setpoint.
 
-A new episode is announced on ``/sym_mbrl/episode`` (JSON ``{"episode", "stamp", "stamp_ns",
-"reason", "mode"}``, ``stamp`` being the first state's stamp) before its target and first state.
+Episodes: as soon as an episode ends (or ``~/reset`` is called, or at start-up) the bridge
+publishes an event on ``/sym_mbrl/episode`` (JSON ``{"episode", "boundary_ns", "stamp",
+"reason", "mode"}``): the new episode holds the states stamped *after* ``boundary_ns``, the
+stamp of the old episode's last state. Announcing the end right away, before any command
+could answer that last state, lets the recorder know the boundary before it needs it.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class SimBridge(Node):
 
         state_type = Odometry if self.layout.uses_odom else JointState
         self.state_pub = self.create_publisher(state_type, self.p.state_topic, QOS_STREAM)
+        # next to odometry, the joints (car2d's steering) go on /joint_states, same stamp
+        self.joint_pub = (self.create_publisher(JointState, self.p.joint_state_topic, QOS_STREAM)
+                          if self.layout.uses_odom else None)
         self.target_pub = (self.create_publisher(PointStamped, TARGET_TOPIC, QOS_LATCHED)
                            if self.layout.needs_target else None)
         self.episode_pub = self.create_publisher(String, EPISODE_TOPIC, QOS_EVENTS)
@@ -87,9 +93,10 @@ class SimBridge(Node):
         self.steps = 0
         self.held = np.clip(np.zeros(task.action_dim), task.action_low, task.action_high)
         self._last_marker = 0.0
-        self.state_ns = 0
+        self.state_ns = time.time_ns()
         self.done = False
-        self.state = self._reset(seed=self.seed, reason="start")
+        self._announce("start")
+        self.state = self._reset(seed=self.seed)
         if self.mode == "realtime":
             self.create_timer(task.dt, self.on_tick)
         self.get_logger().info(
@@ -97,24 +104,28 @@ class SimBridge(Node):
             f"{self.p.state_topic}, dt={task.dt:g}s")
 
     # ------------------------------------------------------------------ episodes
-    def _reset(self, seed: int | None = None, reason: str = "reset") -> np.ndarray:
+    def _announce(self, reason: str) -> None:
+        """Publish that a new episode begins with the first state stamped after the current."""
+        self.episode += 1
+        self.episode_pub.publish(String(data=json.dumps(
+            {"episode": self.episode, "boundary_ns": self.state_ns,
+             "stamp": self.state_ns * 1e-9, "reason": reason, "mode": self.mode})))
+        self.diag.set("episode", self.episode)
+
+    def _reset(self, seed: int | None = None) -> np.ndarray:
         _, info = self.env.reset(seed=seed)
         state = np.asarray(info["state"], dtype=np.float64)
-        self.episode += 1
         self.episode_return = 0.0
         self.done = False
         ns = time.time_ns()
-        self.episode_pub.publish(String(data=json.dumps(
-            {"episode": self.episode, "stamp": ns * 1e-9, "stamp_ns": ns, "reason": reason,
-             "mode": self.mode})))
         if self.target_pub is not None:
             self.target_pub.publish(self.layout.target(state, ns))
         self._publish_state(state, ns)
-        self.diag.set("episode", self.episode)
         return state
 
     def on_reset(self, request, response):
-        self.state = self._reset(reason="service")
+        self._announce("service")
+        self.state = self._reset()
         response.success = True
         response.message = f"episode {self.episode} started"
         return response
@@ -134,7 +145,8 @@ class SimBridge(Node):
         if terminated or truncated:
             self.diag.set("last_return", float(self.episode_return))
             self.diag.count("episodes")
-            self.done = "terminated" if terminated else "truncated"
+            self.done = True
+            self._announce("terminated" if terminated else "truncated")
 
     def on_command(self, msg, info: dict) -> None:
         try:
@@ -150,14 +162,14 @@ class SimBridge(Node):
             self.diag.count("skipped/stale_command")
             return
         if self.done:
-            self.state = self._reset(reason=self.done)
+            self.state = self._reset()
         else:
             self._step(action)
 
     def on_tick(self) -> None:
         self._step(self.held)
         if self.done:
-            self.state = self._reset(reason=self.done)
+            self.state = self._reset()
 
     # ------------------------------------------------------------------ output
     def _clock_msg(self) -> Clock:
@@ -168,6 +180,7 @@ class SimBridge(Node):
     def _publish_state(self, state: np.ndarray, ns: int | None = None) -> None:
         ns = time.time_ns() if ns is None else ns
         if self.layout.uses_odom:
+            self.joint_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
             self.state_pub.publish(self.layout.odometry(state, ns))
         else:
             self.state_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))

@@ -22,7 +22,9 @@ Validation raises :class:`BadMessage` with a short reason (the /diagnostics coun
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +33,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-from .common import stamp_ns
+from .common import QOS_LATCHED, QOS_STREAM, TARGET_TOPIC, stamp_ns
 
 ODOM_KEYS = ("x", "y", "yaw", "vx", "vy", "wz")
 TARGET_KEYS = ("x", "y", "z")
@@ -264,3 +266,91 @@ class StampCheck:
 
     def reset(self) -> None:
         self.last_ns = 0
+
+
+class StateInput:
+    """The state topics of a node: subscribes to what the layout reads and validates it.
+
+    Each valid message of the primary state topic (JointState, or Odometry when the layout
+    reads ``odom.*``) calls ``on_state(stamp_ns, values)``. Joint values read from
+    ``/joint_states`` next to an Odometry primary (car2d's steering) and targets are kept with
+    their stamps; :meth:`joints_at` and :meth:`target_at` give the newest at or before a stamp.
+    Invalid messages go to ``diag.drop``.
+    """
+
+    def __init__(self, node, params, diag, on_state: Callable[[int, dict[str, float]], None],
+                 max_age_s: float, callback_group=None):
+        self.layout, self.diag, self.on_state = params.layout, diag, on_state
+        self.known = frozenset(params.known_joints)
+        self.stamps, self.joint_stamps = StampCheck(max_age_s), StampCheck(max_age_s)
+        self.joints: deque[tuple[int, dict[str, float]]] = deque(maxlen=200)
+        self.targets: deque[tuple[int, dict[str, float]]] = deque(maxlen=20)
+        kw = {"callback_group": callback_group}
+        if self.layout.uses_odom:
+            subs = [node.create_subscription(Odometry, params.state_topic, self._odom,
+                                             QOS_STREAM, **kw)]
+            if self.layout.joints:
+                subs.append(node.create_subscription(JointState, params.joint_state_topic,
+                                                     self._secondary, QOS_STREAM, **kw))
+        else:
+            subs = [node.create_subscription(JointState, params.state_topic, self._joint_state,
+                                             QOS_STREAM, **kw)]
+        if self.layout.needs_target:
+            subs.append(node.create_subscription(PointStamped, TARGET_TOPIC, self._target,
+                                                 QOS_LATCHED, **kw))
+        self.subscriptions = subs
+
+    def _check(self, check: StampCheck, msg, values_of, what: str):
+        try:
+            values = values_of(msg)
+            ns = stamp_ns(msg.header.stamp)
+            check.check(ns, time.time_ns())
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"{what}: {exc}")
+            return None
+        return ns, values
+
+    def _joint_state(self, msg: JointState) -> None:
+        got = self._check(self.stamps, msg, lambda m: self.layout.joint_values(m, self.known),
+                          "JointState")
+        if got:
+            self.diag.count("states")
+            self.on_state(*got)
+
+    def _odom(self, msg: Odometry) -> None:
+        got = self._check(self.stamps, msg, self.layout.odom_values, "Odometry")
+        if got:
+            self.diag.count("states")
+            self.on_state(*got)
+
+    def _secondary(self, msg: JointState) -> None:
+        got = self._check(self.joint_stamps, msg,
+                          lambda m: self.layout.joint_values(m, self.known), "JointState")
+        if got:
+            self.joints.append(got)
+
+    def _target(self, msg: PointStamped) -> None:
+        try:
+            values = self.layout.target_values(msg)
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"target: {exc}")
+            return
+        ns = stamp_ns(msg.header.stamp) or time.time_ns()
+        while self.targets and self.targets[-1][0] >= ns:
+            self.targets.pop()
+        self.targets.append((ns, values))
+
+    @staticmethod
+    def _at(history, ns: int | None) -> dict[str, float]:
+        for t_ns, values in reversed(history):
+            if ns is None or t_ns <= ns:
+                return values
+        return {}
+
+    def joints_at(self, ns: int | None = None) -> dict[str, float]:
+        """Secondary joint values stamped at or before ``ns`` (None: the newest)."""
+        return self._at(self.joints, ns)
+
+    def target_at(self, ns: int | None = None) -> dict[str, float]:
+        """The target stamped at or before ``ns`` (None: the newest)."""
+        return self._at(self.targets, ns)

@@ -1,0 +1,280 @@
+"""The pieces the nodes share (no DDS): message validation, the command codec, policy messages.
+
+Also home of the helpers the DDS tests import (``RosGraph``, ``Probe``, ``node_args``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from geometry_msgs.msg import PointStamped  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+from sym_mbrl_ros.envs import get_task  # noqa: E402
+from sym_mbrl_ros.nodes.common import QOS_LATCHED, QOS_STREAM  # noqa: E402
+from sym_mbrl_ros.nodes.policies import (  # noqa: E402
+    Exploration,
+    PolicyError,
+    file_sha256,
+    formula_message,
+    load_policy,
+    weights_message,
+)
+from sym_mbrl_ros.nodes.topics import (  # noqa: E402
+    BadMessage,
+    CommandCodec,
+    ConfigError,
+    StampCheck,
+    StateLayout,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PENDULUM = get_task("pendulum")
+
+
+# ----------------------------------------------------------------------------- DDS helpers
+def fresh_domain() -> int:
+    """A ROS domain of our own (100-200), so parallel test runs never hear each other."""
+    domain = random.SystemRandom().randint(100, 200)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    return domain
+
+
+def node_args(task: str, run_dir: Path | str | None = None, **params) -> dict:
+    """Node kwargs: the task's parameter file plus overrides (what `sym-mbrl up` passes)."""
+    from rclpy.parameter import Parameter
+
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    if run_dir is not None:
+        overrides.append(Parameter("run_dir", value=str(run_dir)))
+    return {"cli_args": ["--ros-args", "--params-file", str(ROOT / "config" / f"{task}.yaml")],
+            "parameter_overrides": overrides}
+
+
+class RosGraph:
+    """Nodes spun by one multi-threaded executor in a background thread."""
+
+    def __init__(self):
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.nodes: list[Node] = []
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._stop = False
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop and rclpy.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.02)
+            except Exception:  # a node destroyed mid-spin
+                if self._stop:
+                    return
+
+    def add(self, node: Node) -> Node:
+        self.executor.add_node(node)
+        self.nodes.append(node)
+        return node
+
+    def remove(self, node: Node) -> None:
+        self.executor.remove_node(node)
+        self.nodes.remove(node)
+        close = getattr(node, "close", None)
+        if close is not None:
+            close()
+        node.destroy_node()
+
+    def close(self) -> None:
+        for node in list(self.nodes):
+            self.remove(node)
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.executor.shutdown()
+
+
+def wait_for(condition, timeout: float = 10.0, period: float = 0.01) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds passed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(period)
+    return bool(condition())
+
+
+class Probe(Node):
+    """The test's own node: records what arrives on topics and publishes test input."""
+
+    def __init__(self, name: str = "probe"):
+        super().__init__(name)
+        self.got: dict[str, list] = {}
+        self._pubs: dict[str, object] = {}
+
+    def listen(self, msg_type, topic: str, qos=QOS_STREAM) -> list:
+        box = self.got.setdefault(topic, [])
+        self.create_subscription(msg_type, topic,
+                                 lambda m, info: box.append((m, info, time.time_ns())), qos)
+        return box
+
+    def publisher(self, msg_type, topic: str, qos=QOS_STREAM):
+        if topic not in self._pubs:
+            self._pubs[topic] = self.create_publisher(msg_type, topic, qos)
+        return self._pubs[topic]
+
+    def wait_matched(self, topic: str, timeout: float = 10.0) -> bool:
+        pub = self._pubs[topic]
+        return wait_for(lambda: pub.get_subscription_count() > 0, timeout)
+
+    def diagnostics(self, node_name: str) -> dict[str, str]:
+        """The newest key/values a node put on /diagnostics."""
+        for m, _, _ in reversed(self.got.get("/diagnostics", [])):
+            for status in m.status:
+                if status.name == f"sym_mbrl/{node_name}":
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+
+def joint_state(names, positions, velocities=None, ns: int | None = None) -> JointState:
+    msg = JointState()
+    ns = time.time_ns() if ns is None else ns
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+    msg.name = list(names)
+    msg.position = [float(p) for p in positions]
+    msg.velocity = [float(v) for v in (velocities if velocities is not None else positions)]
+    return msg
+
+
+def command(values) -> Float64MultiArray:
+    return Float64MultiArray(data=[float(v) for v in values])
+
+
+def constant_formula(task, values) -> str:
+    """A formula policy message that always commands ``values``."""
+    obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
+    return formula_message(task, {
+        "format": "sym-mbrl/policy-v1", "observation_names": [f"o{i}" for i in range(obs_dim)],
+        "action_names": list(task.action_names), "expressions": [repr(float(v)) for v in values],
+        "action_low": task.action_low.tolist(), "action_high": task.action_high.tolist(),
+    }, version=1)
+
+
+# ----------------------------------------------------------------------------- pure tests
+def test_state_layout_validates_joint_states():
+    layout = StateLayout.parse(["position.hinge", "velocity.hinge"], 2)
+    known = frozenset({"hinge"})
+    assert layout.joint_values(joint_state(["hinge"], [0.5], [1.5]), known) == {
+        "position.hinge": 0.5, "velocity.hinge": 1.5}
+    cases = {
+        "wrong_length": joint_state(["hinge"], [0.1, 0.2], [0.0, 0.0]),
+        "unknown_joint": joint_state(["hinge", "elbow"], [0.1, 0.2]),
+        "missing_joint": joint_state([], []),
+        "nan": joint_state(["hinge"], [float("nan")], [0.0]),
+    }
+    for reason, msg in cases.items():
+        with pytest.raises(BadMessage) as err:
+            layout.joint_values(msg, known)
+        assert err.value.reason == reason
+    with pytest.raises(ConfigError, match="one field per coordinate"):
+        StateLayout.parse(["position.hinge"], 2)
+    with pytest.raises(ConfigError, match="is not one of"):
+        StateLayout.parse(["speed.hinge", "velocity.hinge"], 2)
+    with pytest.raises(BadMessage, match="no value yet") as err:
+        StateLayout.parse(["position.a", "target.x"]).assemble({"position.a": 1.0})
+    assert err.value.reason == "no_target"
+
+
+def test_state_layout_round_trips_the_bridge_messages():
+    reacher = StateLayout.parse(["position.shoulder", "position.elbow", "velocity.shoulder",
+                                 "velocity.elbow", "target.x", "target.y"], 6)
+    state = np.array([0.1, -0.2, 0.3, -0.4, 0.05, 0.12])
+    js = reacher.joint_state(state, ["shoulder", "elbow"], 123)
+    target = reacher.target(state, 123)
+    values = {**reacher.joint_values(js, frozenset({"shoulder", "elbow"})),
+              **reacher.target_values(target)}
+    np.testing.assert_allclose(reacher.assemble(values), state)
+    car = StateLayout.parse(["odom.x", "odom.y", "odom.yaw", "odom.vx", "position.steer",
+                             "velocity.steer", "target.x", "target.y"], 8)
+    state = np.array([0.3, -1.2, 2.9, 0.7, 0.2, -0.1, 1.0, 1.5])
+    values = {**car.odom_values(car.odometry(state, 5)),
+              **car.joint_values(car.joint_state(state, ["steer", "wheel"], 5),
+                                 frozenset({"steer", "wheel"})),
+              **car.target_values(car.target(state, 5))}
+    np.testing.assert_allclose(car.assemble(values), state, atol=1e-12)
+
+
+def test_command_codec_and_stamp_check():
+    codec = CommandCodec.parse("array", 2)
+    a, ns = codec.from_msg(codec.to_msg(np.array([0.5, -1.0]), 0), 42)
+    assert a.tolist() == [0.5, -1.0] and ns == 42
+    with pytest.raises(BadMessage) as err:
+        codec.from_msg(command([1.0, 2.0, 3.0]), 1)
+    assert err.value.reason == "wrong_size"
+    with pytest.raises(BadMessage) as err:
+        codec.from_msg(command([1.0, float("inf")]), 1)
+    assert err.value.reason == "nan"
+    twist = CommandCodec.parse("twist", 2, ["linear.x", "angular.z"])
+    msg = twist.to_msg(np.array([0.4, -0.3]), 7_000_000_000)
+    assert (msg.twist.linear.x, msg.twist.angular.z) == (0.4, -0.3)
+    assert twist.from_msg(msg, 1)[1] == 7_000_000_000  # header stamp beats DDS time
+    with pytest.raises(ConfigError):
+        CommandCodec.parse("twist", 2, ["linear.x"])
+    check = StampCheck(max_age_s=1.0)
+    now = time.time_ns()
+    check.check(now, now)
+    for ns, reason in ((now, "out_of_order"), (now - 5_000_000_000, "out_of_order"),
+                       (now + 5_000_000_000, "stale")):
+        with pytest.raises(BadMessage) as err:
+            check.check(ns, now)
+        assert err.value.reason == reason
+
+
+def test_exploration_is_seeded_and_within_limits():
+    a = Exploration(PENDULUM, "uniform", hold_steps=3, seed=1)
+    b = Exploration(PENDULUM, "uniform", hold_steps=3, seed=1)
+    xa = np.array([a(np.zeros(2)) for _ in range(30)])
+    xb = np.array([b(np.zeros(2)) for _ in range(30)])
+    np.testing.assert_array_equal(xa, xb)
+    assert np.all(np.abs(xa) <= 2.0) and len(np.unique(xa)) == 10  # held 3 ticks each
+    assert np.all(Exploration(PENDULUM, "zero")(np.zeros(2)) == 0.0)
+    with pytest.raises(PolicyError):
+        Exploration(PENDULUM, "brownian")
+
+
+def test_policy_messages(tmp_path):
+    policy, msg = load_policy(constant_formula(PENDULUM, [5.0]), PENDULUM)
+    assert msg["kind"] == "formula" and policy(np.array([0.3, 0.1])).tolist() == [2.0]  # clipped
+    from sym_mbrl_ros.agents.sac import SAC
+
+    agent = SAC(3, PENDULUM.action_low, PENDULUM.action_high, seed=0)
+    path = tmp_path / "policy_0001.pt"
+    agent.save(path)
+    text = weights_message(PENDULUM, path, version=1)
+    act, msg = load_policy(text, PENDULUM)
+    state = np.array([0.3, -0.2])
+    expected = agent.predict(PENDULUM.observation(state[None])[0], deterministic=True)
+    np.testing.assert_allclose(act(state), expected)
+    assert msg["sha256"] == file_sha256(path)
+    bad = {
+        "not JSON": "{",
+        "lacks": json.dumps({"kind": "formula"}),
+        "kind must be": json.dumps({"format": "sym-mbrl/policy-v1", "kind": "magic"}),
+        "does not match its sha256": json.dumps({**json.loads(text), "sha256": "0" * 64}),
+        "does not exist": json.dumps({**json.loads(text), "path": str(tmp_path / "nope.pt")}),
+        "is for task": json.dumps({**json.loads(text), "task": "reacher"}),
+        "invalid|not allowed|unknown|undeclared": constant_formula(PENDULUM, [1.0]).replace(
+            '"1.0"', '"__import__(os)"'),
+    }
+    for match, text_ in bad.items():
+        with pytest.raises(PolicyError, match=match):
+            load_policy(text_, PENDULUM)
