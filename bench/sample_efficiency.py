@@ -35,7 +35,7 @@ LABELS = {
     "sb3-sac": "SAC (Stable-Baselines3)",
 }
 DEFAULT_STEPS = {
-    "pendulum": {"sym-mbpo": 1500, "mbpo": 3000, "sac": 15000, "sb3-sac": 15000},
+    "pendulum": {"sym-mbpo": 1500, "mbpo": 2000, "sac": 12000, "sb3-sac": 12000},
     "reacher": {"sym-mbpo": 3000, "mbpo": 6000, "sac": 30000, "sb3-sac": 30000},
     "car2d": {"sym-mbpo": 3000, "mbpo": 6000, "sac": 30000, "sb3-sac": 30000},
 }

@@ -17,14 +17,13 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from geometry_msgs.msg import PointStamped  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from sym_mbrl_ros.envs import get_task  # noqa: E402
-from sym_mbrl_ros.nodes.common import QOS_LATCHED, QOS_STREAM  # noqa: E402
+from sym_mbrl_ros.nodes.common import QOS_STREAM  # noqa: E402
 from sym_mbrl_ros.nodes.policies import (  # noqa: E402
     Exploration,
     PolicyError,

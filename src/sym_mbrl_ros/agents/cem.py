@@ -81,8 +81,10 @@ class CEMPlanner:
         self.mean: torch.Tensor | None = None
         """Warm start: the mean of the next call's Gaussian, (S, H, m); after ``plan`` the
         plan itself, after ``act`` that plan shifted by one step."""
+        self.last_plan: torch.Tensor | None = None
+        """The plan of the last call, (S, H, m)."""
         self.last_returns: torch.Tensor | None = None
-        """Model return of the executed plan of the last call, (S,)."""
+        """Model return of the best sequence of the last call, (S,)."""
         self.iterations_run = 0
 
     def set_dynamics(self, dynamics: Any) -> None:
@@ -124,6 +126,7 @@ class CEMPlanner:
             if cfg.min_std > 0 and bool((std <= cfg.min_std * self.box.half).all()):
                 break
         plan = best if cfg.execute == "best" else mean
+        self.last_plan = plan
         self.last_returns = best_ret
         self.mean = plan
         return plan

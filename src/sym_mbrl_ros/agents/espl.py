@@ -200,7 +200,8 @@ class SymbolicNetwork(nn.Module):
         shapes.append((self.n_outputs, 1, n_features + 1))
         self.n_features = n_features
         for shape in shapes:
-            self.weights.append(nn.Parameter(torch.empty(shape).uniform_(-weight_scale, weight_scale)))
+            w = torch.empty(shape).uniform_(-weight_scale, weight_scale)
+            self.weights.append(nn.Parameter(w))
             init = torch.full(shape, float(init_prob) / self.prob_lr_scale)
             self.prob_params.append(nn.Parameter(init))
 
@@ -257,7 +258,7 @@ class SymbolicNetwork(nn.Module):
                 else:
                     soft = torch.sigmoid((logits + logistic) / temperature)
                     hard = (soft > 0.5).to(prob.dtype)
-                    out.append(hard + soft - soft.detach())
+                    out.append(hard + (soft - soft.detach()))  # exactly 0/1, soft gradient
             else:
                 raise ValueError(f"unknown mask mode {mode!r}")
         return out
@@ -356,7 +357,7 @@ class _AddGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, output, grads, *params):  # noqa: ARG004 (params only route the gradient)
+    def forward(ctx, output, grads, *params):  # params only route the gradient to them
         ctx.grads = grads
         return output.view_as(output)
 
@@ -511,7 +512,8 @@ def formula_size(expr: sympy.Expr) -> tuple[int, int]:
     n_const = sum(
         1
         for node in sympy.preorder_traversal(expr)
-        if isinstance(node, sympy.Float) or (isinstance(node, sympy.Rational) and not node.is_Integer)
+        if isinstance(node, sympy.Float)
+        or (isinstance(node, sympy.Rational) and not node.is_Integer)
     )
     return n_ops, n_const
 
@@ -553,18 +555,24 @@ class _FormulaCheck:
         self.scale, self.offset, self.reference = scale, offset, reference
 
     def action(self, f: sympy.Expr) -> sympy.Expr:
-        a = sympy.Float(self.scale) * sympy.tanh(f)
-        return a + sympy.Float(self.offset) if self.offset != 0.0 else a
+        a = _number(self.scale) * sympy.tanh(f)
+        return a + _number(self.offset) if self.offset != 0.0 else a
 
     def error(self, f: sympy.Expr) -> float:
         """Largest deviation from the network's action on ``X``, as a fraction of the half range."""
         try:
             text = expression_to_string(self.action(f))
-            values = CompiledExpression(parse_expression(text, self.names), self.names).numpy(self.X)
+            tree = parse_expression(text, self.names)
+            values = CompiledExpression(tree, self.names).numpy(self.X)
         except UserError:
             return math.inf
         err = np.abs(values - self.reference) / abs(self.scale)
         return float(np.max(np.nan_to_num(err, nan=np.inf)))
+
+
+def _number(value: float) -> sympy.Expr:
+    """An integer-valued float as a sympy Integer (prints ``2``, and ``1*x`` vanishes)."""
+    return sympy.Integer(int(value)) if float(value).is_integer() else sympy.Float(value)
 
 
 def _size_key(f: sympy.Expr) -> tuple[int, int]:
@@ -573,7 +581,11 @@ def _size_key(f: sympy.Expr) -> tuple[int, int]:
 
 
 def compact_formula(
-    f: sympy.Expr, check: _FormulaCheck, tolerance: float, max_digits: int = 6, max_expand_ops: int = 60
+    f: sympy.Expr,
+    check: _FormulaCheck,
+    tolerance: float,
+    max_digits: int = 6,
+    max_expand_ops: int = 60,
 ) -> sympy.Expr:
     """The most compact variant of ``f`` whose action stays within ``tolerance`` of the network.
 
@@ -735,8 +747,11 @@ class FormulaPolicy:
     def expressions(self) -> list[str]:
         return list(self.policy.expressions)
 
-    def predict(self, obs) -> np.ndarray:
-        """Action(s) for one observation (o,) or a batch (B, o), float64, clipped to bounds."""
+    def predict(self, obs, deterministic: bool = True) -> np.ndarray:
+        """Action(s) for one observation (o,) or a batch (B, o), float64, clipped to bounds.
+
+        ``deterministic`` is accepted for the policy interface; a formula always is.
+        """
         x = np.asarray(obs, dtype=np.float64)
         single = x.ndim == 1
         x = x.reshape(1, -1) if single else x

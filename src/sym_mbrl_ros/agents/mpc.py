@@ -99,7 +99,8 @@ class MPCController:
             pcfg = CEMConfig(**{**asdict(cfg.cem), "seed": cfg.cem.seed + seed})
             self.planner: CEMPlanner | GradientPlanner = CEMPlanner(dynamics, task, pcfg, dtype)
         else:
-            gcfg = GradientPlannerConfig(**{**asdict(cfg.gradient), "seed": cfg.gradient.seed + seed})
+            gseed = cfg.gradient.seed + seed
+            gcfg = GradientPlannerConfig(**{**asdict(cfg.gradient), "seed": gseed})
             self.planner = GradientPlanner(dynamics, task, gcfg, torch.float64)
         self.model = model
         self.plan_seconds: list[float] = []

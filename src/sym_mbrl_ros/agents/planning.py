@@ -20,7 +20,6 @@ benchmarks and tests plan with.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -393,12 +392,17 @@ class GradientPlanner:
     ):
         self.config = cfg = config or GradientPlannerConfig()
         if cfg.horizon < 1 or cfg.restarts < 1 or cfg.iterations < 0:
-            raise UserError("the gradient planner needs horizon >= 1, restarts >= 1, iterations >= 0")
+            raise UserError(
+                "the gradient planner needs horizon >= 1, restarts >= 1 and iterations >= 0"
+            )
         self.task, self.dtype = task, dtype
         self.scorer = SequenceScorer(dynamics, task, cfg.gamma)
         self.box = ActionBox(task.action_low, task.action_high, dtype)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.plan_: torch.Tensor | None = None
+        """Warm start of the next call, (S, H, m)."""
+        self.last_plan: torch.Tensor | None = None
+        """The plan of the last call, (S, H, m)."""
         self.last_returns: torch.Tensor | None = None
         self.initial_returns: torch.Tensor | None = None
         """Return of the best initial sequence of the last call (before any Adam step), (S,)."""
@@ -444,13 +448,14 @@ class GradientPlanner:
             k = best_ret.argmax(1)
             plan = self.box.squash(best_u[torch.arange(S), k])
         self.last_returns = best_ret.max(1).values
+        self.last_plan = plan
         self.plan_ = plan
         return plan
 
     def act(self, states) -> torch.Tensor:
         """First action (S, m) of the plan for each state; keeps the rest as the warm start."""
         plan = self.plan(states)
-        self.plan_ = shift_plan(plan, plan[:, -1:].mean(0, keepdim=True)[0, 0])
+        self.plan_ = shift_plan(plan, self.box.mid)
         return plan[:, 0]
 
 

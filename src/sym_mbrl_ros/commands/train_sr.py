@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from ..errors import UserError
 
-HELP = "train the transformer of the `transformer` SR backend on generated (points, expression) data"
+HELP = "train the transformer of the `transformer` SR backend on generated expressions"
 
 
 def add_arguments(parser) -> None:
@@ -63,12 +64,19 @@ def run(args) -> int:
         threads=args.threads,
         **{k: v for k, v in overrides.items() if v is not None},
     )
-    command = "sym-mbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if not sys.argv[1:] or sys.argv[1] != "train-sr":
-        command = (
-            f"sym-mbrl train-sr --generator {args.generator} --hours {args.hours} "
-            f"--seed {args.seed} --out {shlex.quote(str(out))}"
-        )
+    command = (
+        f"sym-mbrl train-sr --generator {args.generator} --hours {args.hours:g} "
+        f"--seed {args.seed} --out {shlex.quote(str(out))}"
+    )
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--lr", args.lr),
+        ("--eval-seconds", args.eval_seconds),
+    ):
+        if value is not None:
+            command += f" {flag} {value:g}"
+    if args.threads != 1:
+        command += f" --threads {args.threads}"
     print(
         f"training the SR transformer on the {args.generator} generator for {args.hours:g} h; "
         f"best weights go to {out}, progress to {config_path(out)}",
@@ -81,3 +89,18 @@ def run(args) -> int:
         f"{summary['best_val_loss']:.4f}; weights {out}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sym_mbrl_ros.commands.train_sr``: the same as ``sym-mbrl train-sr``."""
+    parser = argparse.ArgumentParser(prog="sym-mbrl train-sr", description=HELP)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as exc:
+        print(f"sym-mbrl train-sr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

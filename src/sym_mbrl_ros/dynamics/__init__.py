@@ -26,3 +26,12 @@ __all__ = [
     "parse_expression",
     "wrap_angle",
 ]
+
+
+def __getattr__(name: str):
+    # the ensemble imports torch; load it only when asked for
+    if name == "EnsembleDynamics":
+        from .ensemble import EnsembleDynamics
+
+        return EnsembleDynamics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

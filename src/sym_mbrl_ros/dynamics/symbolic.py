@@ -656,6 +656,11 @@ class SymbolicDynamics:
             for name, text in zip(self.state_names, self.expression_strings(precision))
         ]
 
+    def print(self, precision: int = 4) -> None:
+        """Print the equations, one per line (like pysindy's ``model.print()``)."""
+        for line in self.equations(precision):
+            print(line)  # the builtin: a method name is not in scope inside the method
+
     def latex(self, precision: int = 4) -> list[str]:
         """One LaTeX equation per coordinate, constants rounded to ``precision`` digits."""
         import sympy

@@ -22,11 +22,11 @@ NaN guard (a non-finite action → zero command), and clipping to the task's lim
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Bool, String
 
@@ -73,8 +73,17 @@ class Controller(LifecycleNode):
                                     "gaussian noise added to policy actions, as a fraction of "
                                     "the half-range (exploration while learning)")
         self.planner_spec = declare(self, "planner", "",
-                                    "MPC planner as module:factory (sym-mpc hook); empty: use "
-                                    "the published policy")
+                                    "MPC planner as module:factory, e.g. "
+                                    "sym_mbrl_ros.agents.mpc:make_planner (the sym-mpc hook); "
+                                    "empty: use the published policy")
+        planner_options = declare(self, "planner_options", "{}",
+                                  "JSON object of keyword arguments for the planner factory")
+        try:
+            self.planner_options = json.loads(planner_options)
+            if not isinstance(self.planner_options, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise SystemExit(f"controller: planner_options must be a JSON object ({exc})") from None
         self.sync = declare(self, "sync_updates_per_step", 0.0,
                             "simulation only: send nothing (the lockstep world waits) while "
                             "the policy trainer has done fewer SAC updates than this per real "
@@ -87,6 +96,8 @@ class Controller(LifecycleNode):
         self.rng = np.random.default_rng(self.exploration.rng.integers(1 << 31))
         self.low, self.high = task.action_low.astype(float), task.action_high.astype(float)
         self.zero = np.clip(np.zeros(task.action_dim), self.low, self.high)
+        self._loading = threading.Lock()
+        self._requests = self._installed = 0
         self._reset_runtime()
         if autostart:
             self.trigger_configure()
@@ -113,19 +124,16 @@ class Controller(LifecycleNode):
         self.pub = self.create_lifecycle_publisher(self.p.codec.msg_type, self.p.command_topic,
                                                    QOS_STREAM)
         self.diag = Diagnostics(self)
-        slow = MutuallyExclusiveCallbackGroup()  # policy/model loading stays off the loop thread
         self.input = StateInput(self, self.p, self.diag, self.on_state, self.stamp_age)
         subs = self.input.subscriptions + [
             self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_LATCHED),
-            self.create_subscription(String, POLICY_TOPIC, self.on_policy, QOS_LATCHED,
-                                     callback_group=slow),
+            self.create_subscription(String, POLICY_TOPIC, self.on_policy, QOS_LATCHED),
         ]
         if self.sync > 0:
             subs.append(self.create_subscription(String, TRAINING_TOPIC, self.on_training,
                                                  QOS_LATCHED))
         if self.planner_spec:
-            subs.append(self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED,
-                                                 callback_group=slow))
+            subs.append(self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED))
         self._subs = subs
         self.mode = "inactive"
         self.get_logger().info(
@@ -192,15 +200,45 @@ class Controller(LifecycleNode):
             log("EMERGENCY STOP engaged: zero commands" if self.estop else "e-stop released")
 
     def on_policy(self, msg: String) -> None:
+        self._load_beside_loop(self._policy_from, msg.data)
+
+    def on_model(self, msg: String) -> None:
+        self._load_beside_loop(self._planner_from, msg.data)
+
+    def _load_beside_loop(self, build, text: str) -> None:
+        """Loading (file read, hash, weights, planner set-up) runs in a thread beside the
+        loop; the newest message wins and the swap is one assignment."""
+        self._requests += 1
+        threading.Thread(target=build, args=(text, self._requests), daemon=True).start()
+
+    def _install(self, seq: int, policy) -> bool:
+        with self._loading:
+            if seq <= self._installed:
+                return False  # a newer message was installed meanwhile
+            self._installed, self.policy = seq, policy
+            return True
+
+    def _policy_from(self, text: str, seq: int) -> None:
         try:
-            policy, info = load_policy(msg.data, self.p.task)
+            policy, info = load_policy(text, self.p.task)
         except PolicyError as exc:
             self.diag.drop("bad_policy", f"policy message: {exc}")
             return
-        self.policy, self.policy_version = policy, info.get("version")
+        if self.planner_spec or not self._install(seq, policy):
+            return  # with a planner, the planner is in charge
+        self.policy_version = info.get("version")
         self.diag.count("policies")
         self.diag.set("policy_version", str(self.policy_version))
         self.get_logger().info(f"using policy {info['kind']} v{self.policy_version}")
+
+    def _planner_from(self, text: str, seq: int) -> None:
+        try:
+            planner = load_planner(self.planner_spec, self.p.task, text, self.planner_options)
+        except PolicyError as exc:
+            self.diag.drop("bad_model", f"model message: {exc}")
+            return
+        if self._install(seq, planner):
+            self.diag.count("models")
 
     def on_training(self, msg: String) -> None:
         try:
@@ -220,14 +258,6 @@ class Controller(LifecycleNode):
         if time.monotonic() - t["received"] > 5.0:
             return False  # the trainer is gone: do not wait for it
         return t["updates"] < self.sync * (t["transitions"] - int(t["first"]))
-
-    def on_model(self, msg: String) -> None:
-        try:
-            self.policy = load_planner(self.planner_spec, self.p.task, msg.data)
-        except PolicyError as exc:
-            self.diag.drop("bad_model", f"model message: {exc}")
-            return
-        self.diag.count("models")
 
     # ------------------------------------------------------------------ loop
     def on_tick(self) -> None:
@@ -309,7 +339,7 @@ class Controller(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return run(Controller, args, threads=2)
+    return run(Controller, args)
 
 
 if __name__ == "__main__":

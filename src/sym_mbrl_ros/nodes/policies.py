@@ -154,7 +154,41 @@ def _weights(msg: dict, task: TaskSpec) -> Policy:
                           f"{task.name} has {task.action_dim}")
 
     observe = _observe(task)
+    fast = _numpy_actor(agent)
+    if fast is not None:
+        return lambda state: fast(observe(state))
     return lambda state: agent.predict(observe(state), deterministic=True)
+
+
+def _numpy_actor(agent) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The deterministic action of the default MLP actor in plain numpy (no torch call per
+    tick: ~20x less latency); None for other actor architectures."""
+    from torch import nn
+
+    from ..agents.sac import GaussianMLPActor
+
+    actor = agent.actor
+    if type(actor) is not GaussianMLPActor:
+        return None
+    layers = []
+    for m in actor.trunk:
+        if isinstance(m, nn.Linear):
+            layers.append((m.weight.detach().double().numpy().T.copy(),
+                           m.bias.detach().double().numpy().copy()))
+        elif not isinstance(m, nn.ReLU):
+            return None
+    w_out = actor.mean.weight.detach().double().numpy().T.copy()
+    b_out = actor.mean.bias.detach().double().numpy().copy()
+    scale = agent.action_scale.double().numpy()
+    bias = agent.action_bias.double().numpy()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        h = np.asarray(obs, dtype=np.float64)
+        for w, b in layers:
+            h = np.maximum(h @ w + b, 0.0)
+        return np.tanh(h @ w_out + b_out) * scale + bias
+
+    return act
 
 
 def weights_message(task: TaskSpec, path: str | Path, version: int, actor: str = "mlp",

@@ -131,9 +131,12 @@ class Recorder(Node):
             self.pairing = "next" if event.get("mode") == "lockstep" else "hold"
         if self.episodes and boundary <= self.episodes[-1][0]:
             return  # a repeat (transient-local history)
-        last = self.store.episodes()[-1:] if not self.episodes else []
-        if last and not last[0].closed and abs(last[0].started - boundary * 1e-9) < 1e-6:
-            ep = last[0].id  # restarted recorder: the sim episode we were recording goes on
+        stored = self.store.episodes()
+        same = [e.id for e in stored if abs(e.started - boundary * 1e-9) < 1e-6]
+        if same:
+            ep = same[0]  # a restarted recorder hears the events it has stored already
+        elif stored and stored[-1].started > boundary * 1e-9:
+            return  # history from before this store's newest episode
         else:
             ep = self.store.start_episode(stamp=boundary * 1e-9, source="sim")
         self.episodes = self.episodes[-20:] + [(boundary, ep)]

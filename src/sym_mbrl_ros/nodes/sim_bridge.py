@@ -65,6 +65,9 @@ class SimBridge(Node):
         self.seed = declare(self, "seed", 0, "seed of the first env.reset (episodes follow it)")
         self.marker_rate = declare(self, "marker_rate_hz", 10.0,
                                    "markers per wall-clock second (0 disables them)")
+        self.frame = declare(self, "world_frame", "base_link",
+                             "frame of the markers and the target (the simulator's world): "
+                             "the URDF root for fixed-base robots, odom for a mobile base")
         if self.mode not in ("lockstep", "realtime"):
             raise SystemExit(f"sim_bridge: mode must be lockstep or realtime, not {self.mode!r}")
         task = self.p.task
@@ -119,7 +122,7 @@ class SimBridge(Node):
         self.done = False
         ns = time.time_ns()
         if self.target_pub is not None:
-            self.target_pub.publish(self.layout.target(state, ns))
+            self.target_pub.publish(self.layout.target(state, ns, self.frame))
         self._publish_state(state, ns)
         return state
 
@@ -181,7 +184,7 @@ class SimBridge(Node):
         ns = time.time_ns() if ns is None else ns
         if self.layout.uses_odom:
             self.joint_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
-            self.state_pub.publish(self.layout.odometry(state, ns))
+            self.state_pub.publish(self.layout.odometry(state, ns, frame=self.frame))
         else:
             self.state_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
         self.state_ns = ns
@@ -192,7 +195,7 @@ class SimBridge(Node):
     def _markers(self, state: np.ndarray, ns: int) -> MarkerArray:
         out = MarkerArray()
         if self.layout.needs_target:
-            m = _marker(0, "target", Marker.SPHERE, ns, (1.0, 0.2, 0.2, 0.9), 0.05)
+            m = _marker(0, "target", Marker.SPHERE, ns, (1.0, 0.2, 0.2, 0.9), 0.05, self.frame)
             v = dict(zip(self.layout.fields, state))
             m.pose.position.x = v.get("target.x", 0.0)
             m.pose.position.y = v.get("target.y", 0.0)
@@ -200,7 +203,8 @@ class SimBridge(Node):
             out.markers.append(m)
         data = getattr(self.env.unwrapped, "data", None)
         if data is not None and len(data.xpos) > 1:
-            m = _marker(1, "robot", Marker.LINE_STRIP, ns, (0.2, 0.5, 1.0, 1.0), 0.03)
+            m = _marker(1, "robot", Marker.LINE_STRIP, ns, (0.2, 0.5, 1.0, 1.0), 0.03,
+                        self.frame)
             m.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
                         for p in data.xpos[1:]]
             out.markers.append(m)
@@ -210,9 +214,10 @@ class SimBridge(Node):
         self.env.close()
 
 
-def _marker(mid: int, ns_name: str, kind: int, ns: int, rgba, size: float) -> Marker:
+def _marker(mid: int, ns_name: str, kind: int, ns: int, rgba, size: float,
+            frame: str) -> Marker:
     m = Marker()
-    m.header.frame_id = "world"
+    m.header.frame_id = frame
     m.header.stamp.sec, m.header.stamp.nanosec = divmod(ns, 1_000_000_000)
     m.ns, m.id, m.type, m.action = ns_name, mid, kind, Marker.ADD
     m.pose.orientation.w = 1.0

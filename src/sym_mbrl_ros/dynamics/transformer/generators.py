@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..expression import BinOp, Call, CompiledExpression, Name, Node, Num, build_sum
-from .tokenizer import Tokenizer, TokenError
+from ..expression import BinOp, Call, CompiledExpression, Name, Node, Num
+from .tokenizer import TokenError, Tokenizer
 
 GENERATORS = ("general", "mechanics")
 
@@ -408,10 +408,11 @@ def _mixture_inputs(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return X[rng.permutation(n)]
 
 
-def make_generator(name: str, tokenizer: Tokenizer) -> _Base:
-    """The generator called ``name`` (one of :data:`GENERATORS`)."""
+def make_generator(name: str, tokenizer: Tokenizer, max_tokens: int = 60) -> _Base:
+    """The generator called ``name`` (one of :data:`GENERATORS`); expressions have at most
+    ``max_tokens`` tokens."""
     if name == "mechanics":
-        return MechanicsGenerator(tokenizer)
+        return MechanicsGenerator(tokenizer, max_tokens=max_tokens)
     if name == "general":
-        return GeneralGenerator(tokenizer)
+        return GeneralGenerator(tokenizer, max_tokens=max_tokens)
     raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")

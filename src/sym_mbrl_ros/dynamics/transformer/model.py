@@ -191,7 +191,9 @@ class SymbolicTransformer(nn.Module):
         self.rounds = nn.ModuleList()
         for _ in range(c.encoder_rounds):
             layers = [CrossBlock(c.d_model, c.n_heads, c.dropout)]
-            layers += [SelfBlock(c.d_model, c.n_heads, c.dropout) for _ in range(c.encoder_self_layers)]
+            layers += [
+                SelfBlock(c.d_model, c.n_heads, c.dropout) for _ in range(c.encoder_self_layers)
+            ]
             self.rounds.append(nn.ModuleList(layers))
         self.enc_norm = nn.LayerNorm(c.d_model)
         self.tok_embed = nn.Embedding(tokenizer.size, c.d_model)
@@ -268,7 +270,7 @@ class SymbolicTransformer(nn.Module):
         done: list[tuple[list[int], float]] = []
         for t in range(max_len):
             logp = self._step(seqs[:, -1], t, mem, caches)
-            logp = logp + g.mask(state, t, max_len, n_inputs)
+            logp = g.greedy_constants(logp + g.mask(state, t, max_len, n_inputs), state)
             total = (scores[:, None] + logp).flatten()
             k = min(beam, int(torch.isfinite(total).sum()))
             if k == 0:
@@ -289,8 +291,10 @@ class SymbolicTransformer(nn.Module):
             state = g.advance({k2: v[src] for k2, v in state.items()}, tok)
             for cache in caches:
                 cache[:] = [c[src] for c in cache]
-            mem = [(k_[:1].expand(len(keep), -1, -1, -1), v_[:1].expand(len(keep), -1, -1, -1))
-                   for k_, v_ in mem]
+            mem = [
+                (k_[:1].expand(len(keep), -1, -1, -1), v_[:1].expand(len(keep), -1, -1, -1))
+                for k_, v_ in mem
+            ]
         done.sort(key=lambda s: -s[1])
         return done[:beam]
 
@@ -383,8 +387,10 @@ class _GrammarTables:
         )
         self.eos = tok.eos_id
         self.delta_open = torch.tensor(
-            [1 if w in BINARY else -1 if (w in ("+", "-") or w.startswith("x")) else 0
-             for w in words]
+            [
+                1 if w in BINARY else -1 if (w in ("+", "-") or w.startswith("x")) else 0
+                for w in words
+            ]
         )
         self.const_next = torch.zeros(v, dtype=torch.long)
         self.const_next[self.sign] = 1
@@ -414,6 +420,26 @@ class _GrammarTables:
         out = torch.zeros(allowed.shape)
         out[~allowed] = -math.inf
         return out
+
+    def greedy_constants(self, logp: torch.Tensor, state: dict) -> torch.Tensor:
+        """Keep only the most likely sign, mantissa and exponent of a constant.
+
+        Beam search then branches on structure only: BFGS refines the constants anyway, and
+        beams that differ in a constant's digits would crowd out other expressions.
+        """
+        logp = logp.clone()
+        in_const = state["const"] > 0
+        if in_const.any():
+            rows = logp[in_const]
+            best = rows.argmax(dim=1, keepdim=True)
+            kept = rows.gather(1, best)
+            rows.fill_(-math.inf)
+            rows.scatter_(1, best, kept)
+            logp[in_const] = rows
+        signs = self.sign.nonzero()[:, 0]
+        worse = logp[:, signs].argmin(dim=1)
+        logp[torch.arange(logp.shape[0]), signs[worse]] = -math.inf
+        return logp
 
     def advance(self, state: dict, tok: torch.Tensor) -> dict:
         return {

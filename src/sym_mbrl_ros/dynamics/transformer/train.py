@@ -37,6 +37,8 @@ class TrainConfig:
     """Wall-clock budget of the run."""
     seed: int = 0
     """Seed of the data stream and of the initial weights."""
+    max_steps: int = 0
+    """Stop after this many steps even if time is left (0: only the time budget counts)."""
     batch_size: int = 32
     """Expressions per optimisation step."""
     min_points: int = 50
@@ -118,7 +120,7 @@ def train(config: TrainConfig, out: str | Path, command: str = "", log=print) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(**config.tokenizer)
     model = SymbolicTransformer(config.model, tokenizer)
-    gen = make_generator(config.generator, tokenizer)
+    gen = make_generator(config.generator, tokenizer, max_tokens=config.model.max_len - 1)
     rng = np.random.default_rng(config.seed)
     val_rng = np.random.default_rng(config.seed + 1)
     val_batches = []
@@ -181,7 +183,7 @@ def train(config: TrainConfig, out: str | Path, command: str = "", log=print) ->
     model.train()
     while True:
         elapsed = time.perf_counter() - t0
-        if elapsed >= budget:
+        if elapsed >= budget or (config.max_steps and step >= config.max_steps):
             break
         n_points = int(rng.integers(config.min_points, config.max_points + 1))
         batch = make_batch(gen, rng, config.batch_size, n_points, tokenizer)
@@ -193,7 +195,7 @@ def train(config: TrainConfig, out: str | Path, command: str = "", log=print) ->
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         step += 1
-        running.append((float(loss), stats["token_acc"]))
+        running.append((float(loss.detach()), stats["token_acc"]))
         now = time.perf_counter()
         if now - last_eval >= config.eval_seconds or now - t0 >= budget:
             last_eval = now

@@ -1,0 +1,232 @@
+"""State-message -> command-message latency and loop jitter of the controller node.
+
+The controller runs as its own process (``trigger: state``: it acts when a state arrives,
+and its fixed-rate timer keeps watch). This script publishes pendulum JointStates at 20 Hz and
+100 Hz and timestamps both ends with the system clock: latency = DDS receive time of the
+command - publish time of the state it answers (one command per state, matched in order).
+Loop jitter is |tick interval - period| of the controller's timer, as the controller reports
+on /diagnostics (p50/p99 over its last 500 ticks), and the spread of command arrival intervals
+seen here.
+
+Policies:
+* ``mlp``: a SAC agent with the pendulum preset's actor (2 x 128, ``agents/presets.py``), read
+  from a weights file;
+* ``formula``: an ESPL-style formula policy (one expression, 19 nodes);
+* ``mpc``: ``sym_mbrl_ros.agents.mpc:make_planner`` (CEM over the symbolic world model,
+  horizon 30, 500 sequences, 5 iterations, the sym-mpc defaults) through the controller's
+  planner hook, with a SymbolicDynamics fitted on random pendulum data.
+
+    python bench/control_latency.py [--seed 0] [--seconds 6] [--rates 20,100]
+        [--policies mlp,formula,mpc]
+
+Writes bench/results/control_latency.md and .json. Target: p99 <= 2 ms at 100 Hz for the
+formula and MLP policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_P99_MS = 2.0
+FORMULA = "2*tanh(-3.1*sin_th - 0.8*th_dot + 1.2*cos_th*sin_th - 0.05*th_dot**3)"
+
+
+def make_policy_message(kind: str, task, folder: Path, seed: int) -> tuple[str, str, str]:
+    """(topic, message, planner spec) for one policy kind."""
+    from sym_mbrl_ros.nodes.policies import formula_message, weights_message
+
+    if kind == "formula":
+        return "/sym_mbrl/policy", formula_message(task, {
+            "format": "sym-mbrl/policy-v1", "observation_names": ["cos_th", "sin_th", "th_dot"],
+            "action_names": ["torque"], "expressions": [FORMULA], "action_low": [-2.0],
+            "action_high": [2.0]}, version=1), ""
+    if kind == "mlp":
+        from sym_mbrl_ros.agents.presets import make_config
+        from sym_mbrl_ros.agents.sac import SAC
+
+        cfg = make_config("sym-mbpo", "pendulum").sac
+        agent = SAC(3, task.action_low, task.action_high, cfg, seed=seed)
+        path = folder / "policy_0001.pt"
+        agent.save(path)
+        return "/sym_mbrl/policy", weights_message(task, path, version=1), ""
+    from sym_mbrl_ros.dynamics.symbolic import SymbolicDynamics
+
+    env = task.make_env()
+    _, info = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    s, a, s2 = [], [], []
+    state = info["state"]
+    for _ in range(400):
+        u = rng.uniform(-2, 2, 1)
+        _, _, term, trunc, info = env.step(u)
+        s.append(state), a.append(u), s2.append(info["state"])
+        state = info["state"]
+        if term or trunc:
+            state = env.reset()[1]["state"]
+    model = SymbolicDynamics.for_task(task, seed=seed).fit(np.array(s), np.array(a),
+                                                           np.array(s2))
+    return "/sym_mbrl/dynamics_model", model.to_json(), "sym_mbrl_ros.agents.mpc:make_planner"
+
+
+def run_one(kind: str, rate: float, seconds: float, seed: int, domain: int) -> dict:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray, String
+
+    from sym_mbrl_ros.envs import get_task
+    from sym_mbrl_ros.nodes.common import QOS_LATCHED, QOS_STREAM
+
+    task = get_task("pendulum")
+    with tempfile.TemporaryDirectory() as d:
+        topic, message, planner = make_policy_message(kind, task, Path(d), seed)
+        params = Path(d) / "run.yaml"
+        params.write_text(
+            "controller:\n  ros__parameters:\n"
+            f"    run_dir: {d}\n    trigger: state\n    rate_hz: {rate}\n"
+            f"    policy_noise: 0.0\n    exploration: zero\n    planner: \"{planner}\"\n"
+            "    watchdog_periods: 1000.0\n")  # no watchdog commands between the answers
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sym_mbrl_ros.nodes.controller", "--ros-args",
+             "--params-file", str(ROOT / "config" / "pendulum.yaml"), "--params-file",
+             str(params)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node = Node(f"bench_latency_{kind}_{int(rate)}")
+        cmds: list[tuple[int, int, float]] = []
+        diag: dict[str, str] = {}
+
+        def on_cmd(msg, info):
+            cmds.append((info["source_timestamp"], info["received_timestamp"], msg.data[0]))
+
+        def on_diag(msg):
+            for st in msg.status:
+                if st.name == "sym_mbrl/controller":
+                    diag.update({kv.key: kv.value for kv in st.values})
+
+        node.create_subscription(Float64MultiArray, "/effort_controller/commands", on_cmd,
+                                 QOS_STREAM)
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        js = node.create_publisher(JointState, "/joint_states", QOS_STREAM)
+        pol = node.create_publisher(String, topic, QOS_LATCHED)
+        pol.publish(String(data=message))
+        end = time.monotonic() + 90
+        while js.get_subscription_count() == 0 and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        ready_key = "models" if kind == "mpc" else "policies"
+        while diag.get(ready_key) != "1" and time.monotonic() < end:  # policy loaded
+            rclpy.spin_once(node, timeout_sec=0.05)
+        rng = np.random.default_rng(seed)
+        msg = JointState(name=["hinge"], position=[0.0], velocity=[0.0])
+        sent: list[int] = []
+        period = 1.0 / rate
+        n = int(seconds * rate)
+        t0 = time.perf_counter()
+        for i in range(n):
+            msg.position[0], msg.velocity[0] = rng.uniform(-np.pi, np.pi), rng.uniform(-4, 4)
+            ns = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+            sent.append(ns)
+            js.publish(msg)
+            while True:  # spin (collect commands) until the next slot
+                left = t0 + (i + 1) * period - time.perf_counter()
+                if left <= 0:
+                    break
+                rclpy.spin_once(node, timeout_sec=min(left, 0.005))
+        drain = time.monotonic() + 1.5
+        while time.monotonic() < drain:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        node.destroy_node()
+        proc.terminate()
+        proc.wait(20)
+    answers = [c for c in cmds if c[0] > sent[0]]
+    warm = int(rate)  # the first second is warm-up
+    if len(answers) == len(sent):
+        lat = np.array([c[1] - s for c, s in zip(answers, sent)])[warm:] * 1e-6
+        matched = "1:1"
+    else:  # commands were skipped or doubled: answer = newest state sent before the command
+        idx = np.searchsorted(np.array(sent), [c[0] for c in answers]) - 1
+        lat = np.array([c[1] - sent[i] for c, i in zip(answers, idx)])[warm:] * 1e-6
+        matched = f"{len(answers)}/{len(sent)}"
+    arrivals = np.diff([c[1] for c in answers[warm:]]) * 1e-6
+    return {
+        "policy": kind, "rate_hz": rate, "states": len(sent), "commands": len(answers),
+        "matched": matched,
+        "latency_ms_p50": float(np.percentile(lat, 50)),
+        "latency_ms_p99": float(np.percentile(lat, 99)), "latency_ms_max": float(lat.max()),
+        "arrival_jitter_ms_p99": float(np.percentile(np.abs(arrivals - 1e3 / rate), 99)),
+        "timer_jitter_ms_p50": float(diag.get("jitter_ms_p50", "nan")),
+        "timer_jitter_ms_p99": float(diag.get("jitter_ms_p99", "nan")),
+        "compute_ms_p99": float(diag.get("compute_ms_p99", "nan")),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rates", default="20,100")
+    parser.add_argument("--policies", default="mlp,formula,mpc")
+    args = parser.parse_args(argv)
+    import rclpy
+
+    domain = random.Random(args.seed + 1).randint(100, 200)
+    rclpy.init(domain_id=domain)
+    rows = []
+    for kind in args.policies.split(","):
+        for rate in (float(r) for r in args.rates.split(",")):
+            row = run_one(kind, rate, args.seconds, args.seed, domain)
+            rows.append(row)
+            print(f"  {kind:8s} {rate:5.0f} Hz: p50 {row['latency_ms_p50']:.2f} ms, p99 "
+                  f"{row['latency_ms_p99']:.2f} ms, max {row['latency_ms_max']:.2f} ms",
+                  flush=True)
+    rclpy.shutdown()
+    config = {"seed": args.seed, "seconds": args.seconds, "rates": args.rates,
+              "policies": args.policies, "python": platform.python_version(),
+              "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
+              "machine": platform.machine(), "rmw": os.environ.get("RMW_IMPLEMENTATION",
+                                                                   "rmw_fastrtps_cpp")}
+    lines = ["# Control latency", "",
+             f"`python bench/control_latency.py --seed {args.seed} --seconds {args.seconds:g} "
+             f"--rates {args.rates} --policies {args.policies}`; controller and this script "
+             f"in separate processes on {os.cpu_count()} CPUs shared with other work (load "
+             f"average {os.getloadavg()[0]:.1f} at the end), FastDDS, rclpy from pip. MPC is "
+             f"sym-mpc's CEM planner (agents/mpc.py) over a fitted SymbolicDynamics.", ""]
+    for row in rows:
+        if row["rate_hz"] == 100 and row["policy"] in ("mlp", "formula"):
+            ok = row["latency_ms_p99"] <= TARGET_P99_MS
+            lines.append(f"- {'PASS' if ok else 'MISS'}: {row['policy']} at 100 Hz, p99 <= "
+                         f"{TARGET_P99_MS:g} ms (measured {row['latency_ms_p99']:.2f} ms)")
+    lines += ["", "| policy | rate | states | commands | latency p50 ms | p99 ms | max ms | "
+              "timer jitter p50 / p99 ms | arrival jitter p99 ms | compute p99 ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['policy']} | {r['rate_hz']:.0f} Hz | {r['states']} | {r['commands']} "
+                     f"| {r['latency_ms_p50']:.2f} | {r['latency_ms_p99']:.2f} | "
+                     f"{r['latency_ms_max']:.2f} | {r['timer_jitter_ms_p50']:.2f} / "
+                     f"{r['timer_jitter_ms_p99']:.2f} | {r['arrival_jitter_ms_p99']:.2f} | "
+                     f"{r['compute_ms_p99']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "control_latency.md").write_text(text)
+    (RESULTS / "control_latency.json").write_text(
+        json.dumps({"config": config, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Planning and MPC: the exact pendulum model, CEM, warm starts, the gradient planner, sym-mpc."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sym_mbrl_ros.agents.cem import CEMConfig, CEMPlanner
+from sym_mbrl_ros.agents.mpc import MPCConfig, MPCController, SymMPC, make_planner, run_sym_mpc
+from sym_mbrl_ros.agents.planning import (
+    FusedSymbolicModel,
+    GradientPlanner,
+    GradientPlannerConfig,
+    PendulumDynamics,
+    SequenceScorer,
+)
+from sym_mbrl_ros.dynamics.symbolic import SymbolicDynamics
+from sym_mbrl_ros.envs import get_task
+
+torch.set_num_threads(1)
+PENDULUM = get_task("pendulum")
+
+
+def pendulum_transitions(n: int, seed: int = 0):
+    env = PENDULUM.make_env()
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    s, a, s2 = [], [], []
+    for _ in range(n):
+        u = rng.uniform(-2, 2, 1)
+        _, _, term, trunc, nxt = env.step(u)
+        s.append(info["state"])
+        a.append(u)
+        s2.append(nxt["state"])
+        info = nxt
+        if term or trunc:
+            _, info = env.reset()
+    env.close()
+    return np.array(s), np.array(a), np.array(s2)
+
+
+def run_episode(controller, state0, steps: int) -> tuple[float, np.ndarray]:
+    """Run the real pendulum from ``state0`` with ``controller(state) -> action``."""
+    env = PENDULUM.make_env()
+    env.reset(seed=0)
+    raw = env.unwrapped
+    raw.data.qpos[raw._qpos] = state0[0]
+    raw.data.qvel[raw._qvel] = state0[1]
+    import mujoco
+
+    mujoco.mj_forward(raw.model, raw.data)
+    state, total = np.array(state0, dtype=float), 0.0
+    for _ in range(steps):
+        _, r, _, _, info = env.step(controller(state))
+        total += r
+        state = info["state"]
+    env.close()
+    return total, state
+
+
+def test_exact_pendulum_model_matches_the_simulator():
+    s, a, s2 = pendulum_transitions(300)
+    pred = PendulumDynamics().predict(s, a)
+    err = np.abs(pred - s2)
+    err[:, 0] = np.abs((pred[:, 0] - s2[:, 0] + np.pi) % (2 * np.pi) - np.pi)
+    assert err.max() < 1e-9
+
+
+def test_cem_with_the_exact_model_swings_up_and_balances():
+    cfg = CEMConfig(population=300, iterations=3, seed=1)
+    planner = CEMPlanner(PendulumDynamics(), PENDULUM, cfg)
+
+    def act(s):
+        return planner.act(s[None])[0].double().numpy()
+
+    # hanging straight down at rest: needs several swings (|torque| <= 2 < 15 sin(theta) peak)
+    total, final = run_episode(act, [math.pi, 0], 100)
+    assert abs(final[0]) < 0.2 and abs(final[1]) < 1.0, final
+    # staying down costs about -pi^2 per step (-987 in 100 steps); a swing-up costs far less
+    assert total > -450, total
+
+    planner.reset()
+    total, final = run_episode(act, [0.2, 0.0], 40)
+    assert abs(final[0]) < 0.05 and total > -3.0, (total, final)
+
+
+def test_cem_warm_start_is_the_plan_shifted_by_one_step():
+    cfg = CEMConfig(horizon=8, population=64, elites=8, iterations=2)
+    planner = CEMPlanner(PendulumDynamics(), PENDULUM, cfg)
+    states = np.array([[2.0, 0.0], [-1.0, 1.0]])
+    action = planner.act(states)
+    plan = planner.last_plan
+    assert plan.shape == (2, 8, 1) and action.shape == (2, 1)
+    assert torch.equal(action, plan[:, 0])  # execute the first action ...
+    assert torch.equal(planner.mean[:, :-1], plan[:, 1:])  # ... keep the rest, shifted
+    assert torch.all(planner.mean[:, -1] == 0.0)  # and append the middle of the box
+
+    # the warm start is one of the next call's candidates, so the next plan scores at least
+    # as well as the shifted plan from the state the first action leads to
+    scorer = SequenceScorer(PendulumDynamics(), PENDULUM)
+    next_states = PendulumDynamics().predict_torch(torch.tensor(states), action.double())
+    warm = scorer(next_states, planner.mean.double()[:, None])[:, 0]
+    planner.plan(next_states)
+    assert torch.all(planner.last_returns.double() >= warm - 1e-4)
+
+    planner.reset()
+    assert planner.mean is None
+
+
+def test_scorer_steps_the_model_once_per_time_step_for_the_whole_population():
+    calls = []
+    model = PendulumDynamics()
+
+    def counting(s, a):
+        calls.append(s.shape[0])
+        return model.predict_torch(s, a)
+
+    scorer = SequenceScorer(counting, PENDULUM)
+    actions = torch.zeros(3, 200, 7, 1, dtype=torch.float64)
+    returns = scorer(torch.zeros(3, 2, dtype=torch.float64), actions)
+    assert returns.shape == (3, 200)
+    assert calls == [600] * 7  # one batched call per step: 3 states x 200 sequences
+    # upright at rest with zero torque stays there: reward 0 at every step
+    assert torch.allclose(returns, torch.zeros_like(returns), atol=1e-12)
+
+
+def test_gradient_planner_improves_on_its_initial_plan():
+    cfg = GradientPlannerConfig(horizon=15, restarts=4, iterations=25, learning_rate=0.1, seed=0)
+    planner = GradientPlanner(PendulumDynamics(), PENDULUM, cfg)
+    states = torch.tensor([[2.5, 0.0], [-0.6, 1.0]], dtype=torch.float64)
+    plan = planner.plan(states)
+    assert plan.shape == (2, 15, 1)
+    assert torch.all(plan.abs() <= 2.0)
+    assert torch.all(planner.last_returns > planner.initial_returns + 1.0)
+    rescored = SequenceScorer(PendulumDynamics(), PENDULUM)(states, plan[:, None])[:, 0]
+    torch.testing.assert_close(rescored, planner.last_returns)
+    # warm start: after act, the plan shifted by one step seeds the next call
+    planner.act(states)
+    torch.testing.assert_close(planner.plan_[:, :-1], planner.last_plan[:, 1:])
+
+
+def test_fused_model_equals_predict_torch():
+    s, a, s2 = pendulum_transitions(300)
+    model = SymbolicDynamics.for_task(PENDULUM).fit(s, a, s2)
+    fused = FusedSymbolicModel(model)
+    st = torch.tensor(np.random.default_rng(1).uniform([-3, -8], [3, 8], (500, 2)))
+    at = torch.tensor(np.random.default_rng(2).uniform(-2, 2, (500, 1)))
+    torch.testing.assert_close(fused.predict_torch(st, at), model.predict_torch(st, at))
+    assert fused.n_calls < sum(len(c.program) for c in model._compiled) / 2
+
+    # division, powers, nested calls, negation, a static coordinate and an angle
+    doc = {
+        "format": "sym-mbrl/dynamics-v1",
+        "state_names": ["x", "q", "target"],
+        "action_names": ["u"],
+        "angle_coords": [1],
+        "static_coords": [2],
+        "expressions": [
+            "x + 0.1*sin(q)*q/(1 + x**2) - 2*u*u + sqrt(abs(x))*0.5",
+            "q + exp(-0.5*x**3/(2 + cos(u))) - tanh(q - target) + 3",
+            "target",
+        ],
+    }
+    odd = SymbolicDynamics.from_dict(doc)
+    fused = FusedSymbolicModel(odd)
+    st = torch.tensor(np.random.default_rng(3).uniform(-2, 2, (64, 3)))
+    at = torch.tensor(np.random.default_rng(4).uniform(-1, 1, (64, 1)))
+    torch.testing.assert_close(fused.predict_torch(st, at), odd.predict_torch(st, at))
+
+
+def test_mpc_with_a_learned_model_balances_and_the_planner_hook_works():
+    s, a, s2 = pendulum_transitions(200)
+    model = SymbolicDynamics.for_task(PENDULUM).fit(s, a, s2)
+    act = make_planner(PENDULUM, model, cem={"horizon": 15, "population": 200, "iterations": 3})
+    total, final = run_episode(act, [0.2, 0.0], 40)
+    assert abs(final[0]) < 0.05 and total > -3.0, (total, final)
+    out = act(np.array([0.1, 0.0]))
+    assert out.shape == (1,) and -2.0 <= out[0] <= 2.0
+
+    small = MPCConfig(cem=CEMConfig(horizon=10, population=100))
+    controller = MPCController(PENDULUM, model, small)
+    batch = controller.predict(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]]))
+    assert batch.shape == (2, 1) and np.all(np.abs(batch) <= 2.0)
+    with pytest.raises(Exception, match="unknown planner"):
+        MPCController(PENDULUM, model, MPCConfig(planner="magic"))
+
+
+def test_sym_mpc_learns_online_and_writes_a_curve(tmp_path):
+    cfg = MPCConfig(
+        init_random_steps=150, refit_every=50,
+        cem=CEMConfig(horizon=15, population=100, elites=10, iterations=2),
+    )
+    learner = SymMPC(PENDULUM, cfg, seed=0)
+    learner.learn(220)
+    assert learner.num_model_fits == 2  # at 150 and at 200 (warm-started)
+    assert len(learner.states) == 220
+    r2 = learner.model_metrics["r2"]
+    assert min(r2.values()) > 0.99
+    assert "r2_holdout" in learner.model_metrics
+
+    summary = run_sym_mpc(
+        PENDULUM, 160, 0, tmp_path, MPCConfig(init_random_steps=150, cem=cfg.cem),
+        eval_every=80, eval_episodes=1, log=None,
+    )
+    with open(tmp_path / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
+    assert [int(r["env_steps"]) for r in rows] == [80, 160]
+    assert (tmp_path / "model.json").exists() and (tmp_path / "summary.json").exists()
+    assert summary["model_fits"] == 1
+    # with a fitted model the planner does far better than random actions (about -1100)
+    assert float(rows[-1]["eval_return_mean"]) > -600

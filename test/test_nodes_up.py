@@ -1,0 +1,60 @@
+"""End to end: `sym-mbrl up pendulum` with a small budget, watched over real DDS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+from test_nodes_common import Probe, RosGraph, fresh_domain  # noqa: E402
+
+from sym_mbrl_ros.data.store import TransitionStore  # noqa: E402
+from sym_mbrl_ros.nodes.common import MODEL_TOPIC, POLICY_TOPIC, QOS_LATCHED  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    rclpy.init(domain_id=fresh_domain())  # also the domain of the child processes
+    g = RosGraph()
+    yield g
+    g.close()
+    rclpy.shutdown()
+
+
+def test_sym_mbrl_up_pendulum_small_budget(graph, tmp_path):
+    probe = graph.add(Probe("probe_up"))
+    models = probe.listen(String, MODEL_TOPIC, QOS_LATCHED)
+    policies = probe.listen(String, POLICY_TOPIC, QOS_LATCHED)
+    commands = probe.listen(Float64MultiArray, "/effort_controller/commands")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sym_mbrl_ros.cli", "up", "pendulum", "--steps", "600",
+         "--speed", "3", "--sync", "0", "--seed", "1", "--out", str(out),
+         "--param", "dynamics_learner.min_transitions=150",
+         "--param", "dynamics_learner.refit_every=150",
+         "--param", "policy_trainer.publish_every_s=1.0"],
+        capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "episode   1: return" in proc.stdout and "model v1" in proc.stdout
+    with TransitionStore(out / "transitions.sqlite", readonly=True) as store:
+        assert store.count() >= 600
+        assert len(store.episodes()) >= 3  # 200-step episodes
+    assert len(models) >= 1 and len(policies) >= 1 and len(commands) >= 600
+    assert json.loads(policies[-1][0].data)["kind"] == "weights"
+    assert sorted((out / "models").glob("dynamics_*.json"))
+    assert sorted((out / "policies").glob("policy_*.pt"))
+    for name in ("config.json", "params.yaml", "summary.json", "curve.png", "policy.pt",
+                 "model.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 1 and config["steps"] == 600
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reason"] == "step budget used" and summary["steps"] >= 600
+    graph.remove(probe)
