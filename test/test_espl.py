@@ -77,7 +77,7 @@ def test_l0_penalty_lowers_the_probability_mass_down_to_the_budget():
     assert masses[-1] == pytest.approx(5.0, abs=1.0)  # it stops at the budget
     assert float(actor.l0_penalty().detach()) < 0.05 * cfg.l0_coef
     for p in actor.net.probs:
-        assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0  # clipped
+        assert float(p.detach().min()) >= 0.0 and float(p.detach().max()) <= 1.0  # clipped
 
 
 def test_l0_penalty_reaches_the_gradient_through_the_unchanged_sac_update():
@@ -211,6 +211,9 @@ def test_policy_json_round_trips_through_the_whitelisted_parser(tmp_path):
 
 def test_espl_agent_save_and_load_keeps_the_formula(tmp_path):
     agent = espl_agent(seed=7)
+    rng = np.random.default_rng(3)
+    net = agent.actor.net
+    net.set_probs_([torch.tensor(rng.uniform(0, 0.6, p.shape)) for p in net.probs])
     buf = random_buffer()
     for _ in range(5):
         agent.update(buf.sample(32))
@@ -221,3 +224,22 @@ def test_espl_agent_save_and_load_keeps_the_formula(tmp_path):
     a = export_policy(agent, NAMES, ["torque"], tolerance=0).expressions
     b = export_policy(loaded, NAMES, ["torque"], tolerance=0).expressions
     assert a == b
+
+
+def test_export_and_evaluate_runs_the_formula_and_reports_both_returns(tmp_path):
+    from sym_mbrl_ros.agents.espl import export_and_evaluate, observation_names
+    from sym_mbrl_ros.envs import get_task
+
+    task = get_task("pendulum")
+    assert observation_names(task) == NAMES
+    agent = espl_agent(seed=11)
+    rng = np.random.default_rng(4)
+    net = agent.actor.net
+    net.set_probs_([torch.tensor(rng.uniform(0, 0.8, p.shape)) for p in net.probs])
+    result = export_and_evaluate(agent, task, episodes=2, seed=123, out=tmp_path)
+    # the formula is the pruned network up to 1% of the torque range, so the returns agree
+    assert result["formula"]["mean"] == pytest.approx(result["network"]["mean"], rel=0.05)
+    doc = json.loads((tmp_path / "policy.json").read_text())
+    assert doc["metrics"]["formula_return"]["mean"] == result["formula"]["mean"]
+    assert doc["metrics"]["network_return"]["returns"] == result["network"]["returns"]
+    assert doc["observation_names"] == NAMES

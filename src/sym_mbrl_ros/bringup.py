@@ -86,7 +86,7 @@ GRAPHS: dict[str, TaskGraph] = {
     "pendulum": TaskGraph("pendulum", _nodes(), "config/pendulum.yaml", "urdf/pendulum.urdf",
                           solved_return=-200.0, default_steps=3000),
     "reacher": TaskGraph("reacher", _nodes(), "config/reacher.yaml", "urdf/reacher.urdf",
-                         solved_return=-2.0, default_steps=5000),
+                         solved_return=-2.5, default_steps=5000),
     "car2d": TaskGraph("car2d", _nodes(), "config/car2d.yaml", "urdf/car2d.urdf",
                        solved_return=None, default_steps=10000),
 }

@@ -32,8 +32,9 @@ class CEMConfig:
     """Sequences scored per iteration and start state."""
     elites: int = 50
     """Best sequences the Gaussian is refitted to."""
-    iterations: int = 5
-    """Refits per planning call."""
+    iterations: int = 3
+    """Refits per planning call (3 with the shifted warm start keeps a 30 x 500 plan of the
+    learned Pendulum model near 15 ms of CPU, within a 20 Hz control period)."""
     init_std: float = 0.5
     """Initial std of every step, as a fraction of the half action range."""
     min_std: float = 0.0

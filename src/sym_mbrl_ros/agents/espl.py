@@ -690,6 +690,92 @@ def _parse_sympy(text: str, names: Sequence[str]) -> sympy.Expr:
     return to_sympy(parse_expression(text, names))
 
 
+_KNOWN_OBSERVATION_NAMES = {
+    "pendulum": ("cos_theta", "sin_theta", "theta_dot"),
+    "reacher": (
+        "cos_shoulder", "cos_elbow", "sin_shoulder", "sin_elbow", "target_x", "target_y",
+        "shoulder_vel", "elbow_vel", "tip_dx", "tip_dy",
+    ),
+    "car2d": (
+        "x", "y", "cos_yaw", "sin_yaw", "v", "steer", "steer_rate", "target_x", "target_y",
+        "target_dx_body", "target_dy_body",
+    ),
+}
+
+
+def observation_names(task: Any, obs_dim: int | None = None) -> list[str]:
+    """Names of the observation entries, used as the inputs of a policy formula.
+
+    The task's own ``observation_names`` when it has them; else the shipped tasks' names
+    (their observer docstrings); else ``obs_0, obs_1, ...``.
+    """
+    names = getattr(task, "observation_names", None) or _KNOWN_OBSERVATION_NAMES.get(
+        getattr(task, "name", ""), None
+    )
+    if obs_dim is None:
+        obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
+    if names is None or len(names) != obs_dim:
+        return [f"obs_{i}" for i in range(obs_dim)]
+    return list(names)
+
+
+def export_and_evaluate(
+    agent: SAC,
+    task: Any,
+    episodes: int = 5,
+    seed: int = 10_000,
+    out: str | Path | None = None,
+    tolerance: float = 0.01,
+) -> dict[str, Any]:
+    """Evaluate the pruned network, export its formula, evaluate the formula in numpy.
+
+    The pruned network runs ``episodes`` evaluation episodes (seeds ``seed + i``); the
+    observations it sees are the check points of :func:`export_policy`. The exported formula
+    then runs the same episodes through :class:`FormulaPolicy` (numpy, no network). With
+    ``out``, ``policy.json`` is written there, both returns in its metrics. Returns a dict with
+    ``network`` and ``formula`` (mean, std, returns, success_rate), ``policy`` (the
+    :class:`SymbolicPolicy`), ``operators`` and ``constants``.
+    """
+    from .evaluation import Evaluator
+
+    actor = agent.actor
+    if not isinstance(actor, ESPLActor):
+        raise UserError("this agent's policy is not symbolic; train it with --policy espl")
+    seen: list[np.ndarray] = []
+
+    def network(obs: np.ndarray) -> np.ndarray:
+        seen.append(np.asarray(obs, dtype=np.float64).reshape(-1, agent.obs_dim))
+        with actor.pruned():
+            return agent.predict(obs, deterministic=True)
+
+    evaluator = Evaluator(task, episodes, seed=seed)
+    try:
+        net_result = evaluator(network)
+        policy = export_policy(
+            agent, observation_names(task, agent.obs_dim), list(task.action_names),
+            observations=np.concatenate(seen), tolerance=tolerance,
+        )
+        formula_result = evaluator(FormulaPolicy(policy))
+    finally:
+        evaluator.close()
+
+    def summary(r) -> dict[str, Any]:
+        return {"mean": r.mean, "std": r.std, "returns": r.returns, "success_rate": r.success_rate}
+
+    ops, consts = policy.size()
+    policy.metrics.update(
+        network_return=summary(net_result), formula_return=summary(formula_result),
+        eval_episodes=episodes, eval_seed=seed, task=getattr(task, "name", None),
+    )
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        policy.save(Path(out) / "policy.json")
+    return {
+        "network": summary(net_result), "formula": summary(formula_result), "policy": policy,
+        "operators": ops, "constants": consts,
+    }
+
+
 # ---------------------------------------------------------------- the formula policy
 
 

@@ -135,7 +135,8 @@ def train_run(
     (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
 
     rows: list[dict[str, Any]] = []
-    clock = {"start": time.perf_counter(), "eval_s": 0.0}
+    clock = {"start": time.perf_counter(), "eval_s": 0.0, "cpu_start": time.process_time(),
+             "eval_cpu_s": 0.0}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -150,9 +151,10 @@ def train_run(
 
     def callback(step: int, learner_: Any) -> None:
         if step % eval_every == 0 or step == steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = evaluator(learner_)
             clock["eval_s"] += time.perf_counter() - t0
+            clock["eval_cpu_s"] += time.process_time() - c0
             row = {
                 "env_steps": step,
                 "eval_return_mean": round(result.mean, 4),
@@ -185,12 +187,14 @@ def train_run(
         env.close()
         evaluator.close()
     train_s = train_seconds()
+    train_cpu_s = time.process_time() - clock["cpu_start"] - clock["eval_cpu_s"]
 
     agent = learner.agent if isinstance(learner, MBPO) else learner
     agent.save(out / "policy.pt")
     summary: dict[str, Any] = {
         "task": task.name, "algo": algo, "seed": seed, "steps": steps, "eval_every": eval_every,
         "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
+        "train_cpu_s": round(train_cpu_s, 2),
         "final_eval": rows[-1], "best_eval_return": max(r["eval_return_mean"] for r in rows),
         "threshold": None, "steps_to_threshold": None, "sac_updates": agent.num_updates,
     }

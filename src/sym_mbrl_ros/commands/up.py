@@ -39,8 +39,9 @@ def add_arguments(parser) -> None:
                         help="sim bridge mode (default lockstep)")
     parser.add_argument("--sync", type=float, default=None,
                         help="lockstep: the world waits while the policy trainer has done fewer "
-                             "SAC updates than this per real step (default 10; 0: never wait), "
-                             "so that the result does not depend on the CPU")
+                             "SAC updates than this per real step (default: the task's MBPO "
+                             "preset, 20; 0: never wait), so the result does not depend on the "
+                             "CPU")
     parser.add_argument("--target-return", type=float, default=None,
                         help="stop once the mean return of the last 3 episodes reaches this "
                              "(default: the task's)")
@@ -74,7 +75,14 @@ def run(args) -> int:
         overrides[name]["seed"] = args.seed
     overrides["sim_bridge"]["mode"] = args.mode
     overrides["controller"]["rate_hz"] = args.speed / task.dt
-    sync = args.sync if args.sync is not None else (10.0 if args.mode == "lockstep" else 0.0)
+    if args.sync is not None:
+        sync = args.sync
+    elif args.mode == "lockstep":  # as many SAC updates per real step as MBPO's preset takes
+        from ..agents.presets import make_config
+
+        sync = float(make_config("sym-mbpo", task.name).updates_per_step)
+    else:
+        sync = 0.0
     if sync > 0 and args.mode != "lockstep":
         raise UserError("--sync needs --mode lockstep: a world in real time cannot wait")
     overrides["controller"]["sync_updates_per_step"] = float(sync)

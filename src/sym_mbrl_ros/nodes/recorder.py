@@ -8,7 +8,8 @@ must stamp with the system clock (what drivers and the sim bridge do; nodes run 
 to process messages of different topics.
 
 For a command at time t:
-* ``before`` = the newest state stamped at or before t (not older than ``max_state_age_s``).
+* ``before`` = the newest state stamped at or before t (in real time, not older than
+  ``max_state_age_s``; a lockstep world waits for its command, so there any age is fine).
 * ``pairing: next`` (lockstep simulation; ``auto`` picks it when the bridge's episode events
   say ``"mode": "lockstep"``, and ``hold`` otherwise): ``after`` = the first state stamped
   after t, the state the simulator published in response. A second command for the same
@@ -81,7 +82,8 @@ class Recorder(Node):
         self.tol = declare(self, "period_tolerance", 0.25,
                            "hold pairing: allowed |after-before-dt| as a fraction of dt")
         self.max_state_age = int(1e9 * declare(
-            self, "max_state_age_s", 0.5, "a command's before-state may be at most this old"))
+            self, "max_state_age_s", 0.5,
+            "hold pairing: a command's before-state may be at most this old"))
         stamp_age = declare(self, "max_stamp_age_s", 2.0,
                             "drop states whose stamp is further than this from now (stale)")
         self.episode_steps = declare(self, "episode_steps", 0,
@@ -183,7 +185,11 @@ class Recorder(Node):
                     after = later
                 break
             later = st
-        if before is None or cmd.ns - before.ns > self.max_state_age:
+        if before is None:
+            self.diag.drop("no_state_before", "command with no state before it")
+            return
+        # (a lockstep world waits for its command, so there a state of any age is fine)
+        if self.pairing == "hold" and cmd.ns - before.ns > self.max_state_age:
             self.diag.drop("no_state_before", "command with no recent state before it")
             return
         if after is None or after.ns <= before.ns:
