@@ -81,6 +81,7 @@ def bench_store(n: int, seed: int, with_reader: bool) -> dict:
 
 def bench_node(rates: list[float], seconds: float, seed: int) -> list[dict]:
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
@@ -94,6 +95,15 @@ def bench_node(rates: list[float], seconds: float, seed: int) -> list[dict]:
     js = node.create_publisher(JointState, "/joint_states", QOS_STREAM)
     cmd = node.create_publisher(Float64MultiArray, "/effort_controller/commands", QOS_STREAM)
     ev = node.create_publisher(String, EPISODE_TOPIC, QOS_EVENTS)
+    diag: dict[str, str] = {}
+
+    def on_diag(msg):
+        for st in msg.status:
+            if st.name == "sym_mbrl/recorder":
+                diag.clear()
+                diag.update({kv.key: kv.value for kv in st.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     rng = np.random.default_rng(seed)
     rows = []
     for rate in rates:
@@ -141,12 +151,18 @@ def bench_node(rates: list[float], seconds: float, seed: int) -> list[dict]:
                         stored = st.count()
                 if stored != last:
                     last, stable = stored, time.monotonic()
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # the recorder's own account of what it dropped
+                rclpy.spin_once(node, timeout_sec=0.1)
+            drops = {k: v for k, v in diag.items() if k.startswith(("dropped/", "skipped/"))}
             proc.terminate()
             proc.wait(20)
             rows.append({"test": "recorder node over DDS", "offered_per_s": rate,
                          "transitions_per_s": round(stored / sent_s), "sent": n,
-                         "stored": stored, "lost": n - stored})
-            print(f"  offered {rate:6.0f}/s: stored {stored}/{n}", flush=True)
+                         "stored": stored, "lost": n - stored,
+                         "recorder_drops": drops, "received": {k: diag.get(k) for k in
+                                                               ("states", "commands")}})
+            print(f"  offered {rate:6.0f}/s: stored {stored}/{n} {drops}", flush=True)
     node.destroy_node()
     rclpy.shutdown()
     return rows
@@ -177,13 +193,14 @@ def main(argv=None) -> int:
         f"- {'PASS' if rows[0]['transitions_per_s'] >= TARGET else 'MISS'}: store.append >= "
         f"{TARGET:.0f}/s (measured {rows[0]['transitions_per_s']}/s; "
         f"{rows[1]['transitions_per_s']}/s with a reader polling)", "",
-        "| test | offered /s | stored /s | sent | stored | lost |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| test | offered /s | stored /s | sent | stored | lost | recorder's drop counters |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         offered = "as fast as possible" if r["offered_per_s"] is None else f"{r['offered_per_s']:.0f}"
+        drops = ", ".join(f"{k} {v}" for k, v in r.get("recorder_drops", {}).items()) or "-"
         lines.append(f"| {r['test']} | {offered} | {r['transitions_per_s']} | {r['sent']} | "
-                     f"{r['stored']} | {r['lost']} |")
+                     f"{r['stored']} | {r['lost']} | {drops} |")
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -21,7 +21,7 @@ candidate generator differs.
 3. **Speed.** Candidates per second end to end (generated, refined by BFGS and scored, divided
    by the coordinate's fit time) and, for the transformer, decoding alone.
 
-    python bench/transformer_sr.py [--seed 0] [--quick] [--n-expressions 100] [--weights W]
+    python bench/transformer_sr.py [--seed 0] [--quick] [--n-expressions 60] [--weights W]
 
 Writes bench/results/transformer_sr.md and bench/results/transformer_sr.json (``--quick``:
 transformer_sr_quick.*).
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         "--n-expressions",
         type=int,
         default=None,
-        help="held-out expressions per generator (default 100, quick 20)",
+        help="held-out expressions per generator (default 60, quick 20)",
     )
     parser.add_argument("--gp-time", type=float, default=3.0)
     parser.add_argument("--backends", default=",".join(BACKENDS))
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     backends = [b for b in args.backends.split(",") if b]
-    n = args.n_expressions or (20 if args.quick else 100)
+    n = args.n_expressions or (20 if args.quick else 60)
     tasks = (args.tasks or ("pendulum" if args.quick else "pendulum,reacher,car2d")).split(",")
     if args.weights:
         import sym_mbrl_ros.dynamics.transformer.backend as tb

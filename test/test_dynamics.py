@@ -358,6 +358,29 @@ def test_unevaluable_warm_start_is_dropped_and_the_search_runs(pendulum_model):
     assert rep["chosen"]["validation_r2"] > 1 - 1e-12
 
 
+def test_search_generates_again_when_no_candidate_can_be_evaluated(monkeypatch):
+    import sym_mbrl_ros.dynamics.symbolic as symbolic
+
+    real = symbolic.sparse_candidates
+    calls = []
+
+    def first_round_broken(data, library, settings):
+        calls.append(settings.spec.degree)
+        if settings.spec.degree == 3:  # the first round (full degree): only a NaN expression
+            return [(parse_expression("log(theta_dot - 100)", data.variables), "broken")], {}
+        return real(data, library, settings)
+
+    monkeypatch.setattr(symbolic, "sparse_candidates", first_round_broken)
+    s, a, s2 = pendulum_data(300, seed=15)
+    model = SymbolicDynamics(*NAMES, angle_coords=[0]).fit(s, a, s2)
+    for rep in model.report():
+        assert rep["n_rejected"] == 1
+        assert "regenerated 1 time(s)" in rep["search"]
+        assert "log" not in rep["chosen"]["expression"]
+    assert min(model.metrics["validation_r2"].values()) > 1 - 1e-9
+    assert calls == [3, 2, 3, 2]  # each coordinate's second round lowers the degree
+
+
 def test_bfgs_refines_constants_inside_nonlinear_terms():
     rng = np.random.default_rng(2)
     X = rng.uniform(-3, 3, size=(300, 1))

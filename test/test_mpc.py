@@ -186,6 +186,16 @@ def test_mpc_with_a_learned_model_balances_and_the_planner_hook_works():
     with pytest.raises(Exception, match="unknown planner"):
         MPCController(PENDULUM, model, MPCConfig(planner="magic"))
 
+    # the gradient planner is the other option, configured like the node's planner options
+    config = MPCConfig.from_dict(
+        {"planner": "gradient", "gradient": {"horizon": 5, "restarts": 2, "iterations": 3}}
+    )
+    assert config.gradient.horizon == 5 and config.cem.horizon == 30
+    with pytest.raises(Exception, match="unknown CEM setting"):
+        MPCConfig.from_dict({"cem": {"populaton": 10}})
+    out = MPCController(PENDULUM, model, config).act(np.array([[0.3, 0.0], [2.0, 1.0]]))
+    assert out.shape == (2, 1) and np.all(np.abs(out) <= 2.0)
+
 
 def test_sym_mpc_learns_online_and_writes_a_curve(tmp_path):
     cfg = MPCConfig(

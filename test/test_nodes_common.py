@@ -17,7 +17,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -64,42 +64,53 @@ def node_args(task: str, run_dir: Path | str | None = None, **params) -> dict:
 
 
 class RosGraph:
-    """Nodes spun by one multi-threaded executor in a background thread."""
+    """Nodes spun by one executor in a background thread.
+
+    Single-threaded, and spun under a lock that ``add``/``remove`` also take: a node is never
+    destroyed while one of its callbacks runs (rclpy does not allow that).
+    """
 
     def __init__(self):
-        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.executor = SingleThreadedExecutor()
         self.nodes: list[Node] = []
-        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self.errors: list[BaseException] = []  # raised by node callbacks; a test should fail
+        self._lock = threading.Lock()
         self._stop = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
         while not self._stop and rclpy.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.02)
-            except Exception:  # a node destroyed mid-spin
-                if self._stop:
-                    return
+            with self._lock:
+                try:
+                    self.executor.spin_once(timeout_sec=0.005)
+                except Exception as exc:  # keep spinning; the fixture reports it
+                    self.errors.append(exc)
+            time.sleep(0.0005)  # let add/remove take the lock
 
     def add(self, node: Node) -> Node:
-        self.executor.add_node(node)
-        self.nodes.append(node)
+        with self._lock:
+            self.executor.add_node(node)
+            self.nodes.append(node)
         return node
 
     def remove(self, node: Node) -> None:
-        self.executor.remove_node(node)
-        self.nodes.remove(node)
-        close = getattr(node, "close", None)
-        if close is not None:
-            close()
-        node.destroy_node()
+        with self._lock:
+            self.executor.remove_node(node)
+            self.nodes.remove(node)
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
 
     def close(self) -> None:
+        """Stop; raises if a node callback raised meanwhile (a node must never do that)."""
         for node in list(self.nodes):
             self.remove(node)
         self._stop = True
         self._thread.join(timeout=5)
         self.executor.shutdown()
+        assert not self.errors, f"node callbacks raised: {self.errors!r}"
 
 
 def wait_for(condition, timeout: float = 10.0, period: float = 0.01) -> bool:

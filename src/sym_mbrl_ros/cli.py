@@ -21,6 +21,7 @@ COMMANDS = [
     "show",
     "train",
     "eval",
+    "train-sr",
     "up",
     "demo",
 ]
@@ -32,10 +33,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load(name: str):
+    module = f"sym_mbrl_ros.commands.{name.replace('-', '_')}"
     try:
-        return importlib.import_module(f"sym_mbrl_ros.commands.{name}")
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name == f"sym_mbrl_ros.commands.{name}":
+        if exc.name == module:
             return None  # not implemented in this build
         raise
 

@@ -600,7 +600,7 @@ def compact_formula(
     """
     exact = tolerance <= 0
     accept = 1e-9 if exact else tolerance
-    best = f
+    best, digits = f, None
     if not exact:
         for atom in sorted(best.atoms(sympy.Float), key=lambda n: abs(float(n)))[:80]:
             if atom not in best.atoms(sympy.Float):
@@ -608,17 +608,20 @@ def compact_formula(
             candidate = best.xreplace({atom: sympy.Integer(0)})
             if check.error(candidate) <= tolerance / 2:
                 best = candidate
-        for digits in range(1, max_digits + 1):
-            candidate = round_constants(best, digits)
+        for n in range(1, max_digits + 1):
+            candidate = round_constants(best, n)
             if check.error(candidate) <= accept:
-                best = candidate
+                best, digits = candidate, n
                 break
     candidates = [sympy.factor_terms(best)]
     if sympy.count_ops(best) <= max_expand_ops:
         candidates.append(sympy.expand(best))
     for candidate in candidates:
-        if _size_key(candidate) < _size_key(best) and check.error(candidate) <= accept:
-            best = candidate
+        # rewriting multiplies rounded constants together: round the products again
+        for rounded in (round_constants(candidate, digits), candidate):
+            if _size_key(rounded) < _size_key(best) and check.error(rounded) <= accept:
+                best = rounded
+                break
     return best
 
 

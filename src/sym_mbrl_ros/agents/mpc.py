@@ -62,19 +62,26 @@ class MPCConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MPCConfig:
-        """Build a config from a dict (as written by ``asdict``), ignoring unknown keys."""
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        """Build a config from a dict (as written by ``asdict``; ``cem`` and ``gradient`` may
+        be dicts of their settings); an unknown key is a :class:`UserError` naming the known."""
+        kw = _checked(cls, d, "MPC")
         if isinstance(kw.get("cem"), dict):
-            kw["cem"] = CEMConfig(**_known(CEMConfig, kw["cem"]))
+            kw["cem"] = CEMConfig(**_checked(CEMConfig, kw["cem"], "CEM"))
         if isinstance(kw.get("gradient"), dict):
-            kw["gradient"] = GradientPlannerConfig(**_known(GradientPlannerConfig, kw["gradient"]))
+            kw["gradient"] = GradientPlannerConfig(
+                **_checked(GradientPlannerConfig, kw["gradient"], "gradient planner")
+            )
         return cls(**kw)
 
 
-def _known(cls, d: dict[str, Any]) -> dict[str, Any]:
+def _checked(cls, d: dict[str, Any], what: str) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UserError(
+            f"unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return dict(d)
 
 
 class MPCController:
@@ -178,6 +185,7 @@ class SymMPC:
         self.last_fit_step = 0
         self.model_metrics: dict[str, Any] = {}
         self.timings = {"model_fit_s": 0.0, "plan_s": 0.0, "env_s": 0.0}
+        self._eval_controller: MPCController | None = None
 
     def fit_model(self) -> dict[str, Any]:
         """Refit the symbolic model on the data, warm-started from the current one."""
@@ -285,14 +293,13 @@ class SymMPC:
         if self.model is None:
             shape = (self.task.action_dim,) if o.ndim == 1 else (o.shape[0], self.task.action_dim)
             return self.rng.uniform(self.task.action_low, self.task.action_high, size=shape)
-        if getattr(self, "_eval_controller", None) is None or self._eval_model is not self.model:
+        if self._eval_controller is None or self._eval_controller.model is not self.model:
             self._eval_controller = self.evaluation_controller()
-            self._eval_model = self.model
         return self._eval_controller.predict(o)
 
     def reset_evaluation(self) -> None:
         """Forget the evaluation controller's warm start (between evaluations)."""
-        if getattr(self, "_eval_controller", None) is not None:
+        if self._eval_controller is not None:
             self._eval_controller.reset()
 
     def save(self, directory: str | Path) -> None:

@@ -23,12 +23,12 @@ from .expression import ExpressionError, Node, parse_expression
 class GPSettings:
     """pyoperon's knobs (filled from the fit config)."""
 
-    time_limit: float = 3.0
+    time_limit: float = 2.0
     population_size: int = 500
     max_length: int = 30
     symbols: str = "add,sub,mul,div,constant,variable,sin,cos"
-    max_candidates: int = 20
-    local_iterations: int = 10
+    max_candidates: int = 12
+    local_iterations: int = 5
 
 
 def operon_to_grammar(text: str) -> str:

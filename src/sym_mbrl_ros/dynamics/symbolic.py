@@ -114,18 +114,24 @@ class SymbolicDynamicsConfig:
     min_samples: int = 20
     """Fewest finite transitions a fit accepts."""
     # --- gp backend ---
-    gp_time: float = 3.0
-    """Seconds of pyoperon search per coordinate (rounded up to whole seconds)."""
+    gp_time: float = 4.0
+    """Seconds of pyoperon search per coordinate, shared by the runs (each rounded up to whole
+    seconds)."""
+    gp_runs: int = 2
+    """Independent pyoperon runs per coordinate (own seed and row subset), candidates pooled."""
     gp_population: int = 500
     """pyoperon population size."""
     gp_max_length: int = 30
     """Largest expression length pyoperon may build."""
     gp_symbols: str = "add,sub,mul,div,constant,variable,sin,cos"
     """pyoperon's allowed symbols."""
-    gp_candidates: int = 20
+    gp_candidates: int = 12
     """Pareto-front members taken as candidates per run."""
-    gp_local_iterations: int = 10
+    gp_local_iterations: int = 5
     """Levenberg-Marquardt iterations pyoperon spends on each individual's constants."""
+    gp_max_rows: int = 500
+    """pyoperon searches on at most this many training rows (a seeded random subset), so that
+    its time budget buys generations; refinement and ranking use all rows."""
     # --- reporting ---
     runner_ups: int = 3
     """Runner-up candidates listed in the selection report."""
@@ -523,17 +529,28 @@ class SymbolicDynamics:
             return raw, info
         cols = [self.variables.index(v) for v in poly + angles]
         names = [self.variables[c] for c in cols]
+        runs = max(1, cfg.gp_runs)
         settings = GPSettings(
-            time_limit=cfg.gp_time,
+            time_limit=cfg.gp_time / runs,
             population_size=cfg.gp_population,
             max_length=cfg.gp_max_length,
             symbols=cfg.gp_symbols,
             max_candidates=cfg.gp_candidates,
             local_iterations=cfg.gp_local_iterations,
         )
-        seed = self.seed * 7919 + 101 * i + attempt
-        raw, info = gp_candidates(data.X_train[:, cols], data.y_train, names, settings, seed)
-        return raw, info
+        raw: list[tuple[Node, str]] = []
+        infos = []
+        for run in range(runs):  # independent runs: one that gets stuck is outvoted
+            seed = self.seed * 7919 + 101 * i + 13 * attempt + run
+            rows = np.arange(len(data.y_train))
+            if len(rows) > cfg.gp_max_rows:
+                rows = np.sort(np.random.default_rng(seed).permutation(rows)[: cfg.gp_max_rows])
+            found, info = gp_candidates(
+                data.X_train[rows][:, cols], data.y_train[rows], names, settings, seed
+            )
+            raw += [(tree, f"{source}, run {run + 1}") for tree, source in found]
+            infos.append(dict(info, rows=int(len(rows))))
+        return raw, {"runs": infos}
 
     def _inputs(self) -> tuple[list[str], list[str]]:
         """(polynomial inputs, angle inputs) that candidate expressions may use."""

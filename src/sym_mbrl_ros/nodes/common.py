@@ -21,6 +21,11 @@ from rclpy.signals import SignalHandlerOptions
 QOS_STREAM = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
+# The recorder's side of the same topics: a deep queue, so that a busy moment (a slow disk, a
+# starved CPU) delays transitions instead of losing them. Compatible with QOS_STREAM writers.
+QOS_RECORD = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2000,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
 # Model, policy, target, episode and e-stop: the last value reaches late joiners.
 QOS_LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,

@@ -196,8 +196,11 @@ class Controller(LifecycleNode):
     def on_estop(self, msg: Bool) -> None:
         if bool(msg.data) != self.estop:
             self.estop = bool(msg.data)
-            log = self.get_logger().warning if self.estop else self.get_logger().info
-            log("EMERGENCY STOP engaged: zero commands" if self.estop else "e-stop released")
+            # (one call site per severity: rclpy refuses to change it between calls)
+            if self.estop:
+                self.get_logger().warning("EMERGENCY STOP engaged: zero commands")
+            else:
+                self.get_logger().info("e-stop released")
 
     def on_policy(self, msg: String) -> None:
         self._load_beside_loop(self._policy_from, msg.data)

@@ -43,7 +43,7 @@ from ..data.store import TransitionStore
 from .common import (
     EPISODE_TOPIC,
     QOS_EVENTS,
-    QOS_STREAM,
+    QOS_RECORD,
     Diagnostics,
     declare,
     run,
@@ -109,9 +109,9 @@ class Recorder(Node):
 
         # created first: when an event and a state are ready together, the event goes first
         self.create_subscription(String, EPISODE_TOPIC, self.on_episode, QOS_EVENTS)
-        self.input = StateInput(self, self.p, self.diag, self.on_state, stamp_age)
+        self.input = StateInput(self, self.p, self.diag, self.on_state, stamp_age, QOS_RECORD)
         self.create_subscription(self.p.codec.msg_type, self.p.command_topic, self.on_command,
-                                 QOS_STREAM)
+                                 QOS_RECORD)
         self.create_timer(0.5, self.on_timer)
         self.get_logger().info(
             f"recording {task.name} ({self.pairing} pairing) into {self.store.path} "

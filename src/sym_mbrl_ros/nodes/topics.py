@@ -279,25 +279,23 @@ class StateInput:
     """
 
     def __init__(self, node, params, diag, on_state: Callable[[int, dict[str, float]], None],
-                 max_age_s: float, callback_group=None):
+                 max_age_s: float, qos=QOS_STREAM):
         self.layout, self.diag, self.on_state = params.layout, diag, on_state
         self.known = frozenset(params.known_joints)
         self.stamps, self.joint_stamps = StampCheck(max_age_s), StampCheck(max_age_s)
         self.joints: deque[tuple[int, dict[str, float]]] = deque(maxlen=200)
         self.targets: deque[tuple[int, dict[str, float]]] = deque(maxlen=20)
-        kw = {"callback_group": callback_group}
         if self.layout.uses_odom:
-            subs = [node.create_subscription(Odometry, params.state_topic, self._odom,
-                                             QOS_STREAM, **kw)]
+            subs = [node.create_subscription(Odometry, params.state_topic, self._odom, qos)]
             if self.layout.joints:
                 subs.append(node.create_subscription(JointState, params.joint_state_topic,
-                                                     self._secondary, QOS_STREAM, **kw))
+                                                     self._secondary, qos))
         else:
             subs = [node.create_subscription(JointState, params.state_topic, self._joint_state,
-                                             QOS_STREAM, **kw)]
+                                             qos)]
         if self.layout.needs_target:
             subs.append(node.create_subscription(PointStamped, TARGET_TOPIC, self._target,
-                                                 QOS_LATCHED, **kw))
+                                                 QOS_LATCHED))
         self.subscriptions = subs
 
     def _check(self, check: StampCheck, msg, values_of, what: str):

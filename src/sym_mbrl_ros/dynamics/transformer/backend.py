@@ -41,7 +41,7 @@ class TransformerSettings:
 
     weights: str | None = None
     """Weights file; ``None`` means the shipped mechanics weights."""
-    beam_size: int = 16
+    beam_size: int = 32
     """Candidates per coordinate from beam search (the first attempt)."""
     n_points: int = 200
     """Rows the transformer reads (a seeded random subset when there are more)."""
