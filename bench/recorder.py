@@ -197,7 +197,8 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        offered = "as fast as possible" if r["offered_per_s"] is None else f"{r['offered_per_s']:.0f}"
+        offered = ("as fast as possible" if r["offered_per_s"] is None
+                   else f"{r['offered_per_s']:.0f}")
         drops = ", ".join(f"{k} {v}" for k, v in r.get("recorder_drops", {}).items()) or "-"
         lines.append(f"| {r['test']} | {offered} | {r['transitions_per_s']} | {r['sent']} | "
                      f"{r['stored']} | {r['lost']} | {drops} |")

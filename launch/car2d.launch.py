@@ -9,13 +9,13 @@ The nodes, their executables, the parameter file and remappings come from
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from launch import LaunchDescription
 from sym_mbrl_ros.bringup import PACKAGE, graph
 
 TASK = "car2d"

@@ -243,3 +243,17 @@ def test_export_and_evaluate_runs_the_formula_and_reports_both_returns(tmp_path)
     assert doc["metrics"]["formula_return"]["mean"] == result["formula"]["mean"]
     assert doc["metrics"]["network_return"]["returns"] == result["network"]["returns"]
     assert doc["observation_names"] == NAMES
+
+
+def test_schedules_hold_during_the_warm_up_then_anneal():
+    cfg = ESPLConfig(anneal_updates=1000, warmup_fraction=0.2, l0_target=4.0)
+    actor = espl_agent(cfg).actor
+    n = actor.net.n_paths
+    seen = {}
+    for updates in (0, 200, 600, 1000, 5000):
+        actor.num_updates.fill_(updates)
+        seen[updates] = (actor.temperature(), actor.l0_budget())
+    assert seen[0] == seen[200] == (cfg.temperature_start, n)  # warm-up: nothing anneals
+    assert cfg.temperature_end < seen[600][0] < cfg.temperature_start
+    assert 4.0 < seen[600][1] < n
+    assert seen[1000] == seen[5000] == pytest.approx((cfg.temperature_end, 4.0))

@@ -96,7 +96,10 @@ class ESPLConfig:
     )
     """Operator nodes of each hidden layer (names from ``OPERATORS``), per action coordinate."""
     weight_scale: float = 0.3
-    """Weights and biases start uniform in [-weight_scale, weight_scale]."""
+    """Hidden-layer weights and biases start uniform in [-weight_scale, weight_scale]."""
+    output_weight_scale: float = 0.03
+    """The output layer's start uniform in [-output_weight_scale, output_weight_scale]: the
+    policy starts near zero action, not saturated at the bounds (where tanh has no gradient)."""
     init_prob: float = 1.0
     """Initial probability of every path (the paper starts with all paths on)."""
     prob_lr_scale: float = 20.0
@@ -111,8 +114,11 @@ class ESPLConfig:
     """Weight of the expected-L0 penalty in the actor loss."""
     l0_target: float = 10.0
     """Expected number of paths per action coordinate that the budget shrinks to."""
-    anneal_updates: int = 10_000
-    """Actor updates over which the temperature and the L0 budget anneal (then stay)."""
+    anneal_updates: int = 15_000
+    """Actor updates by which the temperature and the L0 budget reach their final values."""
+    warmup_fraction: float = 0.2
+    """Share of ``anneal_updates`` at the start with every path kept on budget (the policy
+    learns with the full network first, then paths are pruned)."""
     prune_threshold: float = 0.5
     """After training, paths with probability below this are removed."""
     std_hidden_sizes: tuple[int, ...] = (64, 64)
@@ -127,6 +133,8 @@ class ESPLConfig:
                     raise UserError(
                         f"unknown ESPL operator {op!r}; choose from {', '.join(OPERATORS)}"
                     )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UserError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         lo, hi = self.prob_clip
         if not 0.0 <= lo < hi <= 1.0:
             raise UserError(f"prob_clip must satisfy 0 <= low < high <= 1, got {self.prob_clip}")
@@ -185,6 +193,7 @@ class SymbolicNetwork(nn.Module):
         weight_scale: float = 0.3,
         init_prob: float = 1.0,
         prob_lr_scale: float = 1.0,
+        output_weight_scale: float | None = None,
     ):
         super().__init__()
         self.n_inputs, self.n_outputs = int(n_inputs), int(n_outputs)
@@ -199,8 +208,11 @@ class SymbolicNetwork(nn.Module):
             n_features += layer.n_nodes
         shapes.append((self.n_outputs, 1, n_features + 1))
         self.n_features = n_features
-        for shape in shapes:
-            w = torch.empty(shape).uniform_(-weight_scale, weight_scale)
+        for k, shape in enumerate(shapes):
+            scale = weight_scale
+            if k == len(shapes) - 1 and output_weight_scale is not None:
+                scale = output_weight_scale
+            w = torch.empty(shape).uniform_(-scale, scale)
             self.weights.append(nn.Parameter(w))
             init = torch.full(shape, float(init_prob) / self.prob_lr_scale)
             self.prob_params.append(nn.Parameter(init))
@@ -376,7 +388,7 @@ class ESPLActor(nn.Module):
         self.config = config = config or ESPLConfig()
         self.net = SymbolicNetwork(
             obs_dim, action_dim, config.layers, config.weight_scale, config.init_prob,
-            config.prob_lr_scale,
+            config.prob_lr_scale, config.output_weight_scale,
         )
         self.std_net = mlp([obs_dim, *config.std_hidden_sizes, action_dim], nn.ReLU)
         self.log_std_min, self.log_std_max = sac_config.log_std_min, sac_config.log_std_max
@@ -388,8 +400,10 @@ class ESPLActor(nn.Module):
     # -- schedules
 
     def progress(self) -> float:
-        """Fraction of the annealing schedule done, in [0, 1]."""
-        return min(1.0, float(self.num_updates) / max(1, self.config.anneal_updates))
+        """Fraction of the annealing schedule done, in [0, 1] (0 during the warm-up)."""
+        total = max(1, self.config.anneal_updates)
+        warmup = int(self.config.warmup_fraction * total)
+        return min(1.0, max(0.0, float(self.num_updates) - warmup) / max(1, total - warmup))
 
     def temperature(self) -> float:
         """Current Gumbel-softmax temperature (linear from start to end)."""

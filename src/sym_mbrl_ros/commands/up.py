@@ -50,6 +50,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--param", action="append", metavar="NODE.NAME=VALUE",
                         help="set a node parameter for this run (repeatable), e.g. "
                              "policy_trainer.publish_every_s=2")
+    parser.add_argument("--domain-id", type=int, default=None,
+                        help="ROS_DOMAIN_ID of the graph (default: the environment's)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -98,7 +100,9 @@ def run(args) -> int:
         "max_wall_s": args.max_wall,
         "params_file": str(params_file), "params": params_file.read_text(),
         "overrides": overrides, "commands": commands, "python": sys.version,
-        "platform": platform.platform(), "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0"),
+        "platform": platform.platform(),
+        "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0") if args.domain_id is None
+        else args.domain_id,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -107,7 +111,7 @@ def run(args) -> int:
         f"target mean return {target}, {args.mode} at up to {args.speed:g}x real time"
         + (f", waiting for {sync:g} SAC updates per step" if sync > 0 else ""))
 
-    graph_run = _Graph(commands, out / "logs")
+    graph_run = _Graph(commands, out / "logs", args.domain_id)
     t0 = time.monotonic()
     watch = _Watch(out, task, target, steps)
     reason = "interrupted"
@@ -163,12 +167,13 @@ def _parse_param(item: str, overrides: dict[str, dict]) -> tuple[str, dict]:
 class _Graph:
     """The node processes: start, watch (restarting learner-side nodes), stop."""
 
-    def __init__(self, commands: dict[str, list[str]], logs: Path):
+    def __init__(self, commands: dict[str, list[str]], logs: Path, domain_id: int | None):
         self.commands, self.logs = commands, logs
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
-        env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
-        self.env = env
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+        if domain_id is not None:
+            self.env["ROS_DOMAIN_ID"] = str(domain_id)
 
     def _spawn(self, name: str) -> None:
         log = open(self.logs / f"{name}.log", "ab")

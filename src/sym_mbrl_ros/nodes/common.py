@@ -21,6 +21,11 @@ from rclpy.signals import SignalHandlerOptions
 QOS_STREAM = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
+# The controller's side of the state topics: only the newest state matters; a slow tick (an
+# MPC step) must not leave a queue of stale states behind it.
+QOS_NEWEST = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
 # The recorder's side of the same topics: a deep queue, so that a busy moment (a slow disk, a
 # starved CPU) delays transitions instead of losing them. Compatible with QOS_STREAM writers.
 QOS_RECORD = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2000,

@@ -35,6 +35,7 @@ from .common import (
     MODEL_TOPIC,
     POLICY_TOPIC,
     QOS_LATCHED,
+    QOS_NEWEST,
     QOS_STREAM,
     TRAINING_TOPIC,
     Diagnostics,
@@ -124,7 +125,8 @@ class Controller(LifecycleNode):
         self.pub = self.create_lifecycle_publisher(self.p.codec.msg_type, self.p.command_topic,
                                                    QOS_STREAM)
         self.diag = Diagnostics(self)
-        self.input = StateInput(self, self.p, self.diag, self.on_state, self.stamp_age)
+        self.input = StateInput(self, self.p, self.diag, self.on_state, self.stamp_age,
+                                QOS_NEWEST)
         subs = self.input.subscriptions + [
             self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_LATCHED),
             self.create_subscription(String, POLICY_TOPIC, self.on_policy, QOS_LATCHED),
