@@ -72,6 +72,8 @@ def backend_kwargs(backend: str, gp_time: float) -> tuple[str, dict]:
     if backend == "gp":
         return "gp", {"gp_time": gp_time}
     return backend, {}
+
+
 HELDOUT_SEED = 10_000  # training used seeds 0 (data) and 1 (validation)
 
 

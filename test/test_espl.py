@@ -159,7 +159,7 @@ def test_short_training_on_a_one_dimensional_task_gives_a_good_compact_formula()
     register_espl(ESPLConfig(anneal_updates=900, l0_target=3.0), name="espl-bandit")
     cfg = SACConfig(
         policy="espl-bandit", hidden_sizes=(64, 64), batch_size=128, learning_starts=200,
-        learning_rate=1e-3,
+        learning_rate=1e-3, init_alpha=0.05,  # rewards are O(1): start with little entropy bonus
     )
     agent = SAC(1, [-1.0], [1.0], cfg, seed=0)
     agent.learn(1200, LinearBandit())

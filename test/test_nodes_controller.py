@@ -163,8 +163,11 @@ def test_watchdog_estop_and_garbage_state(graph, probe, tmp_path):
     time.sleep(0.2)
     n = len(cmds)
     assert wait_for(lambda: np.count_nonzero(_commands(probe, n)) >= 5)
+    probe.feeder.on = False  # (the controller keeps only the newest state: one at a time)
+    time.sleep(0.1)
     js = probe.publisher(JointState, "/joint_states")
     js.publish(joint_state(["hinge"], [float("nan")], [0.0]))
+    time.sleep(0.2)
     js.publish(joint_state(["hinge", "elbow"], [0.0, 0.0]))
     assert wait_for(lambda: {"dropped/nan", "dropped/unknown_joint"}
                     <= set(probe.diagnostics("controller")), 5)

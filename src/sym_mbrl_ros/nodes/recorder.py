@@ -114,7 +114,8 @@ class Recorder(Node):
                                  QOS_RECORD)
         self.create_timer(0.5, self.on_timer)
         self.get_logger().info(
-            f"recording {task.name} ({self.pairing} pairing) into {self.store.path} "
+            f"recording {task.name} ({'auto' if self.auto_pairing else self.pairing} pairing) "
+            f"into {self.store.path} "
             f"({self.store.count()} transitions already there)")
 
     # ------------------------------------------------------------------ inputs

@@ -93,7 +93,6 @@ class SimBridge(Node):
         self.sim_time = 0.0
         self.episode = 0
         self.episode_return = 0.0
-        self.steps = 0
         self.held = np.clip(np.zeros(task.action_dim), task.action_low, task.action_high)
         self._last_marker = 0.0
         self.state_ns = time.time_ns()
@@ -140,7 +139,6 @@ class SimBridge(Node):
         _, reward, terminated, truncated, info = self.env.step(a)
         self.state = np.asarray(info["state"], dtype=np.float64)
         self.sim_time += task.dt
-        self.steps += 1
         self.episode_return += float(reward)
         self.diag.count("steps")
         self._publish_state(self.state)
