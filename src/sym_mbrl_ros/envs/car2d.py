@@ -20,9 +20,9 @@ and stops within 0.1 m after at most about 80 steps (4 s, a target behind or bes
 so 150 steps leave a learned controller about twice the time it needs.
 
 Observer: obs (x, y, cos yaw, sin yaw, v, steer, steer_rate, tx, ty, dx_body, dy_body) ->
-state (x, y, yaw, v, steer, steer_rate, target_x, target_y). (x, y) is the centre of the rear
+state (x, y, yaw, v, steer_angle, steer_rate, target_x, target_y). (x, y) is the centre of the rear
 axle (base_link), yaw in [-pi, pi), v the forward speed of base_link in the car's frame,
-steer and steer_rate the steering pivot's angle and rate (the steering servo is second order,
+steer_angle and steer_rate the steering pivot's angle and rate (the steering servo is second order,
 so its rate is part of the state), (dx_body, dy_body) the target in the car's frame.
 Reward: ``-|(x, y) - target|`` after the step. Success: within 0.1 m at the end.
 Start: at the origin at rest, yaw ~ U[-pi, pi); target uniform over 0.5 m <= r <= 2 m.
@@ -72,7 +72,7 @@ def distance(state):
 
 
 def observe(obs):
-    """Observation -> (x, y, yaw, v, steer, steer_rate, target_x, target_y)."""
+    """Observation -> (x, y, yaw, v, steer_angle, steer_rate, target_x, target_y)."""
     ops = ArrayOps(obs)
     yaw = ops.wrap_angle(ops.atan2(obs[..., 3], obs[..., 2]))
     return ops.stack([obs[..., 0], obs[..., 1], yaw, obs[..., 4], obs[..., 5], obs[..., 6],
@@ -107,7 +107,7 @@ def success(state):
 TASK = TaskSpec(
     name="car2d",
     env_id="SymMbrl/Car2d-v0",
-    state_names=("x", "y", "yaw", "v", "steer", "steer_rate", "target_x", "target_y"),
+    state_names=("x", "y", "yaw", "v", "steer_angle", "steer_rate", "target_x", "target_y"),
     action_names=("drive", "steer"),
     angle_coords=(2,),
     static_coords=(6, 7),
