@@ -3,7 +3,6 @@ SHELL := /bin/bash
 export MUJOCO_GL ?= osmesa
 export PYOPENGL_PLATFORM ?= osmesa
 VENV := .venv
-RUN ?= runs/demo
 SEED ?= 0
 
 .PHONY: setup demo test lint pytest colcon-check bench clean
@@ -12,7 +11,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/sym-mbrl demo --out $(RUN) --seed $(SEED)
+	$(VENV)/bin/sym-mbrl up pendulum --seed $(SEED) $(if $(RUN),--out $(RUN))
 
 lint: setup
 	$(VENV)/bin/ruff check src test bench launch

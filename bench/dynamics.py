@@ -75,7 +75,7 @@ HORIZONS = (1, 10, 50)
 EXTRAPOLATION = {
     "pendulum": [("state", "theta"), ("state", "theta_dot"), ("action", "torque")],
     "reacher": [("state", "elbow"), ("state", "shoulder_vel"), ("state", "elbow_vel")],
-    "car2d": [("state", "yaw"), ("state", "v"), ("state", "steer")],
+    "car2d": [("state", "yaw"), ("state", "v"), ("state", "steer_angle")],
     "cartpole": [("state", "theta"), ("state", "theta_dot"), ("action", "force")],
     "duffing": [("state", "x"), ("state", "v"), ("action", "force")],
     "unicycle": [("state", "heading"), ("action", "v"), ("action", "omega")],
@@ -300,8 +300,7 @@ def fit_operon(system: System, data: dict, seed: int, gp_time: float) -> Fitted:
     dyn = system.dynamic
     s, a, s2 = data["states"], data["actions"], data["next_states"]
     X = np.hstack([s[:, dyn], a])
-    names = [system.state_names[i] for i in dyn] + list(system.action_names)
-    names = [f"v{k}" for k in range(len(names))]  # Car2d has a state and an action both 'steer'
+    names = [f"v{k}" for k in range(X.shape[1])]  # any names a file may hold are fine here
     inc = _unwrapped_next(system, s, s2) - s
     regs, sizes = {}, {}
     t0 = time.perf_counter()

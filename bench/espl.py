@@ -17,8 +17,9 @@ success rate >= 0.9). Anchor: the ESPL paper reports -151.7 on Pendulum (its Tab
     python bench/espl.py [--tasks pendulum,reacher] [--seed 0]
                          [--steps pendulum=1500,reacher=3000] [--eval-every 250]
 
-Writes bench/results/espl.md (tables), bench/results/espl.json (configuration and curves) and,
-per training, bench/results/runs/espl/<task>-<policy>-s<seed>/ (curve.csv, policy.json).
+Writes bench/results/espl_<tasks>.md (tables), bench/results/espl_<tasks>.json (configuration
+and curves) and, per training, bench/results/runs/espl/<task>-<policy>-s<seed>/ (curve.csv,
+policy.json, result.json); a finished run with the same settings is reused unless --fresh.
 """
 
 from __future__ import annotations
@@ -55,14 +56,31 @@ def parse_steps(text: str) -> dict[str, int]:
     return steps
 
 
-def train_one(task, policy: str, steps: int, seed: int, eval_every: int, episodes: int) -> dict:
-    """Train sym-mbpo with ``policy`` for ``steps`` real steps; evaluate along the way."""
+def train_one(
+    task, policy: str, steps: int, seed: int, eval_every: int, episodes: int, fresh: bool = False
+) -> dict:
+    """Train sym-mbpo with ``policy`` for ``steps`` real steps; evaluate along the way.
+
+    A finished run with the same settings (``result.json`` in its run folder) is reused unless
+    ``fresh``.
+    """
     config = make_config("sym-mbpo", task.name, policy)
+    run_dir = RESULTS / "runs" / "espl" / f"{task.name}-{policy}-s{seed}"
+    settings = json.loads(json.dumps({
+        "task": task.name, "policy": policy, "steps": steps, "seed": seed,
+        "eval_every": eval_every, "episodes": episodes, "config": asdict(config),
+        "espl": asdict(espl.ESPLConfig()) if policy == "espl" else None,
+    }, default=str))
+    cached = run_dir / "result.json"
+    if cached.exists() and not fresh:
+        doc = json.loads(cached.read_text())
+        if doc.get("settings") == settings:
+            print(f"  reusing the finished run in {run_dir}", flush=True)
+            return doc["result"]
     env = task.make_env()
     obs_dim = int(env.observation_space.shape[0])
     learner = make_learner("sym-mbpo", task, config, seed, obs_dim)
     eval_seed = 10_000 + 100 * seed
-    run_dir = RESULTS / "runs" / "espl" / f"{task.name}-{policy}-s{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(task, episodes, seed=eval_seed)
     rows: list[dict] = []
@@ -112,13 +130,16 @@ def train_one(task, policy: str, steps: int, seed: int, eval_every: int, episode
                 return r["env_steps"]
         return None
 
-    return {
+    result = {
         "task": task.name, "policy": policy, "steps": steps, "rows": rows,
         "steps_to_solve_network": solved("network"),
         "steps_to_solve_formula": solved("formula") if policy == "espl" else None,
         "formula": last.get("formula"), "config": asdict(config),
         "train_s": rows[-1]["wall_s"], "eval_s": round(clock["eval_s"], 1),
     }
+    cached.write_text(json.dumps({"settings": settings, "result": result}, indent=1,
+                                 default=str) + "\n")
+    return result
 
 
 def tables(results: list[dict], episodes: int) -> str:
@@ -161,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="", help="real steps per task, e.g. pendulum=1500")
     parser.add_argument("--eval-every", type=int, default=250, help="evaluation period")
     parser.add_argument("--episodes", type=int, default=5, help="evaluation episodes")
+    parser.add_argument("--fresh", action="store_true", help="retrain even if a run is cached")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = parse_steps(args.steps)
@@ -170,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
             print(f"{name}: sym-mbpo with {policy} policy, {steps[name]} real steps", flush=True)
             results.append(train_one(task, policy, steps[name], args.seed, args.eval_every,
-                                     args.episodes))
+                                     args.episodes, args.fresh))
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     text = tables(results, args.episodes)
     header = (
@@ -182,15 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "espl.md").write_text(header + text + "\n")
+    stem = "espl_" + "_".join(dict.fromkeys(r["task"] for r in results))
+    (RESULTS / f"{stem}.md").write_text(header + text + "\n")
     config = {"args": vars(args), "steps": steps, "espl": asdict(espl.ESPLConfig()),
               "python": sys.version.split()[0], "torch": torch.__version__,
               "numpy": np.__version__, "machine": platform.machine(),
               "cpu_count": os.cpu_count(), "load_average": load}
-    (RESULTS / "espl.json").write_text(
+    (RESULTS / f"{stem}.json").write_text(
         json.dumps({"config": config, "results": results}, indent=2, default=str) + "\n"
     )
-    print(f"\nwrote {RESULTS / 'espl.md'} and {RESULTS / 'espl.json'}")
+    print(f"\nwrote {RESULTS / (stem + '.md')} and {RESULTS / (stem + '.json')}")
     return 0
 
 

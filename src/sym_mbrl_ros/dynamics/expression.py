@@ -539,7 +539,7 @@ class CompiledExpression:
     """An expression compiled against an ordered list of input names.
 
     Inputs are 2-D arrays ``X`` of shape ``(B, len(variables))``; outputs have shape ``(B,)``.
-    The *parameters* are the expression's constants, in tree order, except integer-literal
+    The *parameters* are the expression's constants, in tree order, except numeric-literal
     exponents (``x**2`` stays a square); :attr:`params` holds their current values.
     """
 

@@ -46,6 +46,7 @@ from .expression import (
     Node,
     Num,
     increment_tree,
+    is_identifier,
     next_value_tree,
     parse_expression,
     simplify,
@@ -813,6 +814,9 @@ class SymbolicDynamics:
             except ExpressionError as exc:
                 raise UserError(f"{source}: the expression for {name} is invalid: {exc}") from None
         model._set_trees(trees)
+        backend = doc.get("backend")
+        if isinstance(backend, str) and is_identifier(backend):
+            model.backend = backend  # the label of a backend this build may not have
         metrics = doc.get("metrics")
         model.metrics = metrics if isinstance(metrics, dict) else {}
         report = doc.get("report")
