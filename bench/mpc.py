@@ -132,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. planning time
     gradient = MPCConfig(planner="gradient", gradient=GradientPlannerConfig(
-        horizon=30, restarts=8, iterations=30))
+        horizon=30, restarts=8, iterations=10))
     timings = []
     for label, model, cfg in (
         ("CEM, learned model (compiled)", learned, config),
         ("CEM, learned model (predict_torch as is)", _Unfused(learned), config),
         ("CEM, exact dynamics (RK4, 5 substeps)", exact, config),
-        ("gradient planner, learned model", learned, gradient),
+        ("gradient planner (8 restarts, 10 Adam steps), learned model", learned, gradient),
     ):
         calls = args.timing_calls if "CEM" in label else max(10, args.timing_calls // 5)
         t = planning_time(task, model, cfg, calls, args.seed)
