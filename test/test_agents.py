@@ -201,6 +201,17 @@ def test_model_env_steps_a_batch_with_the_task_reward():
     )
     # the 5 rows that turn NaN are dropped and end their rollout; the other 5 run 4 steps
     assert out.observations.shape[0] == 5 * 4
+
+    class Runaway:
+        def predict_torch(self, states, actions):
+            return states + torch.tensor([0.0, 3.0], dtype=states.dtype)
+
+    start = torch.zeros(6, 2, dtype=torch.float64)
+    bounded = ModelEnv(task, Runaway(), state_low=[-10.0, -10.0], state_high=[10.0, 10.0])
+    out = bounded.rollout(lambda o: torch.zeros(len(o), 1), start, 8)
+    # theta_dot goes 3, 6, 9, then 12 leaves the bounds: 3 kept steps per row
+    assert out.observations.shape[0] == 6 * 3
+    assert out.next_observations[:, 2].max() == 9.0
     assert torch.isfinite(out.next_observations).all()
 
 

@@ -12,19 +12,22 @@ Read top to bottom:
    constants.
 3. **The probabilistic path selector.** Every weight and bias has a probability ``p`` of being
    kept. Training samples a Bernoulli mask per weight with the Gumbel-softmax (binary concrete)
-   trick, hard in the forward pass and relaxed in the backward pass (straight-through). The
-   temperature anneals from ``temperature_start`` to ``temperature_end``. The expected L0 norm
-   ``sum(p)`` is penalised above a budget that shrinks to ``l0_target`` paths per action
-   coordinate. The probabilities are clipped to ``prob_clip`` after every update.
+   trick, hard in the forward pass and relaxed in the backward pass (straight-through). After
+   a warm-up with the full network, the temperature anneals from ``temperature_start`` to
+   ``temperature_end`` and the expected L0 norm ``sum(p)`` is penalised above a budget that
+   shrinks to ``l0_target`` paths per action coordinate. The probabilities are clipped to
+   ``prob_clip`` after every update (and move faster than the weights: ``prob_lr_scale``).
 4. **The actor.** :class:`ESPLActor` is a SAC actor (``forward(obs) -> (mean, log_std)``, see
    ``agents/sac.py``). The mean is the symbolic network; the log std comes from a small MLP
    that is only used for exploration. It is trained with SAC's actor loss; the critics stay
    MLPs. The L0 penalty reaches the gradient through :class:`_AddGradient`, so the unchanged
    ``SAC.update`` optimises ``actor loss + L0 penalty``. Registered as ``SACConfig(policy="espl")``.
 5. **Pruning and export.** Paths with ``p < prune_threshold`` are removed; what is left becomes one
-   sympy expression per action coordinate, ``a = scale * tanh(f(obs)) + offset``, simplified,
-   with constants rounded to a few significant digits. ``policy.json`` stores the expressions
-   in the grammar of DESIGN.md; :class:`FormulaPolicy` evaluates them in numpy.
+   sympy expression per action coordinate, ``a = scale * tanh(f(obs)) + offset``, made compact
+   (negligible terms dropped, constants rounded to the fewest significant digits that keep the
+   action within 1 % of the network's; :func:`compact_formula`). ``policy.json`` stores the
+   expressions in the grammar of DESIGN.md; :class:`FormulaPolicy` evaluates them in numpy;
+   :func:`export_and_evaluate` reports the returns of the network and of the formula.
 """
 
 from __future__ import annotations

@@ -59,6 +59,9 @@ class MBPOConfig:
     """Steps per model rollout (H)."""
     rollout_start_window: int = 1000
     """Rollouts start from states drawn from this many newest real transitions."""
+    rollout_state_margin: float | None = 1.0
+    """A rollout stops where the model predicts a state outside the range of the real data
+    widened by this many times its width on each side (None: no bounds)."""
     updates_per_step: int = 20
     """SAC gradient steps per real step (G)."""
     real_ratio: float = 0.0
@@ -171,11 +174,25 @@ class MBPO:
         metrics["step"] = self.num_timesteps
         self.timings["model_fit_s"] += metrics["fit_s"]
         self.model = model
-        self.model_env = ModelEnv(self.task, model)
+        self.model_env = ModelEnv(self.task, model, **self.state_bounds(data.states))
         self.num_model_fits += 1
         self.last_fit_step = self.num_timesteps
         self.model_metrics = metrics
         return metrics
+
+    def state_bounds(self, states: np.ndarray) -> dict[str, np.ndarray | None]:
+        """Bounds model rollouts must stay in: the data's range, widened by the margin."""
+        margin = self.config.rollout_state_margin
+        if margin is None or len(states) == 0:
+            return {"state_low": None, "state_high": None}
+        lo, hi = states.min(0), states.max(0)
+        width = hi - lo
+        lo, hi = lo - margin * width, hi + margin * width
+        for i in self.task.angle_coords:  # wrapped anyway
+            lo[i], hi[i] = -np.inf, np.inf
+        for i in self.task.static_coords:  # copied through; new targets may lie anywhere
+            lo[i], hi[i] = -np.inf, np.inf
+        return {"state_low": lo, "state_high": hi}
 
     @property
     def model_r2(self) -> float:
@@ -307,7 +324,7 @@ class MBPO:
         path = d / model_filename(mbpo.config.world_model)
         if path.exists():
             mbpo.model = _model_class(mbpo.config.world_model).load(path)
-            mbpo.model_env = ModelEnv(task, mbpo.model)
+            mbpo.model_env = ModelEnv(task, mbpo.model)  # no real data here, so no bounds
         mbpo.model_metrics = meta.get("model_metrics", {})
         return mbpo
 

@@ -24,11 +24,11 @@ class ModelStep(NamedTuple):
     rewards: torch.Tensor
     """(B,) task reward of (state, action, next state)."""
     terminated: torch.Tensor
-    """(B,) bool, the task's termination test, or True where the model gave NaN/inf."""
+    """(B,) bool, the task's termination test, or True where the prediction is not valid."""
     next_states: torch.Tensor
     """(B, n) predicted next states."""
     valid: torch.Tensor
-    """(B,) bool, False where the model's prediction was not finite."""
+    """(B,) bool, False where the prediction was not finite or left the state bounds."""
 
 
 class Rollout(NamedTuple):
@@ -50,13 +50,24 @@ class ModelEnv:
         model: the world model; ``predict_torch`` maps (B, n) states and (B, m) actions to
             (B, n) next states.
         dtype: floating type the states are kept in.
+        state_low, state_high: optional (n,) bounds; a predicted state outside them is not
+            trusted (the model extrapolates there) and counts as invalid, like NaN.
     """
 
-    def __init__(self, task: TaskSpec, model: Any, dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        task: TaskSpec,
+        model: Any,
+        dtype: torch.dtype = torch.float64,
+        state_low=None,
+        state_high=None,
+    ):
         self.task = task
         self.model = model
         self.dtype = dtype
         self.states: torch.Tensor | None = None
+        self.state_low = None if state_low is None else torch.as_tensor(state_low, dtype=dtype)
+        self.state_high = None if state_high is None else torch.as_tensor(state_high, dtype=dtype)
         self._angles = list(task.angle_coords)
         self._static = list(task.static_coords)
         self._low = torch.as_tensor(task.action_low, dtype=dtype)
@@ -83,11 +94,17 @@ class ModelEnv:
         if self._static:
             nxt[:, self._static] = s[:, self._static]
         valid = torch.isfinite(nxt).all(-1)
+        if self.state_low is not None:
+            valid &= (nxt >= self.state_low).all(-1)
+        if self.state_high is not None:
+            valid &= (nxt <= self.state_high).all(-1)
         nxt = torch.where(valid[:, None], nxt, s)  # keep the math finite; the rows are dropped
         rewards = self.task.reward(s, a, nxt)
+        obs = self.observe(nxt)
+        valid &= torch.isfinite(rewards) & torch.isfinite(obs).all(-1)
         terminated = self.task.terminated(s, a, nxt) | ~valid
         self.states = nxt
-        return ModelStep(self.observe(nxt), rewards, terminated, nxt, valid)
+        return ModelStep(obs, rewards, terminated, nxt, valid)
 
     @torch.no_grad()
     def rollout(
