@@ -62,7 +62,14 @@ setup(
     version="0.1.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={PACKAGE: ["py.typed"]},
+    package_data={
+        PACKAGE: [
+            "py.typed",
+            "dynamics/weights/*.pt",
+            "dynamics/weights/*.json",
+            "dynamics/weights/*.md",
+        ]
+    },
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
