@@ -398,7 +398,10 @@ class ESPLActor(nn.Module):
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.mask_mode: str | None = None
         """Force a mask mode (``"pruned"``, ``"full"``, …); None picks it automatically."""
-        self.generator: torch.Generator | None = None
+        # The masks get their own generator, seeded from the RNG the actor is built under
+        # (SAC seeds it with the agent's seed), so a run does not depend on the global RNG.
+        seed = int(torch.randint(0, 2**62, (1,)))
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(seed)
 
     # -- schedules
 

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--backend",
         default="sparse",
-        choices=("sparse", "gp"),
+        choices=("sparse", "gp", "transformer"),
         help="search backend (default sparse)",
     )
     parser.add_argument(

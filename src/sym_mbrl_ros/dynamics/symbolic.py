@@ -60,7 +60,7 @@ from .selection import Candidate, assess, evaluable, make_fit_data, margin_point
 from .sparse import LibraryMatrix, SparseSettings, sparse_candidates
 
 FORMAT = "sym-mbrl/dynamics-v1"
-BACKENDS = ("sparse", "gp")
+BACKENDS = ("sparse", "gp", "transformer")
 
 
 @dataclass
@@ -133,6 +133,15 @@ class SymbolicDynamicsConfig:
     gp_max_rows: int = 500
     """pyoperon searches on at most this many training rows (a seeded random subset), so that
     its time budget buys generations; refinement and ranking use all rows."""
+    # --- transformer backend ---
+    tf_weights: str | None = None
+    """Weights file of the transformer backend (None: the shipped mechanics weights)."""
+    tf_beam: int = 32
+    """Beam width of the transformer: decoded candidates per coordinate."""
+    tf_points: int = 200
+    """Training rows the transformer reads per coordinate (a seeded subset when there are more)."""
+    tf_combine: bool = True
+    """Also offer sums of the decoded expressions' additive terms, pruned one term at a time."""
     # --- reporting ---
     runner_ups: int = 3
     """Runner-up candidates listed in the selection report."""
@@ -530,6 +539,21 @@ class SymbolicDynamics:
             return raw, info
         cols = [self.variables.index(v) for v in poly + angles]
         names = [self.variables[c] for c in cols]
+        if self.backend == "transformer":
+            # imported here: the transformer backend imports this module
+            from .transformer.backend import TransformerSettings, transformer_candidates
+
+            settings = TransformerSettings(
+                weights=cfg.tf_weights,
+                beam_size=cfg.tf_beam,
+                n_points=cfg.tf_points,
+                combine_terms=cfg.tf_combine,
+            )
+            seed = self.seed * 7919 + 101 * i + attempt
+            return transformer_candidates(
+                data.X_train[:, cols], data.y_train, names, settings, seed,
+                angle_inputs=angles, attempt=attempt,
+            )
         runs = max(1, cfg.gp_runs)
         settings = GPSettings(
             time_limit=cfg.gp_time / runs,

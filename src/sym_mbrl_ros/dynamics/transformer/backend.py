@@ -281,54 +281,10 @@ def transformer_candidates(
     return out, info
 
 
-# --- until symbolic.py registers the backend ------------------------------------------------
-
-
-class TransformerDynamics(SymbolicDynamics):
-    """SymbolicDynamics whose search backend is the transformer.
-
-    A stop-gap until ``symbolic.py`` lists ``"transformer"`` in ``BACKENDS``: only the candidate
-    generation differs; refinement, ranking, regeneration and persistence are inherited.
-    """
-
-    def __init__(self, *args, settings: TransformerSettings | None = None, **kwargs):
-        super().__init__(*args, backend="sparse", **kwargs)
-        self.backend = "transformer"
-        self.transformer_settings = settings or TransformerSettings()
-
-    def _generate(self, i, data, attempt):
-        poly, angles = self._inputs()
-        cols = [self.variables.index(v) for v in poly + angles]
-        names = [self.variables[c] for c in cols]
-        seed = self.seed * 7919 + 101 * i + attempt
-        return transformer_candidates(
-            data.X_train[:, cols],
-            data.y_train,
-            names,
-            self.transformer_settings,
-            seed,
-            angle_inputs=angles,
-            attempt=attempt,
-        )
-
-
 def symbolic_dynamics(*args, backend: str = "transformer", **kwargs) -> SymbolicDynamics:
-    """A :class:`SymbolicDynamics` with any backend, ``transformer`` included.
+    """``SymbolicDynamics(*args, backend=backend, **kwargs)``, kept for callers of this module.
 
-    Once ``symbolic.py`` registers the transformer backend this is plain
-    ``SymbolicDynamics(*args, backend=backend, **kwargs)``; before, a transformer model is a
-    :class:`TransformerDynamics`. ``tf_weights``, ``tf_beam``, ``tf_points`` and ``tf_combine``
-    set the transformer's weights file, beam width, points read and whether decoded terms are
-    pooled (:class:`TransformerSettings`).
+    ``tf_weights``, ``tf_beam``, ``tf_points`` and ``tf_combine`` (config fields) set the
+    transformer's weights file, beam width, points read and whether decoded terms are pooled.
     """
-    from .. import symbolic
-
-    if backend != "transformer" or "transformer" in symbolic.BACKENDS:
-        return symbolic.SymbolicDynamics(*args, backend=backend, **kwargs)
-    settings = TransformerSettings(
-        weights=kwargs.pop("tf_weights", None),
-        beam_size=kwargs.pop("tf_beam", TransformerSettings.beam_size),
-        n_points=kwargs.pop("tf_points", TransformerSettings.n_points),
-        combine_terms=kwargs.pop("tf_combine", TransformerSettings.combine_terms),
-    )
-    return TransformerDynamics(*args, settings=settings, **kwargs)
+    return SymbolicDynamics(*args, backend=backend, **kwargs)
