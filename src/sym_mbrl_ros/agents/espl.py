@@ -681,8 +681,9 @@ def export_policy(
     X = X[np.all(np.isfinite(X), axis=1)]
     symbols = [sympy.Symbol(n) for n in names]
     raw = actor.net.sympy_outputs(symbols, threshold)
-    scale = agent.action_scale.double().numpy()
-    offset = agent.action_bias.double().numpy()
+    # from the float64 bounds (the agent's float32 tensors would print 2.8 as 2.799999952)
+    scale = (agent.action_high - agent.action_low) / 2
+    offset = (agent.action_high + agent.action_low) / 2
     exprs = []
     for j, f in enumerate(raw):
         exact = _FormulaCheck(names, X, float(scale[j]), float(offset[j]), np.zeros(len(X)))
