@@ -69,7 +69,7 @@ from sym_mbrl_ros.dynamics.gp import operon_to_grammar  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 MUJOCO = ("pendulum", "reacher", "car2d")
 SYSTEM_ORDER = MUJOCO + ("cartpole", "duffing", "unicycle")
-METHODS = ("sparse", "gp", "sindy", "operon", "ensemble")
+METHODS = ("sparse", "gp", "transformer", "sindy", "operon", "ensemble")
 HORIZONS = (1, 10, 50)
 # (kind, name) of the coordinates restricted for the extrapolation test
 EXTRAPOLATION = {
@@ -359,7 +359,7 @@ def fit_ensemble(system: System, data: dict, seed: int, hparams: dict) -> Fitted
 
 
 def fit_method(method: str, system: System, data: dict, args, cfg: dict) -> Fitted:
-    if method in ("sparse", "gp"):
+    if method in ("sparse", "gp", "transformer"):
         return fit_symbolic(system, data, method, args.seed, cfg["gp_time"])
     if method == "sindy":
         return fit_sindy(system, data, args.seed)
