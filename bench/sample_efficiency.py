@@ -36,8 +36,8 @@ LABELS = {
 }
 DEFAULT_STEPS = {
     "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sb3-sac": 12000},
-    "reacher": {"sym-mbpo": 3000, "mbpo": 6000, "sac": 30000, "sb3-sac": 30000},
-    "car2d": {"sym-mbpo": 3000, "mbpo": 6000, "sac": 30000, "sb3-sac": 30000},
+    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000, "sb3-sac": 30000},
+    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000, "sb3-sac": 30000},
 }
 # SB3 settings: the defaults, with RL-Zoo's tuned learning rate for Pendulum.
 SB3_KWARGS: dict[str, dict[str, Any]] = {

@@ -31,8 +31,8 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
 
 DEFAULT_STEPS: dict[str, dict[str, int]] = {
     "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000},
-    "reacher": {"sym-mbpo": 3000, "mbpo": 10000, "sac": 50000},
-    "car2d": {"sym-mbpo": 3000, "mbpo": 10000, "sac": 50000},
+    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000},
+    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000},
 }
 """Real steps a run takes when ``--steps`` is not given."""
 
@@ -47,6 +47,14 @@ _TASK_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                      "rollout_state_margin": None},
         "mbpo": {"init_random_steps": 100, "rollout_horizon": 10, "updates_per_step": 20,
                  "rollout_state_margin": None},
+    },
+    "reacher": {
+        "sym-mbpo": {"init_random_steps": 200, "rollout_horizon": 10},
+        "mbpo": {"init_random_steps": 200, "rollout_horizon": 10},
+    },
+    "car2d": {
+        "sym-mbpo": {"init_random_steps": 300, "rollout_horizon": 10},
+        "mbpo": {"init_random_steps": 300, "rollout_horizon": 10},
     },
 }
 
