@@ -106,7 +106,10 @@ def _result(job, summary, out: Path, reused: bool) -> dict[str, Any]:
         f"{summary.get('train_s', 0):.0f} s{' (reused)' if reused else ''}",
         flush=True,
     )
-    return {"learner": job["learner"], "seed": job["seed"], "rows": rows, "summary": summary}
+    return {
+        "learner": job["learner"], "seed": job["seed"], "rows": rows, "summary": summary,
+        "reused": reused,
+    }
 
 
 def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +279,7 @@ def report(
         "",
         f"## {unit.capitalize()} at fixed budgets of real steps",
         "",
-        "mean ± std over seeds (— : the learner's run is shorter)",
+        "median [min–max] over seeds (— : the learner's run is shorter)",
         "",
         "| learner | " + " | ".join(str(b) for b in budgets) + " |",
         "|---|" + "---|" * len(budgets),
@@ -291,9 +294,9 @@ def report(
             if not vals:
                 cells.append("—")
             elif metric == "eval_return_mean":
-                cells.append(f"{np.mean(vals):.0f} ± {np.std(vals):.0f}")
+                cells.append(f"{np.median(vals):.0f} [{min(vals):.0f}–{max(vals):.0f}]")
             else:
-                cells.append(f"{np.mean(vals):.0%} ± {np.std(vals):.0%}")
+                cells.append(f"{np.median(vals):.0%} [{min(vals):.0%}–{max(vals):.0%}]")
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -338,6 +341,7 @@ def plot(task: str, results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
     colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue", "sb3-sac": "tab:gray"}
     for ax, metric in zip(axes[0], metrics):
+        medians = []
         for name in LEARNERS:
             runs = [r["rows"] for r in results if r["learner"] == name]
             if not runs:
@@ -345,16 +349,21 @@ def plot(task: str, results: list[dict], path: Path) -> None:
             n = min(len(rows) for rows in runs)
             x = np.array([row["env_steps"] for row in runs[0][:n]])
             y = np.array([[row[metric] for row in rows[:n]] for rows in runs], dtype=float)
-            ax.plot(x, np.median(y, 0), color=colors[name], label=f"{LABELS[name]} (median)")
+            medians.append(np.median(y, 0))
+            ax.plot(x, medians[-1], color=colors[name], label=f"{LABELS[name]} (median)")
             ax.fill_between(x, y.min(0), y.max(0), color=colors[name], alpha=0.15)
         if metric == column:
             ax.axhline(value, color="k", ls=":", lw=1, label="threshold")
+        if metric == "eval_return_mean" and medians:
+            # a diverging seed (a pendulum spun up to -20000) would flatten every other curve
+            low, high = min(m.min() for m in medians), max(m.max() for m in medians)
+            ax.set_ylim(low - 0.3 * (high - low), high + 0.1 * (high - low))
         ax.set_xscale("log")
         ax.set_xlabel("real environment steps (log scale)")
         ax.set_ylabel("evaluation return" if metric == "eval_return_mean" else "success rate")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Sample efficiency on {task} (band: range over seeds)")
+    fig.suptitle(f"Sample efficiency on {task} (band: range over seeds, axis clipped)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -437,10 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     text, numbers = report(args.task, results, steps, budgets, seeds)
+    n_reused = sum(r["reused"] for r in results)
     text += (
         f"\nCommand: `python bench/sample_efficiency.py {' '.join(argv or sys.argv[1:])}`; "
         f"{elapsed / 60:.1f} min with {workers} workers on {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()}), torch threads 1 per worker.\n"
+        f"({platform.processor() or platform.machine()}), torch threads 1 per worker"
+        + (f"; {n_reused} of {len(results)} trainings reused from an earlier invocation "
+           f"(their times are from then)" if n_reused else "")
+        + ". The cores were shared with other work, so wall times vary; CPU s does not.\n"
     )
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"sample_efficiency_{args.task}"

@@ -59,6 +59,9 @@ class MBPOConfig:
     """Steps per model rollout (H)."""
     rollout_start_window: int = 1000
     """Rollouts start from states drawn from this many newest real transitions."""
+    rollout_mix_static: bool = False
+    """Give each rollout start state the static coordinates (the target) of another recent
+    real state: new robot-target combinations (a deviation from the paper; off by default)."""
     rollout_state_margin: float | None = 1.0
     """A rollout stops where the model predicts a state outside the range of the real data
     widened by this many times its width on each side (None: no bounds)."""
@@ -209,6 +212,12 @@ class MBPO:
         starts = self.real_buffer.sample_recent_states(
             cfg.rollout_batch_size, cfg.rollout_start_window
         )
+        static = list(self.task.static_coords)
+        if cfg.rollout_mix_static and static:
+            others = self.real_buffer.sample_recent_states(
+                cfg.rollout_batch_size, cfg.rollout_start_window
+            )
+            starts[:, static] = others[:, static]
         out = self.model_env.rollout(
             lambda obs: self.agent.act(obs, deterministic=False), starts, cfg.rollout_horizon
         )
