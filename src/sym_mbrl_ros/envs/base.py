@@ -60,10 +60,6 @@ class ArrayOps:
             return torch.maximum(torch.minimum(x, hi_t), lo_t)
         return np.minimum(np.maximum(x, lo), hi)  # np.clip, without its per-call overhead
 
-    def wrap_angle(self, x):
-        """Map angles to [-pi, pi)."""
-        return (x + np.pi) % (2 * np.pi) - np.pi
-
     def zeros_bool(self, like):
         if self.is_torch:
             return torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)

@@ -37,7 +37,7 @@ import mujoco
 import numpy as np
 
 from .assets import load_urdf_spec
-from .base import ArrayOps, TaskSpec
+from .base import ArrayOps, TaskSpec, wrap_angle
 from .mujoco_env import MujocoTaskEnv, add_floor, add_light_and_camera, add_target_marker
 
 WHEEL_RADIUS = 0.05
@@ -74,7 +74,7 @@ def distance(state):
 def observe(obs):
     """Observation -> (x, y, yaw, v, steer_angle, steer_rate, target_x, target_y)."""
     ops = ArrayOps(obs)
-    yaw = ops.wrap_angle(ops.atan2(obs[..., 3], obs[..., 2]))
+    yaw = wrap_angle(ops.atan2(obs[..., 3], obs[..., 2]))
     return ops.stack([obs[..., 0], obs[..., 1], yaw, obs[..., 4], obs[..., 5], obs[..., 6],
                       obs[..., 7], obs[..., 8]])
 

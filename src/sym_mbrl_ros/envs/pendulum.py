@@ -24,7 +24,7 @@ import mujoco
 import numpy as np
 
 from .assets import load_urdf_spec
-from .base import ArrayOps, TaskSpec
+from .base import ArrayOps, TaskSpec, wrap_angle
 from .mujoco_env import MujocoTaskEnv, add_floor, add_light_and_camera
 
 GRAVITY = 10.0
@@ -38,7 +38,7 @@ MAX_EPISODE_STEPS = 200
 def observe(obs):
     """(cos theta, sin theta, theta_dot) -> (theta, theta_dot)."""
     ops = ArrayOps(obs)
-    theta = ops.wrap_angle(ops.atan2(obs[..., 1], obs[..., 0]))
+    theta = wrap_angle(ops.atan2(obs[..., 1], obs[..., 0]))
     return ops.stack([theta, obs[..., 2]])
 
 
@@ -51,7 +51,7 @@ def observation(state):
 def reward(state, action, next_state):
     """Gym's cost on the state before the step: -(theta^2 + 0.1 theta_dot^2 + 0.001 u^2)."""
     ops = ArrayOps(state)
-    theta = ops.wrap_angle(state[..., 0])
+    theta = wrap_angle(state[..., 0])
     u = ops.clip(action[..., 0], -MAX_TORQUE, MAX_TORQUE)
     return -(theta**2 + 0.1 * state[..., 1] ** 2 + 0.001 * u**2)
 
