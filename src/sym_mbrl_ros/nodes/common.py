@@ -166,11 +166,26 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
+def _events_executor():
+    """rclpy's C++ EventsExecutor (Jazzy: ``rclpy.experimental``), or None where it is absent.
+
+    It dispatches a subscription callback without rebuilding a wait set per spin, which cuts
+    the controller's state-to-command latency (``bench/control_latency.py``).
+    """
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:
+        return None
+    return EventsExecutor()
+
+
+def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1,
+        events: bool = False) -> int:
     """``rclpy.init`` → spin the node → clean shutdown, on Ctrl-C and SIGTERM alike.
 
     rclpy's own signal handlers are off so that the context is still valid when the node
-    says goodbye (the controller sends a last zero command in ``close()``).
+    says goodbye (the controller sends a last zero command in ``close()``). ``events``: spin
+    with the EventsExecutor where this rclpy has it (the single-threaded executor otherwise).
     """
     rclpy.init(args=sys.argv if args is None else args,
                signal_handler_options=SignalHandlerOptions.NO)
@@ -178,12 +193,16 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: i
     node = None
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else None
+        if threads > 1:
+            executor = MultiThreadedExecutor(num_threads=threads)
+        else:
+            executor = _events_executor() if events else None
         if executor is None:
             rclpy.spin(node)
         else:
             executor.add_node(node)
-            executor.spin()
+            while rclpy.ok():  # back in Python now and then, so SIGTERM/Ctrl-C get through
+                executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

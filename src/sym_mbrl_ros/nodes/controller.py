@@ -344,7 +344,7 @@ class Controller(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return run(Controller, args)
+    return run(Controller, args, events=True)
 
 
 if __name__ == "__main__":
