@@ -241,13 +241,65 @@ def test_train_and_eval_commands_write_a_complete_run(tmp_path, capsys):
     assert value == pytest.approx(float(rows[-1]["eval_return_mean"]), abs=0.1)
 
 
+def test_train_sym_mpc_writes_the_model_and_eval_replans_with_it(tmp_path, capsys):
+    out = tmp_path / "mpc"
+    rc = main(["train", "pendulum", "--algo", "sym-mpc", "--steps", "100", "--eval-every", "50",
+               "--eval-episodes", "2", "--out", str(out), "--no-progress",
+               "--set", "cem.population=150", "--set", "cem.horizon=20"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "theta_dot' =" in printed  # the equations of the world model it planned with
+    for name in ("config.json", "curve.csv", "curve.png", "model.json", "mpc.json",
+                 "transitions.npz", "summary.json"):
+        assert (out / name).exists(), name
+    assert not (out / "policy.pt").exists()  # it plans: there is no policy network
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_fits"] == 1  # the preset fits after 50 random steps
+    assert summary["model_r2"] > 0.999
+    assert summary["plan_ms_median"] > 0
+    # planning on a model of 50 random steps swings the pendulum up (random: about -1100)
+    assert summary["final_eval"]["eval_return_mean"] > -400
+    assert json.loads((out / "config.json").read_text())["config"]["cem"]["population"] == 150
+    assert main(["eval", str(out), "--episodes", "2"]) == 0
+    line = capsys.readouterr().out
+    assert "(sym-mpc planner): mean return" in line
+    assert float(line.split("mean return ")[1].split()[0]) > -400
+
+
+def test_train_espl_exports_the_formula_and_eval_runs_it_in_numpy(tmp_path, capsys):
+    out = tmp_path / "espl"
+    rc = main(["train", "pendulum", "--algo", "sac", "--policy", "espl", "--steps", "150",
+               "--eval-every", "150", "--eval-episodes", "2", "--out", str(out), "--no-progress",
+               "--set", "learning_starts=100"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "policy formula (" in printed and "torque = " in printed
+    assert "of the formula in numpy" in printed
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["format"] == "sym-mbrl/policy-v1"
+    assert policy["observation_names"] == ["cos_theta", "sin_theta", "theta_dot"]
+    summary = json.loads((out / "summary.json").read_text())
+    formula = summary["formula"]
+    assert formula["expressions"][0].startswith("torque = ")
+    assert formula["operators"] > 0
+    assert len(formula["formula_return"]["returns"]) == 2
+    # eval replays the formula (numpy) on the very episodes the run evaluated it on
+    assert main(["eval", str(out), "--episodes", "2", "--seed", "10000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(formula, numpy)" in lines[0] and "(pruned network)" in lines[1]
+    value = float(lines[0].split("mean return ")[1].split()[0])
+    assert value == pytest.approx(formula["formula_return"]["mean"], abs=0.1)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["train", "pendulm"], "unknown task 'pendulm'; choose one of: pendulum"),
         (["train", "pendulum", "--algo", "ppo"], "unknown algorithm 'ppo'; choose one of:"),
         (["train", "pendulum", "--policy", "tree"], "unknown policy 'tree'; choose one of:"),
-        (["eval", "/nonexistent/run"], "is not a finished training run"),
+        (["train", "pendulum", "--algo", "sym-mpc", "--policy", "espl"],
+         "--policy espl does not apply to sym-mpc"),
+        (["eval", "/nonexistent/run"], "is not a training run"),
     ],
 )
 def test_cli_rejects_user_mistakes_with_one_sentence(argv, message, capsys, tmp_path):

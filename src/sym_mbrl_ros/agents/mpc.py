@@ -220,6 +220,12 @@ class SymMPC:
         self.model_metrics = metrics
         return metrics
 
+    @property
+    def model_r2(self) -> float:
+        """The worst coordinate's training R² of the last fit (NaN before the first fit)."""
+        r2 = self.model_metrics.get("r2") or {}
+        return float(min(r2.values())) if r2 else float("nan")
+
     def _state(self, obs, info: dict) -> np.ndarray:
         if "state" in info:
             return np.asarray(info["state"], dtype=np.float64)

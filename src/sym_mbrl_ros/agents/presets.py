@@ -1,4 +1,4 @@
-"""The learners by name (``sym-mbpo``, ``mbpo``, ``sac``), with tuned settings per task.
+"""The learners by name (``sym-mbpo``, ``mbpo``, ``sac``, ``sym-mpc``), with tuned settings.
 
 The command line and the benchmarks build learners here, so both run the very same
 configuration. ``overrides`` change single fields with dotted keys, e.g.
@@ -14,13 +14,21 @@ from typing import Any
 from ..envs.base import TaskSpec
 from ..errors import UserError
 from .mbpo import MBPO, MBPOConfig
+from .mpc import MPCConfig, SymMPC
 from .sac import SAC, SACConfig, actor_factory
+
+Config = SACConfig | MBPOConfig | MPCConfig
+Learner = SAC | MBPO | SymMPC
 
 ALGORITHMS: dict[str, str] = {
     "sym-mbpo": "MBPO with the symbolic world model",
     "mbpo": "MBPO with a probabilistic MLP ensemble (MBPO's own model)",
     "sac": "model-free SAC",
+    "sym-mpc": "online MPC: CEM planning on the symbolic world model, refitted as data comes in",
 }
+
+PLANNING_ALGORITHMS = ("sym-mpc",)
+"""Learners that plan with the model instead of training a policy network."""
 
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "pendulum": ("eval_return_mean", -200.0),
@@ -30,9 +38,9 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
 """Per task, the curve column and the value that counts as solved."""
 
 DEFAULT_STEPS: dict[str, dict[str, int]] = {
-    "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000},
-    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000},
-    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000},
+    "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sym-mpc": 300},
+    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000, "sym-mpc": 1000},
+    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000, "sym-mpc": 1000},
 }
 """Real steps a run takes when ``--steps`` is not given."""
 
@@ -47,6 +55,8 @@ _TASK_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                      "rollout_state_margin": None},
         "mbpo": {"init_random_steps": 100, "rollout_horizon": 10, "updates_per_step": 20,
                  "rollout_state_margin": None},
+        # bench/mpc.py: a model fitted on 50 random steps already plans a swing-up
+        "sym-mpc": {"init_random_steps": 50, "refit_every": 100},
     },
     "reacher": {
         "sym-mbpo": {"init_random_steps": 200, "rollout_horizon": 10},
@@ -65,9 +75,13 @@ def check_algorithm(algo: str) -> None:
         raise UserError(f"unknown algorithm {algo!r}; choose one of: {', '.join(ALGORITHMS)}")
 
 
-def check_policy(policy: str) -> None:
-    """Raise a one-sentence UserError unless ``policy`` names an actor architecture."""
+def check_policy(policy: str, algo: str | None = None) -> None:
+    """Raise a one-sentence UserError unless ``policy`` names an actor architecture (and
+    ``algo``, when given, trains one)."""
     actor_factory(policy)
+    if algo in PLANNING_ALGORITHMS and policy != "mlp":
+        raise UserError(f"--policy {policy} does not apply to {algo}: it plans with the world "
+                        "model and trains no policy network")
 
 
 def make_config(
@@ -75,18 +89,21 @@ def make_config(
     task_name: str,
     policy: str = "mlp",
     overrides: dict[str, Any] | None = None,
-) -> SACConfig | MBPOConfig:
+) -> Config:
     """The configuration ``algo`` runs with on ``task_name``, with ``overrides`` applied."""
     check_algorithm(algo)
-    check_policy(policy)
+    check_policy(policy, algo)
+    config: Config
     if algo == "sac":
-        config: SACConfig | MBPOConfig = SACConfig(policy=policy)
+        config = SACConfig(policy=policy)
+    elif algo == "sym-mpc":
+        config = MPCConfig()
     else:
         config = MBPOConfig(world_model="symbolic" if algo == "sym-mbpo" else "ensemble")
         config.sac.policy = policy
     preset = _TASK_OVERRIDES.get(task_name, {})
     settings: dict[str, Any] = dict(preset.get(algo, {}))
-    if algo != "sac":  # MBPO's SAC shares the task's SAC learning rate and network size
+    if algo not in ("sac", *PLANNING_ALGORITHMS):  # MBPO's SAC shares the task's SAC settings
         for key in ("learning_rate", "hidden_sizes"):
             if key in preset.get("sac", {}):
                 settings.setdefault(f"sac.{key}", preset["sac"][key])
@@ -98,14 +115,15 @@ def make_config(
     return config
 
 
-def make_learner(
-    algo: str, task: TaskSpec, config: SACConfig | MBPOConfig, seed: int, obs_dim: int
-) -> SAC | MBPO:
+def make_learner(algo: str, task: TaskSpec, config: Config, seed: int, obs_dim: int) -> Learner:
     """A fresh learner for ``task``."""
     check_algorithm(algo)
     if algo == "sac":
         assert isinstance(config, SACConfig)
         return SAC(obs_dim, task.action_low, task.action_high, config, seed=seed)
+    if algo == "sym-mpc":
+        assert isinstance(config, MPCConfig)
+        return SymMPC(task, config, seed=seed)
     assert isinstance(config, MBPOConfig)
     return MBPO(task, config, seed=seed, obs_dim=obs_dim)
 

@@ -1,8 +1,14 @@
-"""sym-mbrl train: learn a controller on a task with sym-mbpo, mbpo or model-free SAC.
+"""sym-mbrl train: learn a controller on a task with sym-mbpo, mbpo, model-free SAC or sym-mpc.
 
 The run folder gets ``config.json``, ``curve.csv`` (one row per evaluation), ``curve.png``,
-``policy.pt``, ``summary.json`` and, for the model-based learners, the world model
-(``model.json`` for the symbolic one, ``model.pt`` for the ensemble).
+``summary.json`` and
+
+* for the policy learners ``policy.pt`` (the SAC agent); with ``--policy espl`` also
+  ``policy.json``, the exported formula, evaluated in numpy next to the network;
+* for the model-based learners the world model (``model.json`` for the symbolic one,
+  ``model.pt`` for the ensemble);
+* for sym-mpc (no policy network: it plans) ``model.json``, ``mpc.json`` (planner settings and
+  fit metrics) and ``transitions.npz`` (the real data it fitted on).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Any
 
 from ..errors import UserError
 
-HELP = "learn a controller on a task (sym-mbpo: symbolic world model; mbpo: NN ensemble; sac)"
+HELP = ("learn a controller on a task (sym-mbpo: symbolic world model; mbpo: NN ensemble; sac; "
+        "sym-mpc: planning)")
 
 CURVE_COLUMNS = ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
 
@@ -24,7 +31,8 @@ CURVE_COLUMNS = ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
 def add_arguments(parser) -> None:
     parser.add_argument("task", help="task name (see `sym-mbrl tasks`)")
     parser.add_argument(
-        "--algo", default="sym-mbpo", help="sym-mbpo (default), mbpo (NN ensemble) or sac"
+        "--algo", default="sym-mbpo",
+        help="sym-mbpo (default), mbpo (NN ensemble), sac or sym-mpc (CEM on the symbolic model)"
     )
     parser.add_argument(
         "--steps", type=int, default=None, help="real environment steps (default: per task/algo)"
@@ -58,7 +66,7 @@ def run(args) -> int:
 
     task = get_task(args.task)
     check_algorithm(args.algo)
-    check_policy(args.policy)
+    check_policy(args.policy, args.algo)
     steps = args.steps or DEFAULT_STEPS.get(task.name, {}).get(args.algo, 5000)
     if steps <= 0 or args.eval_every <= 0 or args.eval_episodes <= 0:
         raise UserError("--steps, --eval-every and --eval-episodes must be positive")
@@ -81,6 +89,16 @@ def run(args) -> int:
         print("learned dynamics:")
         for eq in summary["equations"]:
             print(f"  {eq}")
+    formula = summary.get("formula")
+    if formula:
+        print(f"policy formula ({formula['operators']} operators, {formula['constants']} "
+              f"constants; {out / 'policy.json'}):")
+        for line_ in formula["expressions"]:
+            print(f"  {line_}")
+        net, fml = formula["network_return"], formula["formula_return"]
+        print(f"return of the pruned network {net['mean']:.1f} ± {net['std']:.1f}, of the "
+              f"formula in numpy {fml['mean']:.1f} ± {fml['std']:.1f} "
+              f"({len(fml['returns'])} episodes)")
     return 0
 
 
@@ -106,10 +124,12 @@ def train_run(
     """Train one learner, evaluating as it goes, and fill the run folder; returns the summary."""
     import dataclasses
 
+    import numpy as np
     import torch
 
     from ..agents.evaluation import Evaluator
     from ..agents.mbpo import MBPO, MBPOConfig, model_filename
+    from ..agents.mpc import MPCConfig, SymMPC
     from ..agents.presets import THRESHOLDS, make_config, make_learner
     from ..envs import get_task
 
@@ -117,7 +137,8 @@ def train_run(
     if threads:
         torch.set_num_threads(threads)
     config = make_config(algo, task.name, policy, overrides)
-    (config.sac if isinstance(config, MBPOConfig) else config).num_threads = threads
+    if not isinstance(config, MPCConfig):
+        (config.sac if isinstance(config, MBPOConfig) else config).num_threads = threads
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     env = task.make_env()
@@ -152,6 +173,8 @@ def train_run(
     def callback(step: int, learner_: Any) -> None:
         if step % eval_every == 0 or step == steps:
             t0, c0 = time.perf_counter(), time.process_time()
+            if isinstance(learner_, SymMPC):
+                learner_.reset_evaluation()  # each evaluation plans from a cold start
             result = evaluator(learner_)
             clock["eval_s"] += time.perf_counter() - t0
             clock["eval_cpu_s"] += time.process_time() - c0
@@ -174,7 +197,7 @@ def train_run(
                     post["eval"] = f"{rows[-1]['eval_return_mean']:.1f}"
                     if has_success:
                         post["success"] = f"{rows[-1]['success_rate']:.0%}"
-                if isinstance(learner_, MBPO) and learner_.model is not None:
+                if isinstance(learner_, MBPO | SymMPC) and learner_.model is not None:
                     post["R2"] = f"{learner_.model_r2:.4f}"
                 bar.set_postfix(post, refresh=False)
 
@@ -189,32 +212,56 @@ def train_run(
     train_s = train_seconds()
     train_cpu_s = time.process_time() - clock["cpu_start"] - clock["eval_cpu_s"]
 
-    agent = learner.agent if isinstance(learner, MBPO) else learner
-    agent.save(out / "policy.pt")
     summary: dict[str, Any] = {
         "task": task.name, "algo": algo, "seed": seed, "steps": steps, "eval_every": eval_every,
         "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
         "train_cpu_s": round(train_cpu_s, 2),
         "final_eval": rows[-1], "best_eval_return": max(r["eval_return_mean"] for r in rows),
-        "threshold": None, "steps_to_threshold": None, "sac_updates": agent.num_updates,
+        "threshold": None, "steps_to_threshold": None,
     }
+    if isinstance(learner, SymMPC):
+        learner.save(out)  # model.json, mpc.json, transitions.npz: eval rebuilds the planner
+        plan_s = learner.controller.plan_seconds if learner.controller is not None else []
+        summary["plan_ms_median"] = round(1e3 * float(np.median(plan_s)), 2) if plan_s else None
+    else:
+        agent = learner.agent if isinstance(learner, MBPO) else learner
+        agent.save(out / "policy.pt")
+        summary["sac_updates"] = agent.num_updates
+        if policy == "espl":
+            summary["formula"] = export_formula(agent, task, eval_episodes, seed, out)
     if task.name in THRESHOLDS:
         column, value = THRESHOLDS[task.name]
         summary["threshold"] = {"column": column, "value": value}
         summary["steps_to_threshold"] = steps_to_threshold(rows, column, value)
-    if isinstance(learner, MBPO):
+    if isinstance(learner, MBPO | SymMPC):
         summary["timings_s"] = {k: round(v, 2) for k, v in learner.timings.items()}
         summary["model_fits"] = learner.num_model_fits
         summary["model_metrics"] = learner.model_metrics
         summary["model_r2"] = learner.model_r2
+    if isinstance(learner, MBPO):
         summary["model_buffer_size"] = len(learner.model_buffer)
         if learner.model is not None:
             learner.model.save(out / model_filename(learner.config.world_model))
-            if hasattr(learner.model, "equations"):
-                summary["equations"] = list(learner.model.equations())
+    if isinstance(learner, MBPO | SymMPC) and hasattr(learner.model, "equations"):
+        summary["equations"] = list(learner.model.equations())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
     plot_curve(rows, out / "curve.png", f"{task.name} — {algo} (seed {seed})", has_success)
     return summary
+
+
+def export_formula(agent, task, episodes: int, seed: int, out: Path) -> dict[str, Any]:
+    """ESPL: prune, export one formula per action to ``out/policy.json`` and evaluate both the
+    pruned network and the formula (numpy) on the same ``episodes`` evaluation episodes."""
+    from ..agents.espl import export_and_evaluate
+
+    result = export_and_evaluate(agent, task, episodes, seed=10_000 + 100 * seed, out=out)
+    policy = result["policy"]
+    return {
+        "expressions": policy.pretty().splitlines(),
+        "operators": result["operators"], "constants": result["constants"],
+        "network_return": result["network"], "formula_return": result["formula"],
+        "file": "policy.json",
+    }
 
 
 def steps_to_threshold(rows: list[dict[str, Any]], column: str, value: float) -> int | None:
