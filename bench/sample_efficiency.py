@@ -70,7 +70,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     summary_path = out / "summary.json"
     if job["reuse"] and summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary.get("steps") == job["steps"] and summary.get("eval_every") == job["eval_every"]:
+        same = all(_same(summary.get(k), job[k]) for k in ("steps", "eval_every", "eval_dense"))
+        if same:
             return _result(job, summary, out, reused=True)
     if job["learner"] == "sb3-sac":
         summary = train_sb3(job)
@@ -85,11 +86,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             out,
             eval_every=job["eval_every"],
             eval_episodes=job["eval_episodes"],
+            eval_dense=job["eval_dense"],
             overrides=job["overrides"].get(job["learner"]),
             threads=1,
             progress=False,
         )
     return _result(job, summary, out, reused=False)
+
+
+def _same(a, b) -> bool:
+    """Equal, where a JSON list and a tuple with the same items count as equal."""
+    return (list(a) if isinstance(a, list | tuple) else a) == (
+        list(b) if isinstance(b, list | tuple) else b
+    )
 
 
 def _result(job, summary, out: Path, reused: bool) -> dict[str, Any]:
@@ -121,7 +130,12 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
 
     from sym_mbrl_ros.agents.evaluation import Evaluator
     from sym_mbrl_ros.agents.presets import THRESHOLDS
-    from sym_mbrl_ros.commands.train import CURVE_COLUMNS, plot_curve, steps_to_threshold
+    from sym_mbrl_ros.commands.train import (
+        CURVE_COLUMNS,
+        is_eval_step,
+        plot_curve,
+        steps_to_threshold,
+    )
     from sym_mbrl_ros.envs import get_task
 
     task = get_task(job["task"])
@@ -151,7 +165,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     class EvalEvery(BaseCallback):
         def _on_step(self) -> bool:
             step = self.num_timesteps
-            if step % job["eval_every"] == 0 or step == job["steps"]:
+            if is_eval_step(step, job["steps"], job["eval_every"], job["eval_dense"]):
                 t0, c0 = time.perf_counter(), time.process_time()
                 res = evaluator(self.model)
                 clock["eval_s"] += time.perf_counter() - t0
@@ -184,6 +198,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
         "seed": job["seed"],
         "steps": job["steps"],
         "eval_every": job["eval_every"],
+        "eval_dense": job["eval_dense"],
         "train_s": round(train_s, 2),
         "train_cpu_s": round(train_cpu_s, 2),
         "final_eval": rows[-1],
@@ -379,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default=None, help="per learner, e.g. sym-mbpo=1500,sac=15000")
     p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset")
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-dense", default=None, metavar="EVERY:UNTIL",
+                   help="also evaluate every EVERY steps up to UNTIL (all learners alike)")
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--budgets", default=None, help="comma-separated step budgets for the table")
     p.add_argument("--workers", type=int, default=2, help="parallel trainings (at most 2)")
@@ -402,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = parse_steps(args.steps, args.task)
     seeds = list(range(args.seeds))
     overrides = json.loads(args.overrides)
+    from sym_mbrl_ros.commands.train import parse_eval_dense
+
+    eval_dense = parse_eval_dense(args.eval_dense)
     out = Path(args.out)
     runs_dir = out / "runs" / args.task
     jobs = [
@@ -411,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": s,
             "steps": steps[name],
             "eval_every": args.eval_every,
+            "eval_dense": eval_dense,
             "eval_episodes": args.eval_episodes,
             "overrides": overrides,
             "out": str(runs_dir / f"{name}-s{s}"),
@@ -466,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seeds": seeds,
                 "steps": steps,
                 "eval_every": args.eval_every,
+                "eval_dense": eval_dense,
                 "eval_episodes": args.eval_episodes,
                 "overrides": overrides,
                 "budgets": budgets,

@@ -17,6 +17,7 @@ from sym_mbrl_ros.cli import main
 from sym_mbrl_ros.data.replay import ReplayBuffer
 from sym_mbrl_ros.dynamics.ensemble import EnsembleDynamics
 from sym_mbrl_ros.envs import get_task
+from sym_mbrl_ros.errors import UserError
 
 
 class MatchTheTarget(gym.Env):
@@ -118,6 +119,23 @@ def test_mbpo_fills_the_model_buffer_from_symbolic_rollouts_and_trains_on_it(tmp
     obs = np.random.default_rng(1).normal(size=(20, 3))
     np.testing.assert_array_equal(again.predict(obs), mbpo.predict(obs))
     assert again.model.equations() == mbpo.model.equations()
+
+
+def test_mbpo_first_fit_updates_train_in_the_model_before_the_next_real_step():
+    task = get_task("pendulum")
+    config = MBPOConfig(
+        world_model="symbolic", init_random_steps=100, model_train_freq=1000,
+        rollout_batch_size=40, rollout_horizon=3, updates_per_step=2, first_fit_updates=25,
+        model_retain_steps=1000, sac=SACConfig(hidden_sizes=(32, 32), batch_size=32),
+    )
+    mbpo = MBPO(task, config, seed=0)
+    seen = {}
+    mbpo.learn(102, callback=lambda step, m: seen.setdefault(step, m.agent.num_updates))
+    # step 100: the fit, 25 updates in the model (13 rollout batches: one per 2 updates), then
+    # the step's own rollout batch and 2 updates; steps 101 and 102 add 2 each
+    assert seen[99] == 0 and seen[100] == 25 + 2 and seen[102] == 25 + 6
+    assert len(mbpo.model_buffer) == (13 + 3) * 40 * 3
+    assert len(mbpo.real_buffer) == 102 and mbpo.real_buffer.samples_drawn == 0
 
 
 def test_mbpo_mixes_real_data_when_asked():
@@ -239,6 +257,17 @@ def test_train_and_eval_commands_write_a_complete_run(tmp_path, capsys):
     assert main(["eval", str(out), "--episodes", "2", "--seed", "10000"]) == 0
     value = float(capsys.readouterr().out.split("mean return ")[1].split()[0])
     assert value == pytest.approx(float(rows[-1]["eval_return_mean"]), abs=0.1)
+
+
+def test_dense_evaluation_schedule_resolves_early_steps_for_every_learner_alike():
+    from sym_mbrl_ros.commands.train import is_eval_step, parse_eval_dense
+
+    dense = parse_eval_dense("50:300")
+    points = [s for s in range(1, 1001) if is_eval_step(s, 1000, 250, dense)]
+    assert points == [50, 100, 150, 200, 250, 300, 500, 750, 1000]
+    assert [s for s in range(1, 600) if is_eval_step(s, 599, 250, None)] == [250, 500, 599]
+    with pytest.raises(UserError, match="EVERY:UNTIL"):
+        parse_eval_dense("50")
 
 
 def test_train_sym_mpc_writes_the_model_and_eval_replans_with_it(tmp_path, capsys):

@@ -46,6 +46,11 @@ def add_arguments(parser) -> None:
         "--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)"
     )
     parser.add_argument(
+        "--eval-dense", default=None, metavar="EVERY:UNTIL",
+        help="evaluate every EVERY steps up to UNTIL steps, then every --eval-every "
+             "(e.g. 50:1500: step counts to a threshold are resolved to 50 early on)",
+    )
+    parser.add_argument(
         "--policy", default="mlp",
         help="policy architecture: mlp (default) or a registered one such as espl",
     )
@@ -76,6 +81,7 @@ def run(args) -> int:
     summary = train_run(
         task.name, args.algo, steps, args.seed, out,
         eval_every=args.eval_every, eval_episodes=args.eval_episodes, policy=args.policy,
+        eval_dense=parse_eval_dense(args.eval_dense),
         overrides=_parse(args.overrides), threads=args.threads, progress=not args.no_progress,
     )
     final = summary["final_eval"]
@@ -102,6 +108,24 @@ def run(args) -> int:
     return 0
 
 
+def parse_eval_dense(text: str | None) -> tuple[int, int] | None:
+    """``"50:1500"`` -> ``(50, 1500)``; None stays None."""
+    if text is None:
+        return None
+    every, sep, until = text.partition(":")
+    if not sep or not every.strip().isdigit() or not until.strip().isdigit() or int(every) <= 0:
+        raise UserError(f"--eval-dense expects EVERY:UNTIL with positive integers, got {text!r}")
+    return int(every), int(until)
+
+
+def is_eval_step(step: int, steps: int, every: int, dense: tuple[int, int] | None) -> bool:
+    """Whether a run of ``steps`` real steps evaluates after ``step``: every ``every`` steps,
+    every ``dense[0]`` steps up to ``dense[1]``, and at the end."""
+    if step == steps or step % every == 0:
+        return True
+    return dense is not None and step <= dense[1] and step % dense[0] == 0
+
+
 def _parse(items):
     from ..agents.presets import parse_overrides
 
@@ -120,6 +144,7 @@ def train_run(
     overrides: dict[str, Any] | None = None,
     threads: int | None = 1,
     progress: bool = True,
+    eval_dense: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Train one learner, evaluating as it goes, and fill the run folder; returns the summary."""
     import dataclasses
@@ -149,7 +174,8 @@ def train_run(
     columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
     run_config = {
         "task": task.name, "algo": algo, "steps": steps, "seed": seed, "policy": policy,
-        "eval_every": eval_every, "eval_episodes": eval_episodes, "obs_dim": obs_dim,
+        "eval_every": eval_every, "eval_dense": eval_dense, "eval_episodes": eval_episodes,
+        "obs_dim": obs_dim,
         "overrides": overrides or {}, "threads": threads,
         "config": dataclasses.asdict(config),
     }
@@ -171,7 +197,7 @@ def train_run(
         return time.perf_counter() - clock["start"] - clock["eval_s"]
 
     def callback(step: int, learner_: Any) -> None:
-        if step % eval_every == 0 or step == steps:
+        if is_eval_step(step, steps, eval_every, eval_dense):
             t0, c0 = time.perf_counter(), time.process_time()
             if isinstance(learner_, SymMPC):
                 learner_.reset_evaluation()  # each evaluation plans from a cold start
@@ -214,7 +240,7 @@ def train_run(
 
     summary: dict[str, Any] = {
         "task": task.name, "algo": algo, "seed": seed, "steps": steps, "eval_every": eval_every,
-        "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
+        "eval_dense": eval_dense, "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
         "train_cpu_s": round(train_cpu_s, 2),
         "final_eval": rows[-1], "best_eval_return": max(r["eval_return_mean"] for r in rows),
         "threshold": None, "steps_to_threshold": None,
