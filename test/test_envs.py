@@ -195,6 +195,20 @@ def test_observer_round_trip(name):
     for i in task.angle_coords:
         assert np.all((states[:, i] >= -np.pi) & (states[:, i] < np.pi))
     assert obs[0] in env.observation_space
+    # observation_names (what policy formulas read) name the entries: those that are a state
+    # coordinate or its cos/sin equal it
+    names = task.observation_names
+    assert len(names) == obs.shape[1] == len(set(names))
+    checked = 0
+    for j, n in enumerate(names):
+        for prefix, f in (("", lambda x: x), ("cos_", np.cos), ("sin_", np.sin)):
+            base = n[len(prefix):] if n.startswith(prefix) else None
+            if base in task.state_names:
+                i = task.state_names.index(base)
+                np.testing.assert_allclose(obs[:, j], f(states[:, i]), atol=1e-12, err_msg=n)
+                checked += 1
+                break
+    assert checked >= min(3, len(names) - 2)
     # round trip on random states from the whole domain, numpy and torch
     rng = np.random.default_rng(0)
     random_states = rng.uniform(-2.0, 2.0, size=(500, task.state_dim))

@@ -714,28 +714,13 @@ def _parse_sympy(text: str, names: Sequence[str]) -> sympy.Expr:
     return to_sympy(parse_expression(text, names))
 
 
-_KNOWN_OBSERVATION_NAMES = {
-    "pendulum": ("cos_theta", "sin_theta", "theta_dot"),
-    "reacher": (
-        "cos_shoulder", "cos_elbow", "sin_shoulder", "sin_elbow", "target_x", "target_y",
-        "shoulder_vel", "elbow_vel", "tip_dx", "tip_dy",
-    ),
-    "car2d": (
-        "x", "y", "cos_yaw", "sin_yaw", "v", "steer", "steer_rate", "target_x", "target_y",
-        "target_dx_body", "target_dy_body",
-    ),
-}
-
-
 def observation_names(task: Any, obs_dim: int | None = None) -> list[str]:
     """Names of the observation entries, used as the inputs of a policy formula.
 
-    The task's own ``observation_names`` when it has them; else the shipped tasks' names
-    (their observer docstrings); else ``obs_0, obs_1, ...``.
+    The task's ``observation_names`` (``TaskSpec``) when they fit ``obs_dim``; else
+    ``obs_0, obs_1, ...``.
     """
-    names = getattr(task, "observation_names", None) or _KNOWN_OBSERVATION_NAMES.get(
-        getattr(task, "name", ""), None
-    )
+    names = getattr(task, "observation_names", None) or None
     if obs_dim is None:
         obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
     if names is None or len(names) != obs_dim:

@@ -93,6 +93,7 @@ class TaskSpec:
         success: state (B, n) -> (B,) bool, the task's success test (None if the task has none).
         description: one paragraph for ``sym-mbrl tasks`` and the docs.
         joint_names: names of the URDF joints the topic contract uses, in command order.
+        observation_names: one name per observation entry (what a policy formula reads).
     """
 
     name: str
@@ -112,6 +113,7 @@ class TaskSpec:
     success: Callable[[Any], Any] | None = None
     description: str = ""
     joint_names: tuple[str, ...] = field(default_factory=tuple)
+    observation_names: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def state_dim(self) -> int:

@@ -127,6 +127,10 @@ TASK = TaskSpec(
         "dt = 0.05 s, 150 steps."
     ),
     joint_names=(*WHEELS, STEERING),
+    observation_names=(
+        "x", "y", "cos_yaw", "sin_yaw", "v", "steer", "steer_rate", "target_x", "target_y",
+        "target_dx_body", "target_dy_body",
+    ),
 )
 
 

@@ -82,6 +82,7 @@ TASK = TaskSpec(
         "N m; theta'' = 15 sin(theta) + 3 u, dt = 0.05 s, 200 steps, Gym Pendulum-v1's reward."
     ),
     joint_names=("hinge",),
+    observation_names=("cos_theta", "sin_theta", "theta_dot"),
 )
 
 

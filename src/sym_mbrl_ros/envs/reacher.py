@@ -115,6 +115,10 @@ TASK = TaskSpec(
         "0.02 m at the end), reward -distance, dt = 0.04 s, 50 steps."
     ),
     joint_names=JOINTS,
+    observation_names=(
+        "cos_shoulder", "cos_elbow", "sin_shoulder", "sin_elbow", "target_x", "target_y",
+        "shoulder_vel", "elbow_vel", "tip_dx", "tip_dy",
+    ),
 )
 
 
