@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 
@@ -168,6 +169,14 @@ def test_reacher_target_and_car2d_odometry(graph, tmp_path):
         time.sleep(0.01)
     assert wait_for(lambda: len(odom) >= n + 5)
     assert odom[-1][0].twist.twist.linear.x > 0.05  # it drives forward
+    # the odom -> base_link transform (sent where tf2_ros is installed) is the odometry pose
+    last = odom[-1][0]
+    tf = car.layout.odom_transform(last)
+    assert (tf.header.frame_id, tf.child_frame_id) == (last.header.frame_id, "base_link")
+    assert tf.transform.translation.x == last.pose.pose.position.x != 0.0
+    assert tf.transform.rotation.z == last.pose.pose.orientation.z
+    # a broadcaster exactly where tf2_ros exists (not in the pip-only set-up)
+    assert (car.tf is None) == (importlib.util.find_spec("tf2_ros") is None)
     assert any("steering_joint" in m.name for m, _, _ in states)  # the steering on joint_states
     graph.remove(car)
     graph.remove(probe)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -59,6 +60,10 @@ class MPCConfig:
     """Fit on at most this many of the newest transitions (None: all of them)."""
     float64: bool = False
     """Plan in float64 (float32 is faster and precise enough for control)."""
+    num_threads: int | None = 1
+    """torch intra-op threads of each thread that plans (set there on its first plan; None
+    leaves torch's setting). The planner's tensors are small: with more threads every matrix
+    product and ``sin`` waits for a second core, which on a busy machine costs milliseconds."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MPCConfig:
@@ -112,6 +117,21 @@ class MPCController:
         self.model = model
         self.plan_seconds: list[float] = []
         """Wall time of each planning call (for diagnostics and benchmarks)."""
+        self._threads = threading.local()
+
+    def _limit_threads(self) -> None:
+        """Apply ``config.num_threads`` in the calling thread (once per thread).
+
+        torch's thread count is partly per thread (OpenMP) and partly per process (MKL), and
+        ``torch.get_num_threads()`` can report 1 in a thread that still runs small matrix
+        products on two: only calling ``torch.set_num_threads`` in the planning thread itself
+        makes it single-threaded. The ROS controller builds the planner in a loader thread
+        and plans in its executor thread, so this runs in both.
+        """
+        n = self.config.num_threads
+        if n and getattr(self._threads, "set", None) != n:
+            torch.set_num_threads(n)
+            self._threads.set = n
 
     def set_model(self, model: Any) -> None:
         """Plan with a new (refitted) model from the next call on; the warm start is kept."""
@@ -126,6 +146,7 @@ class MPCController:
         """Action(s) for one observer state (n,) or a batch (S, n), float64 numpy."""
         s = np.asarray(state, dtype=np.float64)
         single = s.ndim == 1
+        self._limit_threads()
         t0 = time.perf_counter()
         a = self.planner.act(s.reshape(-1, self.task.state_dim)).double().numpy()
         self.plan_seconds.append(time.perf_counter() - t0)
@@ -148,9 +169,18 @@ def make_planner(task: TaskSpec, model: Any, **options: Any) -> Callable[[np.nda
 
     ``options`` are :class:`MPCConfig` fields; ``cem`` / ``gradient`` may be dicts of their
     settings. Returns ``state (n,) -> action (m,)`` with the warm start kept between calls.
+
+    The planner is warmed up here (one plan from the zero state, then the warm start is
+    forgotten), so the first control step does not pay for the one-off set-up (torch's
+    first calls, the model's constant tensors); the controller builds it in its loader
+    thread, beside the control loop.
     """
     config = MPCConfig.from_dict(options)
-    return MPCController(task, model, config).act
+    controller = MPCController(task, model, config)
+    controller.act(np.zeros(task.state_dim))
+    controller.reset()
+    controller.plan_seconds.clear()
+    return controller.act
 
 
 # ---------------------------------------------------------------- the online learner

@@ -89,6 +89,7 @@ class SimBridge(Node):
         self.create_subscription(self.codec.msg_type, self.p.command_topic, self.on_command,
                                  QOS_STREAM)
         self.create_service(Trigger, "~/reset", self.on_reset)
+        self.tf = _tf_broadcaster(self) if self.layout.uses_odom else None
 
         self.sim_time = 0.0
         self.episode = 0
@@ -182,7 +183,10 @@ class SimBridge(Node):
         ns = time.time_ns() if ns is None else ns
         if self.layout.uses_odom:
             self.joint_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
-            self.state_pub.publish(self.layout.odometry(state, ns, frame=self.frame))
+            odom = self.layout.odometry(state, ns, frame=self.frame)
+            self.state_pub.publish(odom)
+            if self.tf is not None:  # odom -> base_link for rviz, where tf2 is installed
+                self.tf.sendTransform(self.layout.odom_transform(odom))
         else:
             self.state_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
         self.state_ns = ns
@@ -210,6 +214,16 @@ class SimBridge(Node):
 
     def close(self) -> None:
         self.env.close()
+
+
+def _tf_broadcaster(node):
+    """tf2_ros's TransformBroadcaster on a full ROS 2 install; None where tf2 is absent
+    (the pip-only set-up), and the odometry topic alone carries the pose."""
+    try:
+        from tf2_ros import TransformBroadcaster
+    except ImportError:
+        return None
+    return TransformBroadcaster(node)
 
 
 def _marker(mid: int, ns_name: str, kind: int, ns: int, rgba, size: float,

@@ -182,6 +182,19 @@ class StateLayout:
         msg.twist.twist.angular.z = v.get("odom.wz", 0.0)
         return msg
 
+    @staticmethod
+    def odom_transform(odom: Odometry):
+        """The odom → base_link transform an Odometry message describes (for tf2)."""
+        from geometry_msgs.msg import TransformStamped
+
+        tf = TransformStamped()
+        tf.header = odom.header
+        tf.child_frame_id = odom.child_frame_id
+        p, t = odom.pose.pose.position, tf.transform.translation
+        t.x, t.y, t.z = p.x, p.y, p.z
+        tf.transform.rotation = odom.pose.pose.orientation
+        return tf
+
     def target(self, state: np.ndarray, ns: int, frame: str = "world") -> PointStamped | None:
         if not self.needs_target:
             return None
