@@ -13,9 +13,10 @@ Policies:
   from a weights file;
 * ``formula``: an ESPL-style formula policy (one expression, 19 nodes);
 * ``mpc``: ``sym_mbrl_ros.agents.mpc:make_planner`` (sym-mpc's CEM over the symbolic world
-  model) through the controller's planner hook, with a SymbolicDynamics fitted on random
-  pendulum data; horizon 20, 200 sequences, 3 iterations (``MPC_OPTIONS``; sym-mpc's defaults,
-  30 / 500 / 5, take 0.15-1.8 s a step on this machine).
+  model) through the controller's planner hook, with a SymbolicDynamics fitted on 400 random
+  pendulum steps; sym-mpc's default planner settings (``MPC_OPTIONS`` is empty, as is the
+  controller's ``planner_options`` default: CEM with horizon 30, population 500, 50 elites,
+  3 iterations, float32, torch on one thread). Target: one command per state at 20 Hz.
 
     python bench/control_latency.py [--seed 0] [--seconds 6] [--rates 20,100]
         [--policies mlp,formula,mpc]
@@ -42,7 +43,8 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 2.0
-MPC_OPTIONS = {"cem": {"horizon": 20, "population": 200, "elites": 20, "iterations": 3}}
+MPC_OPTIONS: dict = {}
+"""Controller ``planner_options`` of the mpc runs: none, i.e. sym-mpc's defaults (MPCConfig)."""
 FORMULA = "2*tanh(-3.1*sin_th - 0.8*th_dot + 1.2*cos_th*sin_th - 0.05*th_dot**3)"
 
 
@@ -81,6 +83,17 @@ def make_policy_message(kind: str, task, folder: Path, seed: int) -> tuple[str, 
     model = SymbolicDynamics.for_task(task, seed=seed).fit(np.array(s), np.array(a),
                                                            np.array(s2))
     return "/sym_mbrl/dynamics_model", model.to_json(), "sym_mbrl_ros.agents.mpc:make_planner"
+
+
+def mpc_settings() -> str:
+    """The planner settings of the mpc runs, in words."""
+    from sym_mbrl_ros.agents.mpc import MPCConfig
+
+    cfg = MPCConfig.from_dict(MPC_OPTIONS)
+    cem = cfg.cem
+    return (f"horizon {cem.horizon}, population {cem.population}, {cem.elites} elites, "
+            f"{cem.iterations} iterations, {'float64' if cfg.float64 else 'float32'}, "
+            f"torch threads {cfg.num_threads or 'default'}")
 
 
 def run_one(kind: str, rate: float, seconds: float, seed: int, domain: int) -> dict:
@@ -207,7 +220,8 @@ def main(argv=None) -> int:
                   flush=True)
     rclpy.shutdown()
     config = {"seed": args.seed, "seconds": args.seconds, "rates": args.rates,
-              "policies": args.policies, "python": platform.python_version(),
+              "policies": args.policies, "mpc_options": MPC_OPTIONS,
+              "mpc_settings": mpc_settings(), "python": platform.python_version(),
               "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
               "machine": platform.machine(), "rmw": os.environ.get("RMW_IMPLEMENTATION",
                                                                    "rmw_fastrtps_cpp")}
@@ -216,7 +230,8 @@ def main(argv=None) -> int:
              f"--rates {args.rates} --policies {args.policies}`; controller and this script "
              f"in separate processes on {os.cpu_count()} CPUs shared with other work (load "
              f"average {os.getloadavg()[0]:.1f} at the end), FastDDS, rclpy from pip. MPC is "
-             f"sym-mpc's CEM planner (agents/mpc.py) over a fitted SymbolicDynamics.", ""]
+             f"sym-mpc's CEM planner (agents/mpc.py) over a fitted SymbolicDynamics: "
+             f"{mpc_settings()}.", ""]
     for row in rows:
         if row["rate_hz"] == 100 and row["policy"] in ("mlp", "formula"):
             ok = row["latency_ms_p99"] <= TARGET_P99_MS

@@ -2,6 +2,7 @@
 
 import csv
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -195,6 +196,57 @@ def test_mpc_with_a_learned_model_balances_and_the_planner_hook_works():
         MPCConfig.from_dict({"cem": {"populaton": 10}})
     out = MPCController(PENDULUM, model, config).act(np.array([[0.3, 0.0], [2.0, 1.0]]))
     assert out.shape == (2, 1) and np.all(np.abs(out) <= 2.0)
+
+
+def test_make_planner_warms_up_and_plans_single_threaded_in_the_calling_thread():
+    """The controller builds the planner in a loader thread and calls it from its executor
+    thread: the hook plans once at build time, forgets that plan, and each planning thread
+    runs torch on ``num_threads`` threads (with two, a small matrix product on a busy
+    machine waits milliseconds for the second core)."""
+    s, a, s2 = pendulum_transitions(200)
+    model = SymbolicDynamics.for_task(PENDULUM).fit(s, a, s2)
+    built: dict = {}
+    loader = threading.Thread(
+        target=lambda: built.update(act=make_planner(PENDULUM, model, cem={"population": 100}))
+    )
+    loader.start()
+    loader.join()
+    act = built["act"]
+    controller = act.__self__
+    assert controller.config.cem.horizon == 30 and controller.config.num_threads == 1
+    assert controller.planner.mean is None  # the warm-up plan is not a warm start
+    assert controller.plan_seconds == []  # nor counted as a control step
+
+    result: dict = {}
+
+    def executor():
+        torch.set_num_threads(2)  # a thread whose torch would run small ops on two threads
+        states = np.random.default_rng(0).uniform([-np.pi, -8.0], [np.pi, 8.0], (5, 2))
+        result["actions"] = np.array([act(x) for x in states])
+        result["threads"] = torch.get_num_threads()
+
+    try:
+        worker = threading.Thread(target=executor)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(1)
+    actions = result["actions"]
+    assert actions.shape == (5, 1) and np.all(np.isfinite(actions))
+    assert np.all(actions >= -2.0) and np.all(actions <= 2.0)
+    assert result["threads"] == 1
+    assert len(controller.plan_seconds) == 5
+    assert controller.planner.mean.shape == (1, 30, 1)  # warm start kept between calls
+
+    # None leaves torch's thread setting alone
+    keep = MPCController(PENDULUM, model, MPCConfig.from_dict(
+        {"num_threads": None, "cem": {"horizon": 5, "population": 20, "elites": 5}}))
+    torch.set_num_threads(2)
+    try:
+        keep.act(np.array([0.5, 0.0]))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_sym_mpc_learns_online_and_writes_a_curve(tmp_path):

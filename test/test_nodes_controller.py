@@ -209,16 +209,27 @@ def test_sync_mode_waits_for_the_trainer(graph, probe, tmp_path):
     training = probe.publisher(String, TRAINING_TOPIC, QOS_LATCHED)
     assert wait_for(lambda: len(cmds) >= 3)  # no trainer yet: explore freely
 
-    def progress(updates):
+    def progress(updates, head_start=0):
         training.publish(String(data=json.dumps({"updates": updates, "transitions": 300,
-                                                 "first_model_transitions": 200})))
+                                                 "first_model_transitions": 200,
+                                                 "head_start_updates": head_start})))
+
+    def paused() -> bool:
+        time.sleep(0.3)
+        n = len(cmds)
+        time.sleep(0.5)
+        return len(cmds) == n
 
     progress(500)  # 500 < 10 * (300 - 200): the world waits, silently (no watchdog)
-    time.sleep(0.3)
-    n = len(cmds)
-    time.sleep(0.5)
-    assert len(cmds) == n
+    assert paused()
     assert wait_for(lambda: int(probe.diagnostics("controller").get("sync_waits", 0)) > 0, 3)
     progress(1000)
+    n = len(cmds)
+    assert wait_for(lambda: len(cmds) >= n + 3)
+    # the trainer's head start in its first model (first_fit_updates) is owed as well
+    progress(1000, head_start=4000)
+    assert paused()
+    progress(5000, head_start=4000)
+    n = len(cmds)
     assert wait_for(lambda: len(cmds) >= n + 3)
     graph.remove(ctl)

@@ -251,18 +251,21 @@ class Controller(LifecycleNode):
             self.training = {"updates": int(progress["updates"]),
                              "transitions": int(progress["transitions"]),
                              "first": progress.get("first_model_transitions"),
+                             "head_start": int(progress.get("head_start_updates", 0)),
                              "received": time.monotonic()}
         except (ValueError, KeyError, TypeError) as exc:
             self.diag.drop("bad_training", f"training progress: {exc}")
 
     def _waiting_for_training(self) -> bool:
-        """Sync mode: is the trainer (alive, with a model) behind its updates per step?"""
+        """Sync mode: is the trainer (alive, with a model) behind its updates per step, plus
+        the head start it takes in its first model (MBPO's ``first_fit_updates``)?"""
         t = self.training
         if self.sync <= 0 or t is None or t["first"] is None:
             return False
         if time.monotonic() - t["received"] > 5.0:
             return False  # the trainer is gone: do not wait for it
-        return t["updates"] < self.sync * (t["transitions"] - int(t["first"]))
+        owed = t["head_start"] + self.sync * (t["transitions"] - int(t["first"]))
+        return t["updates"] < owed
 
     # ------------------------------------------------------------------ loop
     def on_tick(self) -> None:

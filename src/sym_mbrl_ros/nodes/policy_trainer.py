@@ -128,6 +128,7 @@ class PolicyTrainer(Node):
         self.progress_pub.publish(String(data=json.dumps({
             "updates": self.updates, "transitions": len(self.mbpo.real_buffer),
             "first_model_transitions": self.first_model_transitions,
+            "head_start_updates": self.mbpo.config.first_fit_updates,
             "model_version": self.model_version, "policy_version": self.version,
             "stamp": time.time()})))
 
