@@ -215,7 +215,10 @@ def test_make_planner_warms_up_and_plans_single_threaded_in_the_calling_thread()
     controller = act.__self__
     assert controller.config.cem.horizon == 30 and controller.config.num_threads == 1
     assert controller.planner.mean is None  # the warm-up plan is not a warm start
-    assert controller.plan_seconds == []  # nor counted as a control step
+    assert len(controller.plan_seconds) == 0  # nor counted as a control step
+    fused = controller.planner.scorer.dynamics.__self__
+    assert isinstance(fused, FusedSymbolicModel)  # compiled for planning ...
+    assert (torch.float32, torch.device("cpu")) in fused._cache  # ... and already run once
 
     result: dict = {}
 

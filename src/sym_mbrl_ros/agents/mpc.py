@@ -23,6 +23,7 @@ import csv
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -115,7 +116,7 @@ class MPCController:
             gcfg = GradientPlannerConfig(**{**asdict(cfg.gradient), "seed": gseed})
             self.planner = GradientPlanner(dynamics, task, gcfg, torch.float64)
         self.model = model
-        self.plan_seconds: list[float] = []
+        self.plan_seconds: deque[float] = deque(maxlen=10_000)
         """Wall time of each planning call (for diagnostics and benchmarks)."""
         self._threads = threading.local()
 

@@ -162,7 +162,9 @@ def train_run(
     if threads:
         torch.set_num_threads(threads)
     config = make_config(algo, task.name, policy, overrides)
-    if not isinstance(config, MPCConfig):
+    if isinstance(config, MPCConfig):
+        config.num_threads = threads  # the planning thread's torch threads
+    else:
         (config.sac if isinstance(config, MBPOConfig) else config).num_threads = threads
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -213,7 +213,9 @@ def load_planner(spec: str, task: TaskSpec, model_text: str,
     ``factory(task, model, **options)`` receives the task and the
     :class:`~sym_mbrl_ros.dynamics.symbolic.SymbolicDynamics` of the newest
     ``/sym_mbrl/dynamics_model`` message and returns ``state -> action``. This is the hook
-    sym-mpc plugs into.
+    sym-mpc plugs into. The controller calls this in its loader thread, beside the control
+    loop, so a factory should do its one-off set-up here (sym-mpc's plans once to warm up)
+    rather than on the first control step.
     """
     module, _, attr = spec.partition(":")
     try:
