@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from sym_mbrl_ros.agents.cem import CEMConfig
-from sym_mbrl_ros.agents.mpc import MPCConfig, MPCController, evaluate_controller, run_sym_mpc
+from sym_mbrl_ros.agents.mpc import MPCConfig, MPCController, evaluate_controller
 from sym_mbrl_ros.agents.planning import GradientPlannerConfig, PendulumDynamics
+from sym_mbrl_ros.commands.train import train_run
 from sym_mbrl_ros.dynamics.symbolic import SymbolicDynamics
 from sym_mbrl_ros.envs import get_task
 
@@ -149,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     online = []
     if not args.skip_online:
         init = args.init_steps
-        cfg = MPCConfig(cem=config.cem, init_random_steps=init, refit_every=100)
         out = RESULTS / "runs" / f"mpc-pendulum-init{init}-s{args.seed}"
-        summary = run_sym_mpc(task, args.steps, args.seed, out, cfg,
-                              eval_every=args.eval_every, eval_episodes=args.episodes, log=None)
+        overrides = {"init_random_steps": init, "refit_every": 100,
+                     **{f"cem.{k}": v for k, v in asdict(config.cem).items()}}
+        summary = train_run("pendulum", "sym-mpc", args.steps, args.seed, out,
+                            eval_every=args.eval_every, eval_episodes=args.episodes,
+                            overrides=overrides, progress=False)
         curve = [json.loads(x) for x in _curve_rows(out / "curve.csv")]
         solved = next((r["env_steps"] for r in curve if r["eval_return_mean"] >= THRESHOLD),
                       None)

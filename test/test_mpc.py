@@ -1,6 +1,6 @@
 """Planning and MPC: the exact pendulum model, CEM, warm starts, the gradient planner, sym-mpc."""
 
-import csv
+import json
 import math
 import threading
 
@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from sym_mbrl_ros.agents.cem import CEMConfig, CEMPlanner
-from sym_mbrl_ros.agents.mpc import MPCConfig, MPCController, SymMPC, make_planner, run_sym_mpc
+from sym_mbrl_ros.agents.mpc import (
+    MPCConfig,
+    MPCController,
+    SymMPC,
+    evaluate_controller,
+    make_planner,
+)
 from sym_mbrl_ros.agents.planning import (
     FusedSymbolicModel,
     GradientPlanner,
@@ -265,15 +271,12 @@ def test_sym_mpc_learns_online_and_writes_a_curve(tmp_path):
     assert min(r2.values()) > 0.99
     assert "r2_holdout" in learner.model_metrics
 
-    summary = run_sym_mpc(
-        PENDULUM, 160, 0, tmp_path, MPCConfig(init_random_steps=150, cem=cfg.cem),
-        eval_every=80, eval_episodes=1, log=None,
-    )
-    with open(tmp_path / "curve.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
-    assert [int(r["env_steps"]) for r in rows] == [80, 160]
-    assert (tmp_path / "model.json").exists() and (tmp_path / "summary.json").exists()
-    assert summary["model_fits"] == 1
-    # with a fitted model the planner does far better than random actions (about -1100)
-    assert float(rows[-1]["eval_return_mean"]) > -600
+    learner.save(tmp_path)
+    data = np.load(tmp_path / "transitions.npz")
+    assert data["states"].shape == (220, 2) and data["actions"].shape == (220, 1)
+    again = SymbolicDynamics.load(tmp_path / "model.json")
+    assert again.equations() == learner.model.equations()
+    meta = json.loads((tmp_path / "mpc.json").read_text())
+    assert meta["config"]["cem"]["population"] == 100
+    # the learned model plans far better than random actions (about -1100 on these episodes)
+    assert evaluate_controller(PENDULUM, learner, episodes=2).mean > -600

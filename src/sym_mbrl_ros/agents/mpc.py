@@ -13,13 +13,12 @@ There is no policy network: the controller *is* the planner plus the formulas of
 :class:`MPCController` is that controller (``predict(obs)`` batched, like a policy;
 ``act(state)`` for one state, what the ROS controller calls); :func:`make_planner` is the
 ``module:factory`` hook of ``nodes/policies.py``; :class:`SymMPC` is the learner with the
-same ``learn / predict / save`` verbs as SAC and MBPO; :func:`run_sym_mpc` runs it and
-writes a run folder with ``curve.csv`` like ``sym-mbrl train``.
+same ``learn / predict / save`` verbs as SAC and MBPO; ``sym-mbrl train TASK --algo sym-mpc``
+(``commands/train.py``) runs it and writes the run folder.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import threading
 import time
@@ -38,7 +37,6 @@ from .cem import CEMConfig, CEMPlanner
 from .planning import GradientPlanner, GradientPlannerConfig, planning_model
 
 PLANNERS = ("cem", "gradient")
-CURVE_COLUMNS = ["env_steps", "eval_return_mean", "eval_return_std", "wall_s"]
 
 
 @dataclass
@@ -375,89 +373,6 @@ def evaluate_controller(task: TaskSpec, controller, episodes: int = 5, seed: int
         return evaluator(controller)
     finally:
         evaluator.close()
-
-
-def run_sym_mpc(
-    task: TaskSpec,
-    steps: int,
-    seed: int,
-    out: str | Path,
-    config: MPCConfig | None = None,
-    eval_every: int = 250,
-    eval_episodes: int = 5,
-    progress: bool = False,
-    log: Callable[[str], Any] | None = print,
-) -> dict[str, Any]:
-    """Run sym-mpc for ``steps`` real steps and fill the run folder ``out``.
-
-    Writes ``config.json``, ``curve.csv`` (``env_steps, eval_return_mean, eval_return_std,
-    wall_s``; ``wall_s`` excludes evaluation time), ``model.json``, ``mpc.json`` and
-    ``summary.json``; returns the summary. Evaluations plan for ``eval_episodes`` episodes at
-    once with seeds ``10_000 + 100 * seed + i``.
-    """
-    from .evaluation import Evaluator
-
-    config = config or MPCConfig()
-    if steps <= 0 or eval_every <= 0 or eval_episodes <= 0:
-        raise UserError("steps, eval_every and eval_episodes must be positive")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    learner = SymMPC(task, config, seed)
-    run_config = {
-        "task": task.name, "algo": "sym-mpc", "steps": steps, "seed": seed,
-        "eval_every": eval_every, "eval_episodes": eval_episodes, "config": asdict(config),
-    }
-    (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
-    evaluator = Evaluator(task, eval_episodes, seed=10_000 + 100 * seed)
-    rows: list[dict[str, Any]] = []
-    clock = {"start": time.perf_counter(), "eval_s": 0.0}
-    with (out / "curve.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
-        writer.writeheader()
-
-        def callback(step: int, learner_: SymMPC) -> None:
-            if step % eval_every and step != steps:
-                return
-            t0 = time.perf_counter()
-            learner_.reset_evaluation()
-            result = evaluator(learner_)
-            clock["eval_s"] += time.perf_counter() - t0
-            row = {
-                "env_steps": step,
-                "eval_return_mean": round(result.mean, 4),
-                "eval_return_std": round(result.std, 4),
-                "wall_s": round(time.perf_counter() - clock["start"] - clock["eval_s"], 3),
-            }
-            rows.append(row)
-            writer.writerow(row)
-            f.flush()
-            if log is not None:
-                log(
-                    f"step {step}: return {result.mean:.1f} ± {result.std:.1f} "
-                    f"(model fits {learner_.num_model_fits})"
-                )
-
-        env = task.make_env()
-        try:
-            learner.learn(steps, env, callback=callback, progress_bar=progress)
-        finally:
-            env.close()
-            evaluator.close()
-    learner.save(out)
-    plan_s = learner.controller.plan_seconds if learner.controller is not None else []
-    summary = {
-        "task": task.name, "algo": "sym-mpc", "seed": seed, "steps": steps,
-        "final_eval": rows[-1], "best_eval_return": max(r["eval_return_mean"] for r in rows),
-        "train_s": round(time.perf_counter() - clock["start"] - clock["eval_s"], 2),
-        "eval_s": round(clock["eval_s"], 2),
-        "model_fits": learner.num_model_fits,
-        "model_metrics": learner.model_metrics,
-        "timings_s": {k: round(v, 2) for k, v in learner.timings.items()},
-        "plan_ms_median": round(1e3 * float(np.median(plan_s)), 2) if plan_s else None,
-        "equations": list(learner.model.equations()) if learner.model is not None else [],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
-    return summary
 
 
 def _jsonable(x):
