@@ -27,22 +27,36 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-LEARNERS = ("sym-mbpo", "mbpo", "sac", "sb3-sac")
+LEARNERS = ("sym-mbpo", "mbpo", "sac", "sb3-sac", "sym-mpc")
 LABELS = {
     "sym-mbpo": "sym-mbpo (symbolic model)",
+    "sym-mpc": "sym-mpc (CEM on the symbolic model)",
     "mbpo": "mbpo (NN ensemble)",
     "sac": "SAC (ours)",
     "sb3-sac": "SAC (Stable-Baselines3)",
 }
 DEFAULT_STEPS = {
-    "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sb3-sac": 12000},
-    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000, "sb3-sac": 30000},
-    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000, "sb3-sac": 30000},
+    "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sb3-sac": 12000, "sym-mpc": 300},
+    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000, "sb3-sac": 30000, "sym-mpc": 1000},
+    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000, "sb3-sac": 30000, "sym-mpc": 1000},
 }
 # SB3 settings: the defaults, with RL-Zoo's tuned learning rate for Pendulum.
 SB3_KWARGS: dict[str, dict[str, Any]] = {
     "pendulum": {"learning_rate": 1e-3},
 }
+
+
+def parse_pairs(text: str | None) -> dict[str, int]:
+    """``"mbpo=1,sac=3"`` -> ``{"mbpo": 1, "sac": 3}``, learners checked."""
+    out: dict[str, int] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        if name.strip() not in LEARNERS or not value.strip().isdigit():
+            sys.exit(f"expected LEARNER=N pairs with LEARNER in {', '.join(LEARNERS)}: {item!r}")
+        out[name.strip()] = int(value)
+    return out
 
 
 def parse_steps(text: str | None, task: str) -> dict[str, int]:
@@ -256,7 +270,8 @@ def report(
     lines = [
         f"# Sample efficiency on {task}",
         "",
-        f"Seeds {seeds}; evaluation: deterministic policy, 5 episodes; threshold: {crit}.",
+        f"Seeds {seeds} (a learner with fewer lists them under 'per seed'); evaluation: "
+        f"deterministic policy (sym-mpc: the planner), 5 episodes; threshold: {crit}.",
         "",
         "## Real steps to reach the threshold",
         "",
@@ -276,18 +291,19 @@ def report(
         lines.append(
             f"| {LABELS[name]} | {steps[name]} | {_fmt_steps(vals, steps[name])} | {per_seed} |"
         )
-    base = medians.get("sym-mbpo")
-    if base and np.isfinite(base):
-        lines += [
-            "",
-            "Ratio of median steps to sym-mbpo's: "
-            + ", ".join(
-                f"{LABELS[n]} {'>' if not np.isfinite(medians[n]) else ''}"
-                f"{(medians[n] if np.isfinite(medians[n]) else steps[n]) / base:.1f}×"
-                for n in learners
-                if n != "sym-mbpo"
-            ),
-        ]
+    for ours in ("sym-mbpo", "sym-mpc"):
+        base = medians.get(ours)
+        if base and np.isfinite(base):
+            lines += [
+                "",
+                f"Median steps relative to {ours}'s: "
+                + ", ".join(
+                    f"{LABELS[n]} {'>' if not np.isfinite(medians[n]) else ''}"
+                    f"{(medians[n] if np.isfinite(medians[n]) else steps[n]) / base:.1f}×"
+                    for n in learners
+                    if n != ours
+                ),
+            ]
     metric = "eval_return_mean" if column == "eval_return_mean" else column
     unit = "return" if metric == "eval_return_mean" else "success rate"
     lines += [
@@ -354,7 +370,8 @@ def plot(task: str, results: list[dict], path: Path) -> None:
     column, value = THRESHOLDS[task]
     metrics = ["eval_return_mean"] + ([column] if column != "eval_return_mean" else [])
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
-    colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue", "sb3-sac": "tab:gray"}
+    colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue", "sb3-sac": "tab:gray",
+              "sym-mpc": "tab:orange"}
     for ax, metric in zip(axes[0], metrics):
         medians = []
         for name in LEARNERS:
@@ -391,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="pendulum")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--learner-seeds", default=None,
+                   help="fewer seeds for some learners, e.g. mbpo=1 (seeds 0..N-1 of those)")
     p.add_argument("--steps", default=None, help="per learner, e.g. sym-mbpo=1500,sac=15000")
     p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset")
     p.add_argument("--eval-every", type=int, default=250)
@@ -418,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--learners must be a subset of {', '.join(LEARNERS)}")
     steps = parse_steps(args.steps, args.task)
     seeds = list(range(args.seeds))
+    learner_seeds = {name: int(n) for name, n in parse_pairs(args.learner_seeds).items()}
     overrides = json.loads(args.overrides)
     from sym_mbrl_ros.commands.train import parse_eval_dense
 
@@ -438,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             "reuse": not args.fresh,
         }
         for name in learners
-        for s in seeds
+        for s in seeds[: learner_seeds.get(name, len(seeds))]
     ]
     # longest jobs first, so the two workers finish close together
-    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sb3-sac": 0.012}
+    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sb3-sac": 0.012, "sym-mpc": 0.05}
     jobs.sort(key=lambda j: -j["steps"] * cost[j["learner"]])
     workers = max(1, min(2, args.workers))
     print(
