@@ -85,7 +85,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["reuse"] and summary_path.exists():
         summary = json.loads(summary_path.read_text())
         same = all(_same(summary.get(k), job[k]) for k in ("steps", "eval_every", "eval_dense"))
-        if same:
+        if same and _same_config(job, out):
             return _result(job, summary, out, reused=True)
     if job["learner"] == "sb3-sac":
         summary = train_sb3(job)
@@ -106,6 +106,47 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             progress=False,
         )
     return _result(job, summary, out, reused=False)
+
+
+def _same_config(job: dict[str, Any], out: Path) -> bool:
+    """Whether the finished run in ``out`` used the settings this job would use now.
+
+    Ours: the learner's full configuration (presets + overrides) and the evaluation episodes;
+    a field the old run lacks counts as equal when the new value is that field's default (a
+    field added since, which changes nothing). SB3: its keyword arguments.
+    """
+    import dataclasses
+
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if old.get("eval_episodes", job["eval_episodes"]) != job["eval_episodes"]:
+        return False
+    if job["learner"] == "sb3-sac":
+        kwargs = {**SB3_KWARGS.get(job["task"], {}), **job["overrides"].get("sb3-sac", {})}
+        return _same(old.get("sb3_kwargs"), kwargs)
+    from sym_mbrl_ros.agents.presets import make_config
+
+    config = make_config(job["learner"], job["task"], "mlp", job["overrides"].get(job["learner"]))
+    inner = getattr(config, "sac", config)
+    inner.num_threads = 1  # as run_job trains
+    new = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    default = json.loads(json.dumps(dataclasses.asdict(type(config)()), default=str))
+    return _matches(old.get("config", {}), new, default)
+
+
+def _matches(old: dict, new: dict, default: dict) -> bool:
+    for key, value in new.items():
+        if key not in old:
+            if value != default.get(key):
+                return False
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            if not _matches(old[key], value, default.get(key) or {}):
+                return False
+        elif not _same(old[key], value):
+            return False
+    return True
 
 
 def _same(a, b) -> bool:
@@ -155,6 +196,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     task = get_task(job["task"])
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)  # written at the end: marks a finished run
     evaluator = Evaluator(task, job["eval_episodes"], seed=10_000 + 100 * job["seed"])
     has_success = task.success is not None
     columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
@@ -166,6 +208,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
                 "algo": "sb3-sac",
                 "steps": job["steps"],
                 "seed": job["seed"],
+                "eval_episodes": job["eval_episodes"],
                 "sb3_kwargs": kwargs,
             },
             indent=2,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +20,7 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
 from test_nodes_common import (  # noqa: E402
+    ROOT,
     Probe,
     RosGraph,
     constant_formula,
@@ -233,3 +237,29 @@ def test_sync_mode_waits_for_the_trainer(graph, probe, tmp_path):
     n = len(cmds)
     assert wait_for(lambda: len(cmds) >= n + 3)
     graph.remove(ctl)
+
+
+def test_sigterm_ends_the_controller_process_cleanly_with_a_zero_command(graph, probe, tmp_path):
+    """The installed executable (EventsExecutor spin loop): SIGTERM → last command zero, exit 0,
+    no exception raised inside a callback."""
+    params = tmp_path / "run.yaml"
+    params.write_text(f"controller:\n  ros__parameters:\n    run_dir: {tmp_path}\n"
+                      "    exploration: uniform\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sym_mbrl_ros.nodes.controller", "--ros-args", "--params-file",
+         str(ROOT / "config" / "pendulum.yaml"), "--params-file", str(params)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmds = probe.got[CMD]
+    n0 = len(cmds)
+    try:
+        assert wait_for(lambda: len(cmds) >= n0 + 10, 60)  # it explores on the fed states
+        assert any(abs(m.data[0]) > 1e-3 for m, *_ in cmds[n0:])
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert wait_for(lambda: list(cmds[-1][0].data) == [0.0], 3)  # the goodbye command
+    assert "Traceback" not in err and "FATAL" not in err, err

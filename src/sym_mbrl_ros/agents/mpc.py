@@ -203,6 +203,9 @@ class SymMPC:
             )
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.eval_rng = np.random.default_rng(seed + 7919)
+        """Evaluation's random actions before the first fit: never the training stream, so
+        the evaluation schedule cannot change a run."""
         self.states: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.next_states: list[np.ndarray] = []
@@ -251,9 +254,12 @@ class SymMPC:
 
     @property
     def model_r2(self) -> float:
-        """The worst coordinate's training R² of the last fit (NaN before the first fit)."""
-        r2 = self.model_metrics.get("r2") or {}
-        return float(min(r2.values())) if r2 else float("nan")
+        """Mean R² of the model over the changing coordinates, held-out when available (as
+        MBPO's ``model_r2``; NaN before the first fit)."""
+        from .mbpo import dynamic_r2
+
+        r2 = self.model_metrics.get("r2_holdout", self.model_metrics.get("r2"))
+        return float("nan") if r2 is None else dynamic_r2(self.task, r2)
 
     def _state(self, obs, info: dict) -> np.ndarray:
         if "state" in info:
@@ -327,7 +333,7 @@ class SymMPC:
         o = np.asarray(obs, dtype=np.float64)
         if self.model is None:
             shape = (self.task.action_dim,) if o.ndim == 1 else (o.shape[0], self.task.action_dim)
-            return self.rng.uniform(self.task.action_low, self.task.action_high, size=shape)
+            return self.eval_rng.uniform(self.task.action_low, self.task.action_high, size=shape)
         if self._eval_controller is None or self._eval_controller.model is not self.model:
             self._eval_controller = self.evaluation_controller()
         return self._eval_controller.predict(o)

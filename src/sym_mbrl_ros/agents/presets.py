@@ -115,6 +115,8 @@ def make_config(
         if algo == "sac" and key.startswith("sac."):  # the same keys work for every learner
             key = key[len("sac."):]
         _set_field(config, key, value)
+    if isinstance(config, MPCConfig):  # rebuilt, so that the planner settings are checked now
+        config = MPCConfig.from_dict(dataclasses.asdict(config))
     return config
 
 
@@ -157,6 +159,8 @@ def _set_field(config: Any, dotted: str, value: Any) -> None:
         raise UserError(
             f"unknown setting {dotted!r}; {type(target).__name__} has: {', '.join(names)}"
         )
+    if dataclasses.is_dataclass(getattr(target, name)):
+        raise UserError(f"{dotted!r} is a group of settings; set its fields, e.g. {dotted}.NAME")
     if isinstance(value, list) and name == "hidden_sizes":
         value = tuple(value)
     setattr(target, name, value)

@@ -168,6 +168,7 @@ def train_run(
         (config.sac if isinstance(config, MBPOConfig) else config).num_threads = threads
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)  # written at the end: marks a finished run
     env = task.make_env()
     obs_dim = int(env.observation_space.shape[0])
     learner = make_learner(algo, task, config, seed, obs_dim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,11 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -162,10 +167,6 @@ def to_stamp(ns: int, msg_stamp) -> Any:
     return msg_stamp
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _events_executor():
     """rclpy's C++ EventsExecutor (Jazzy: ``rclpy.experimental``), or None where it is absent.
 
@@ -184,34 +185,40 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: i
     """``rclpy.init`` → spin the node → clean shutdown, on Ctrl-C and SIGTERM alike.
 
     rclpy's own signal handlers are off so that the context is still valid when the node
-    says goodbye (the controller sends a last zero command in ``close()``). ``events``: spin
-    with the EventsExecutor where this rclpy has it (the single-threaded executor otherwise).
+    says goodbye (the controller sends a last zero command in ``close()``). SIGTERM and SIGINT
+    only set a flag that the spin loop checks every 0.1 s: no exception is raised inside a
+    callback. ``events``: spin with the EventsExecutor where this rclpy has it (the
+    single-threaded executor otherwise).
     """
     rclpy.init(args=sys.argv if args is None else args,
                signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
-    node = None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    node = executor = None
     try:
         node = make_node()
         if threads > 1:
             executor = MultiThreadedExecutor(num_threads=threads)
         else:
-            executor = _events_executor() if events else None
-        if executor is None:
-            rclpy.spin(node)
-        else:
-            executor.add_node(node)
-            while rclpy.ok():  # back in Python now and then, so SIGTERM/Ctrl-C get through
-                executor.spin_once(timeout_sec=0.2)
+            executor = (_events_executor() if events else None) or SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
+            if executor is not None:
+                executor.remove_node(node)
             node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.shutdown()
     return 0

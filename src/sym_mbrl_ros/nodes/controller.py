@@ -242,6 +242,9 @@ class Controller(LifecycleNode):
         except PolicyError as exc:
             self.diag.drop("bad_model", f"model message: {exc}")
             return
+        except Exception as exc:  # the factory (set-up, warm-up plan) failed: keep the old one
+            self.diag.drop("bad_model", f"planner set-up failed: {type(exc).__name__}: {exc}")
+            return
         if self._install(seq, planner):
             self.diag.count("models")
 

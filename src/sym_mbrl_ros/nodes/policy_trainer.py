@@ -83,6 +83,7 @@ class PolicyTrainer(Node):
         self.store_path = self.p.run_dir / store_name
         self.policy_dir = self.p.run_dir / "policies"
         self.version, last = latest_version(self.policy_dir, "policy_", ".pt")
+        self.resumed = False
         if last is not None:
             self._resume(last)
         self.diag = Diagnostics(self)
@@ -107,6 +108,7 @@ class PolicyTrainer(Node):
         except UserError as exc:
             self.get_logger().warning(f"not resuming from {path}: {exc}")
             return
+        self.resumed = True
         self.get_logger().info(f"resumed the agent from {path.name}")
 
     def on_model(self, msg: String) -> None:
@@ -128,9 +130,19 @@ class PolicyTrainer(Node):
         self.progress_pub.publish(String(data=json.dumps({
             "updates": self.updates, "transitions": len(self.mbpo.real_buffer),
             "first_model_transitions": self.first_model_transitions,
-            "head_start_updates": self.mbpo.config.first_fit_updates,
+            "head_start_updates": self._head_start(),
             "model_version": self.model_version, "policy_version": self.version,
             "stamp": time.time()})))
+
+    def _head_start(self) -> int:
+        """Updates owed on the first model (MBPO's ``first_fit_updates``): none after a
+        resume, and never more than the updates-per-transition cap allows (no deadlock)."""
+        if self.resumed or self.first_model_transitions is None:
+            return 0
+        head = int(self.mbpo.config.first_fit_updates)
+        if self.max_ratio > 0:
+            head = min(head, int(self.max_ratio * self.first_model_transitions))
+        return head
 
     # ------------------------------------------------------------------ worker
     def _pull(self, store: TransitionStore) -> int:

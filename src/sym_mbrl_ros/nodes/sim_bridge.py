@@ -89,7 +89,9 @@ class SimBridge(Node):
         self.create_subscription(self.codec.msg_type, self.p.command_topic, self.on_command,
                                  QOS_STREAM)
         self.create_service(Trigger, "~/reset", self.on_reset)
-        self.tf = _tf_broadcaster(self) if self.layout.uses_odom else None
+        # (a world frame named like the car's own frame would make a self-loop tf2 rejects)
+        self.tf = (_tf_broadcaster(self) if self.layout.uses_odom and self.frame != "base_link"
+                   else None)
 
         self.sim_time = 0.0
         self.episode = 0
