@@ -432,6 +432,8 @@ def plot(task: str, results: list[dict], path: Path) -> None:
         if metric == "eval_return_mean" and medians:
             # a diverging seed (a pendulum spun up to -20000) would flatten every other curve
             low, high = min(m.min() for m in medians), max(m.max() for m in medians)
+            if column == "eval_return_mean" and value < 0:
+                low = max(low, 10 * value)  # a return threshold: show down to 10x it
             ax.set_ylim(low - 0.3 * (high - low), high + 0.1 * (high - low))
         ax.set_xscale("log")
         ax.set_xlabel("real environment steps (log scale)")
