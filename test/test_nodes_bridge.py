@@ -180,3 +180,41 @@ def test_reacher_target_and_car2d_odometry(graph, tmp_path):
     assert any("steering_joint" in m.name for m, _, _ in states)  # the steering on joint_states
     graph.remove(car)
     graph.remove(probe)
+
+
+def test_odometry_waits_for_the_joint_state_of_the_same_instant(graph):
+    """car2d's steering comes on /joint_states, the pose on odom: whichever arrives first,
+    the state event carries the joints stamped with the odometry (not the step before)."""
+    from types import SimpleNamespace
+
+    from rclpy.node import Node
+
+    from sym_mbrl_ros.nodes.common import Diagnostics
+    from sym_mbrl_ros.nodes.topics import StateInput, StateLayout
+
+    layout = StateLayout.parse(["odom.x", "odom.y", "odom.yaw", "odom.vx", "position.steer",
+                                "velocity.steer", "target.x", "target.y"], 8)
+    node = graph.add(Node("state_input_order"))
+    params = SimpleNamespace(layout=layout, known_joints=["steer"], state_topic="/order_odom",
+                             joint_state_topic="/order_joints")
+    got: list[float] = []
+    inp = StateInput(node, params, Diagnostics(node),
+                     lambda ns, values: got.append(inp.joints_at(ns)["position.steer"]), 1e6)
+    probe = graph.add(Probe("probe_order"))
+    odom = probe.publisher(Odometry, "/order_odom")
+    joints = probe.publisher(JointState, "/order_joints")
+    assert probe.wait_matched("/order_odom") and probe.wait_matched("/order_joints")
+    state = np.array([0.3, -1.2, 2.9, 0.7, 0.1, 0.0, 1.0, 1.5])
+    t0 = time.time_ns()
+    joints.publish(layout.joint_state(state, ["steer"], t0))  # joints first: passed on at once
+    odom.publish(layout.odometry(state, t0))
+    assert wait_for(lambda: got == [0.1])
+    state[4] = 0.2
+    t1 = t0 + 50_000_000
+    odom.publish(layout.odometry(state, t1))  # odometry first: held for its joints
+    time.sleep(0.3)
+    assert got == [0.1]
+    joints.publish(layout.joint_state(state, ["steer"], t1))
+    assert wait_for(lambda: got == [0.1, 0.2])
+    graph.remove(probe)
+    graph.remove(node)

@@ -288,6 +288,8 @@ class StateInput:
     reads ``odom.*``) calls ``on_state(stamp_ns, values)``. Joint values read from
     ``/joint_states`` next to an Odometry primary (car2d's steering) and targets are kept with
     their stamps; :meth:`joints_at` and :meth:`target_at` give the newest at or before a stamp.
+    An Odometry is passed on once a secondary joint state stamped at or after it has arrived
+    (or when the next Odometry comes), so the two topics' delivery order does not matter.
     Invalid messages go to ``diag.drop``.
     """
 
@@ -298,6 +300,7 @@ class StateInput:
         self.stamps, self.joint_stamps = StampCheck(max_age_s), StampCheck(max_age_s)
         self.joints: deque[tuple[int, dict[str, float]]] = deque(maxlen=200)
         self.targets: deque[tuple[int, dict[str, float]]] = deque(maxlen=20)
+        self._pending: tuple[int, dict[str, float]] | None = None
         if self.layout.uses_odom:
             subs = [node.create_subscription(Odometry, params.state_topic, self._odom, qos)]
             if self.layout.joints:
@@ -330,15 +333,33 @@ class StateInput:
 
     def _odom(self, msg: Odometry) -> None:
         got = self._check(self.stamps, msg, self.layout.odom_values, "Odometry")
-        if got:
-            self.diag.count("states")
+        if not got:
+            return
+        self.diag.count("states")
+        if not self.layout.joints:
             self.on_state(*got)
+            return
+        # The joints (car2d's steering) travel on their own topic and may arrive after the
+        # odometry of the same instant: hold the odometry until a joint state stamped at or
+        # after it is in, so that joints_at(stamp) is that instant's and not the one before.
+        # (A newer odometry releases a held one with the joints there are.)
+        if self._pending is not None:
+            self._release()
+        self._pending = got
+        if self.joints and self.joints[-1][0] >= got[0]:
+            self._release()
+
+    def _release(self) -> None:
+        pending, self._pending = self._pending, None
+        self.on_state(*pending)
 
     def _secondary(self, msg: JointState) -> None:
         got = self._check(self.joint_stamps, msg,
                           lambda m: self.layout.joint_values(m, self.known), "JointState")
         if got:
             self.joints.append(got)
+            if self._pending is not None and got[0] >= self._pending[0]:
+                self._release()
 
     def _target(self, msg: PointStamped) -> None:
         try:
