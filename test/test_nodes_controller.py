@@ -245,15 +245,18 @@ def test_sigterm_ends_the_controller_process_cleanly_with_a_zero_command(graph, 
     params = tmp_path / "run.yaml"
     params.write_text(f"controller:\n  ros__parameters:\n    run_dir: {tmp_path}\n"
                       "    exploration: uniform\n")
+    own = "/sigterm_test/commands"  # its own command topic: no other controller's commands
+    cmds = probe.listen(Float64MultiArray, own)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sym_mbrl_ros.nodes.controller", "--ros-args", "--params-file",
-         str(ROOT / "config" / "pendulum.yaml"), "--params-file", str(params)],
+         str(ROOT / "config" / "pendulum.yaml"), "--params-file", str(params),
+         "-r", f"{CMD}:={own}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cmds = probe.got[CMD]
-    n0 = len(cmds)
+    n0 = 0
     try:
         assert wait_for(lambda: len(cmds) >= n0 + 10, 60)  # it explores on the fed states
-        assert any(abs(m.data[0]) > 1e-3 for m, *_ in cmds[n0:])
+        assert any(abs(m.data[0]) > 1e-3 for m, *_ in cmds[n0:]), [
+            round(m.data[0], 4) for m, *_ in cmds[-10:]]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:
