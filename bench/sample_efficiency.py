@@ -60,15 +60,8 @@ def parse_pairs(text: str | None) -> dict[str, int]:
 
 
 def parse_steps(text: str | None, task: str) -> dict[str, int]:
-    steps = dict(DEFAULT_STEPS.get(task, DEFAULT_STEPS["reacher"]))
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        name, _, value = item.partition("=")
-        if name.strip() not in LEARNERS or not value.strip().isdigit():
-            sys.exit(f"--steps expects LEARNER=N pairs with LEARNER in {', '.join(LEARNERS)}")
-        steps[name.strip()] = int(value)
-    return steps
+    """The task's default budgets, with ``--steps`` pairs applied."""
+    return {**DEFAULT_STEPS.get(task, DEFAULT_STEPS["reacher"]), **parse_pairs(text)}
 
 
 # ---------------------------------------------------------------- one training run (a worker)
