@@ -1,11 +1,13 @@
-"""Sample efficiency: real steps to solve a task, for four learners on the same seeds.
+"""Sample efficiency: real steps to solve a task, for five learners on the same seeds.
 
-Learners: sym-mbpo (MBPO + symbolic world model), mbpo (MBPO + NN ensemble), our SAC, and
-Stable-Baselines3's SAC as an external anchor. Every learner is evaluated the same way (the
-deterministic policy, 5 episodes with fixed seeds, every ``--eval-every`` real steps).
+Learners: sym-mbpo (MBPO + symbolic world model), mbpo (MBPO + NN ensemble), our SAC,
+Stable-Baselines3's SAC as an external anchor, and sym-mpc (CEM planning on the symbolic
+model). Every learner is evaluated the same way (the deterministic policy or the planner, 5
+episodes with fixed seeds, every ``--eval-every`` real steps and, with ``--eval-dense``, more
+often early on); ``--learners`` and ``--learner-seeds`` pick a subset.
 
-    python bench/sample_efficiency.py --task pendulum --seeds 5 \\
-        --steps sym-mbpo=1500,mbpo=3000,sac=15000,sb3-sac=15000
+    python bench/sample_efficiency.py --task pendulum --seeds 5 --eval-dense 50:1500 \\
+        --steps sac=10000,sb3-sac=10000
 
 Prints and writes ``bench/results/sample_efficiency_<task>.md`` (tables), ``.png`` (all curves)
 and ``.json`` (configuration and raw results). Run folders of the individual trainings go to
