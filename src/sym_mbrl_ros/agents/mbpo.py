@@ -243,10 +243,11 @@ class MBPO:
         synthetic = self.model_buffer.sample(cfg.sac.batch_size - n_real)
         return ReplayBatch(*(torch.cat(pair) for pair in zip(real, synthetic)))
 
-    def train_policy(self) -> SACLosses | None:
-        """``updates_per_step`` SAC updates; returns the last one's losses."""
+    def train_policy(self, updates: int | None = None) -> SACLosses | None:
+        """``updates`` (default ``updates_per_step``) SAC updates; returns the last one's
+        losses."""
         t0 = time.perf_counter()
-        for _ in range(self.config.updates_per_step):
+        for _ in range(self.config.updates_per_step if updates is None else updates):
             self.last_losses = self.agent.update(self.sample_batch())
         self.timings["sac_update_s"] += time.perf_counter() - t0
         return self.last_losses
@@ -259,10 +260,7 @@ class MBPO:
         while done < updates:
             self.rollout()
             n = min(per, updates - done)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                self.last_losses = self.agent.update(self.sample_batch())
-            self.timings["sac_update_s"] += time.perf_counter() - t0
+            self.train_policy(n)
             done += n
 
     # -- the real-world loop
