@@ -2,9 +2,14 @@
 
 Learners: sym-mbpo (MBPO + symbolic world model), mbpo (MBPO + NN ensemble), our SAC,
 Stable-Baselines3's SAC as an external anchor, and sym-mpc (CEM planning on the symbolic
-model). Every learner is evaluated the same way (the deterministic policy or the planner, 5
+model). Every learner is evaluated the same way (the deterministic policy or the planner, on
 episodes with fixed seeds, every ``--eval-every`` real steps and, with ``--eval-dense``, more
 often early on); ``--learners`` and ``--learner-seeds`` pick a subset.
+
+Episodes per evaluation: 5 where the threshold is a mean return (Pendulum), 20 where it is a
+success rate (Reacher, Car2d). A 90 % success threshold cannot be read from 5 episodes: they
+give 80 % or 100 %, so "≥ 90 %" would mean "all 5", and a policy that succeeds 95 % of the time
+would miss it one evaluation in four. With 20 episodes it means at least 18 of 20.
 
     python bench/sample_efficiency.py --task pendulum --seeds 5 --eval-dense 50:1500 \\
         --steps sac=10000,sb3-sac=10000
@@ -289,7 +294,12 @@ def _value_at(rows: list[dict], step: int, column: str) -> float | None:
 
 
 def report(
-    task: str, results: list[dict], steps: dict[str, int], budgets: list[int], seeds: list[int]
+    task: str,
+    results: list[dict],
+    steps: dict[str, int],
+    budgets: list[int],
+    seeds: list[int],
+    episodes: int = 5,
 ) -> tuple[str, dict[str, Any]]:
     """The markdown tables and a dict of the numbers in them."""
     from sym_mbrl_ros.agents.presets import THRESHOLDS
@@ -309,7 +319,8 @@ def report(
         f"# Sample efficiency on {task}",
         "",
         f"Seeds {seeds} (a learner with fewer lists them under 'per seed'); evaluation: "
-        f"deterministic policy (sym-mpc: the planner), 5 episodes; threshold: {crit}.",
+        f"deterministic policy (sym-mpc: the planner), {episodes} episodes with fixed seeds; "
+        f"threshold: {crit}.",
         "",
         "## Real steps to reach the threshold",
         "",
@@ -444,6 +455,14 @@ def plot(task: str, results: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
+def default_eval_episodes(task: str) -> int:
+    """Episodes per evaluation: 20 where the threshold is a success rate (so that 90 % is
+    18 of 20, not "all 5"), 5 where it is a mean return."""
+    from sym_mbrl_ros.agents.presets import THRESHOLDS
+
+    return 20 if THRESHOLDS[task][0] == "success_rate" else 5
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="pendulum")
@@ -455,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-dense", default=None, metavar="EVERY:UNTIL",
                    help="also evaluate every EVERY steps up to UNTIL (all learners alike)")
-    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help="episodes per evaluation (default: 20 for a success-rate threshold, "
+                        "else 5)")
     p.add_argument("--budgets", default=None, help="comma-separated step budgets for the table")
     p.add_argument("--workers", type=int, default=2, help="parallel trainings (at most 2)")
     p.add_argument(
@@ -482,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     from sym_mbrl_ros.commands.train import parse_eval_dense
 
     eval_dense = parse_eval_dense(args.eval_dense)
+    if args.eval_episodes is None:
+        args.eval_episodes = default_eval_episodes(args.task)
     out = Path(args.out)
     runs_dir = out / "runs" / args.task
     jobs = [
@@ -526,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             | {steps[n] for n in learners}
         )
     )
-    text, numbers = report(args.task, results, steps, budgets, seeds)
+    text, numbers = report(args.task, results, steps, budgets, seeds, args.eval_episodes)
     n_reused = sum(r["reused"] for r in results)
     text += (
         f"\nCommand: `python bench/sample_efficiency.py {' '.join(argv or sys.argv[1:])}`; "

@@ -117,6 +117,43 @@ def test_any_number_of_named_coordinates_and_static_ones():
     assert model.report()[3]["kind"] == "static"
 
 
+def _unicycle(s: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """x, y, yaw, v; a = (drive, turn): position integrates the heading, nowhere special."""
+    x, y, yaw, v = s.T
+    out = np.stack(
+        [x + 0.05 * v * np.cos(yaw), y + 0.05 * v * np.sin(yaw),
+         wrap_angle(yaw + 0.05 * v * a[:, 1]), v + 0.2 * (a[:, 0] - v)], axis=1
+    )
+    return out
+
+
+def test_invariant_coordinates_appear_in_no_expression_and_translation_changes_nothing():
+    rng = np.random.default_rng(7)
+    n = 400
+    # the data lies near the origin; the model must hold 20 m away
+    s = np.column_stack([rng.uniform(-0.5, 0.5, (n, 2)), rng.uniform(-np.pi, np.pi, n),
+                         rng.uniform(-1, 1, n)])
+    a = rng.uniform(-1, 1, size=(n, 2))
+    s2 = _unicycle(s, a)
+    names = (["x", "y", "yaw", "v"], ["drive", "turn"])
+    model = SymbolicDynamics(*names, angle_coords=[2], invariant_coords=[0, 1]).fit(s, a, s2)
+    for i, expr in enumerate(model.expressions()):
+        used = {str(sym) for sym in expr.free_symbols} - {names[0][i]}
+        assert not used & {"x", "y"}, (names[0][i], expr)
+    # 20 m away the predicted motion is the same, and still right
+    far = s + np.array([20.0, -20.0, 0.0, 0.0])
+    d_near = model.predict(s, a) - s
+    d_far = model.predict(far, a) - far
+    np.testing.assert_allclose(d_far, d_near, atol=1e-9)
+    np.testing.assert_allclose(model.predict(far, a), _unicycle(far, a), atol=1e-6)
+    again = SymbolicDynamics.from_dict(json.loads(model.to_json()))
+    assert again.invariant_coords == (0, 1)
+    with pytest.raises(UserError, match="invariant_coords must hold indices"):
+        SymbolicDynamics(*names, invariant_coords=[4])
+    with pytest.raises(UserError, match="both static and invariant"):
+        SymbolicDynamics(*names, static_coords=[0], invariant_coords=[0])
+
+
 def test_angle_coordinate_trained_on_wrapped_increment_and_predicted_wrapped():
     # rotation at constant speed crosses +-pi often; the raw difference would jump by 2 pi
     rng = np.random.default_rng(4)

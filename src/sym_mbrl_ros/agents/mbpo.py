@@ -59,9 +59,11 @@ class MBPOConfig:
     """Steps per model rollout (H)."""
     rollout_start_window: int = 1000
     """Rollouts start from states drawn from this many newest real transitions."""
-    rollout_mix_static: bool = False
-    """Give each rollout start state the static coordinates (the target) of another recent
-    real state: new robot-target combinations (a deviation from the paper; off by default)."""
+    rollout_mix_static: float = 0.0
+    """Share of rollout start states that take their static coordinates (the target) from
+    another state, drawn from the *whole* real buffer: robot-target combinations the robot
+    never lived, over every target it has seen, not only the few of the recent window (a
+    deviation from the paper for goal-conditioned tasks; 0: off)."""
     rollout_state_margin: float | None = 1.0
     """A rollout stops where the model predicts a state outside the range of the real data
     widened by this many times its width on each side (None: no bounds)."""
@@ -99,6 +101,7 @@ def make_world_model(task: TaskSpec, kind: str, seed: int = 0, **kwargs):
     if kind == "symbolic":
         from ..dynamics.symbolic import SymbolicDynamics
 
+        kwargs.setdefault("invariant_coords", task.invariant_coords)
         return SymbolicDynamics(task.state_names, task.action_names, **common, **kwargs)
     if kind == "ensemble":
         from ..dynamics.ensemble import EnsembleDynamics
@@ -139,6 +142,10 @@ class MBPO:
             )
         if not 0.0 <= cfg.real_ratio <= 1.0:
             raise UserError(f"real_ratio must lie in [0, 1], got {cfg.real_ratio}")
+        if not 0.0 <= float(cfg.rollout_mix_static) <= 1.0:
+            raise UserError(
+                f"rollout_mix_static must lie in [0, 1], got {cfg.rollout_mix_static}"
+            )
         self.seed = seed
         if obs_dim is None:
             obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
@@ -201,6 +208,9 @@ class MBPO:
             lo[i], hi[i] = -np.inf, np.inf
         for i in self.task.static_coords:  # copied through; new targets may lie anywhere
             lo[i], hi[i] = -np.inf, np.inf
+        if self.config.world_model == "symbolic":  # no expression reads them: valid anywhere
+            for i in self.task.invariant_coords:
+                lo[i], hi[i] = -np.inf, np.inf
         return {"state_low": lo, "state_high": hi}
 
     @property
@@ -219,11 +229,13 @@ class MBPO:
             cfg.rollout_batch_size, cfg.rollout_start_window
         )
         static = list(self.task.static_coords)
-        if cfg.rollout_mix_static and static:
-            others = self.real_buffer.sample_recent_states(
-                cfg.rollout_batch_size, cfg.rollout_start_window
-            )
-            starts[:, static] = others[:, static]
+        n_mix = int(round(float(cfg.rollout_mix_static) * cfg.rollout_batch_size))
+        if n_mix and static:
+            donors = self.real_buffer.sample_recent_states(n_mix, len(self.real_buffer))
+            rows = torch.randperm(cfg.rollout_batch_size, generator=self.real_buffer.generator)
+            rows = rows[:n_mix]
+            cols = torch.as_tensor(static)
+            starts[rows[:, None], cols] = donors[:, cols]
         out = self.model_env.rollout(
             lambda obs: self.agent.act(obs, deterministic=False), starts, cfg.rollout_horizon
         )

@@ -37,6 +37,11 @@ def add_arguments(parser) -> None:
         "--gp-time", type=float, default=None, help="gp backend: seconds per coordinate"
     )
     parser.add_argument(
+        "--invariant", default="", metavar="NAMES",
+        help="comma-separated state coordinates the dynamics do not depend on, e.g. x,y for a "
+             "mobile base on a flat floor: no expression may use them",
+    )
+    parser.add_argument(
         "--quiet", "-q", action="store_true", help="print only the equations and R²"
     )
 
@@ -61,6 +66,16 @@ def run(args) -> int:
     n_test = int(round(args.holdout * n))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     config = {} if args.gp_time is None else {"gp_time": args.gp_time}
+    invariant = []
+    for name in (x.strip() for x in args.invariant.split(",")):
+        if not name:
+            continue
+        if name not in data.state_names:
+            raise UserError(
+                f"--invariant: unknown state coordinate {name!r}; the data has: "
+                f"{', '.join(data.state_names)}"
+            )
+        invariant.append(data.state_names.index(name))
     model = SymbolicDynamics(
         data.state_names,
         data.action_names,
@@ -68,6 +83,7 @@ def run(args) -> int:
         data.static_coords,
         backend=args.backend,
         seed=args.seed,
+        invariant_coords=invariant,
         **config,
     )
     for old, new in model.renamed.items():

@@ -205,6 +205,9 @@ class SymbolicDynamics:
         action_names: one name per action coordinate.
         angle_coords: indices of periodic state coordinates, predicted in [-pi, pi).
         static_coords: indices of coordinates copied through (``s'_i = s_i``).
+        invariant_coords: indices of coordinates the dynamics do not depend on (a mobile
+            robot's position on a flat floor): they are predicted like any other, but no
+            expression may use them, so nothing is fitted to where the data happened to be.
         backend: ``"sparse"`` (library + STLSQ, fast, default) or ``"gp"`` (pyoperon).
         seed: seed of the validation split, the margin samples and the GP runs.
         **config: any field of :class:`SymbolicDynamicsConfig`.
@@ -223,6 +226,7 @@ class SymbolicDynamics:
         static_coords: Sequence[int] = (),
         backend: str = "sparse",
         seed: int = 0,
+        invariant_coords: Sequence[int] = (),
         **config: Any,
     ):
         states = _check_names(state_names, "state")
@@ -231,6 +235,9 @@ class SymbolicDynamics:
         n = len(self.state_names)
         self.angle_coords = _check_indices(angle_coords, n, "angle_coords")
         self.static_coords = _check_indices(static_coords, n, "static_coords")
+        self.invariant_coords = _check_indices(invariant_coords, n, "invariant_coords")
+        if set(self.invariant_coords) & set(self.static_coords):
+            raise UserError("a coordinate cannot be both static and invariant")
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
@@ -247,7 +254,11 @@ class SymbolicDynamics:
     def for_task(cls, task, **kwargs: Any) -> SymbolicDynamics:
         """A model for a :class:`~sym_mbrl_ros.envs.base.TaskSpec` (its names and coordinates)."""
         return cls(
-            task.state_names, task.action_names, task.angle_coords, task.static_coords, **kwargs
+            task.state_names,
+            task.action_names,
+            task.angle_coords,
+            task.static_coords,
+            **{"invariant_coords": getattr(task, "invariant_coords", ()), **kwargs},
         )
 
     # --- shape ---------------------------------------------------------------------------------
@@ -584,6 +595,8 @@ class SymbolicDynamics:
         for i, name in enumerate(self.state_names):
             if i in self.static_coords and not cfg.static_inputs:
                 continue
+            if i in self.invariant_coords:
+                continue
             if i in self.angle_coords:
                 angles.append(name)
                 if cfg.angle_polynomials:
@@ -768,6 +781,7 @@ class SymbolicDynamics:
                 "backend": self.backend,
                 "angle_coords": list(self.angle_coords),
                 "static_coords": list(self.static_coords),
+                "invariant_coords": list(self.invariant_coords),
                 "seed": self.seed,
                 "config": asdict(self.config),
                 "report": self._report,
@@ -827,6 +841,7 @@ class SymbolicDynamics:
                 if doc.get("backend") in BACKENDS
                 else "sparse",
                 seed=int(doc.get("seed", 0) or 0),
+                invariant_coords=doc.get("invariant_coords") or (),
                 **config,
             )
         except (TypeError, ValueError) as exc:

@@ -83,6 +83,9 @@ class TaskSpec:
         angle_coords: indices of periodic state coordinates, kept in [-pi, pi).
         static_coords: indices of coordinates that never change within an episode (a target);
             a world model copies them through instead of learning them.
+        invariant_coords: indices of coordinates the dynamics do not depend on (a mobile
+            base's position on a flat floor: the physics is the same everywhere); a symbolic
+            world model predicts them but uses them in no expression.
         action_low, action_high: box bounds of the action.
         dt: control period in seconds.
         max_episode_steps: episode length in control steps.
@@ -114,6 +117,7 @@ class TaskSpec:
     description: str = ""
     joint_names: tuple[str, ...] = field(default_factory=tuple)
     observation_names: tuple[str, ...] = field(default_factory=tuple)
+    invariant_coords: tuple[int, ...] = ()
 
     @property
     def state_dim(self) -> int:

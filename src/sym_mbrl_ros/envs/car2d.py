@@ -111,6 +111,7 @@ TASK = TaskSpec(
     action_names=("drive", "steer"),
     angle_coords=(2,),
     static_coords=(6, 7),
+    invariant_coords=(0, 1),  # flat, uniform floor: the motion does not depend on where
     action_low=np.array([-1.0, -1.0]),
     action_high=np.array([1.0, 1.0]),
     dt=DT,
