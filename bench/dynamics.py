@@ -75,7 +75,8 @@ HORIZONS = (1, 10, 50)
 EXTRAPOLATION = {
     "pendulum": [("state", "theta"), ("state", "theta_dot"), ("action", "torque")],
     "reacher": [("state", "elbow"), ("state", "shoulder_vel"), ("state", "elbow_vel")],
-    "car2d": [("state", "yaw"), ("state", "v"), ("state", "steer_angle")],
+    # position, speed, steering: a model fitted near the origin must hold farther away
+    "car2d": [("state", "x"), ("state", "y"), ("state", "v")],
     "cartpole": [("state", "theta"), ("state", "theta_dot"), ("action", "force")],
     "duffing": [("state", "x"), ("state", "v"), ("action", "force")],
     "unicycle": [("state", "heading"), ("action", "v"), ("action", "omega")],
@@ -98,6 +99,9 @@ class System:
     extrap_train: dict
     extrap_test: dict
     extrap_box: dict = field(default_factory=dict)
+    invariant_coords: tuple[int, ...] = ()
+    """Coordinates the dynamics do not depend on (TaskSpec.invariant_coords); our symbolic
+    model uses them in no expression, the other methods are not told."""
 
     @property
     def dynamic(self) -> list[int]:
@@ -164,7 +168,8 @@ def make_system(name: str, sizes: dict, seed: int) -> System:
     test = record(name, sizes["test"], seed + 1000)
     pool = record(name, sizes["pool"], seed + 2000)
     ex_train, ex_test, box = restrict(name, pool, meta[0], meta[1], n_train, sizes["test"], seed)
-    return System(name, *meta, train, test, ex_train, ex_test, box)
+    invariant = tuple(task.invariant_coords) if name in MUJOCO else ()
+    return System(name, *meta, train, test, ex_train, ex_test, box, invariant)
 
 
 # --- methods -----------------------------------------------------------------------------------
@@ -179,6 +184,7 @@ def fit_symbolic(system: System, data: dict, backend: str, seed: int, gp_time: f
         system.static_coords,
         backend=backend,
         seed=seed,
+        invariant_coords=system.invariant_coords,
         **config,
     )
     t0 = time.perf_counter()

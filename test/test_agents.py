@@ -234,6 +234,48 @@ def test_model_env_steps_a_batch_with_the_task_reward():
     assert torch.isfinite(out.next_observations).all()
 
 
+def test_model_env_action_repeat_holds_each_action_and_discounts_its_rewards():
+    task = get_task("pendulum")
+
+    class Drift:
+        """theta_dot grows by the torque each step; theta follows it."""
+
+        def predict_torch(self, states, actions):
+            nxt = states.clone()
+            nxt[:, 1] = states[:, 1] + actions[:, 0]
+            nxt[:, 0] = states[:, 0] + 0.01 * nxt[:, 1]
+            return nxt
+
+    start = torch.tensor([[0.1, 0.0], [-0.2, 0.5]], dtype=torch.float64)
+    calls = []
+
+    def policy(obs):
+        calls.append(len(obs))
+        return torch.full((len(obs), 1), 0.5)
+
+    gamma = 0.9
+    out = ModelEnv(task, Drift()).rollout(policy, start, 2, repeat=3, gamma=gamma)
+    assert calls == [2, 2]  # one decision per 3 model steps
+    assert out.observations.shape[0] == 2 * 2
+    # the same thing stepped one model step at a time
+    env = ModelEnv(task, Drift())
+    env.reset(start)
+    rewards = []
+    for _ in range(6):
+        step = env.step(torch.full((2, 1), 0.5))
+        rewards.append(step.rewards)
+    first = rewards[0] + gamma * rewards[1] + gamma**2 * rewards[2]
+    second = rewards[3] + gamma * rewards[4] + gamma**2 * rewards[5]
+    np.testing.assert_allclose(out.rewards.numpy(), torch.cat([first, second]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out.next_observations[2:].numpy(), step.next_observations.numpy(),
+                               rtol=1e-6)
+    # MBPO bootstraps its SAC with gamma ** k and refuses real data it cannot line up
+    mbpo = MBPO(task, MBPOConfig(action_repeat=4))
+    assert mbpo.agent.config.gamma == pytest.approx(0.99**4)
+    with pytest.raises(UserError, match="real_ratio > 0 needs action_repeat = 1"):
+        MBPO(task, MBPOConfig(action_repeat=4, real_ratio=0.1))
+
+
 def test_train_and_eval_commands_write_a_complete_run(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "pendulum", "--algo", "sac", "--steps", "120", "--eval-every", "60",

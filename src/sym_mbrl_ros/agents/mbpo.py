@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,14 @@ class MBPOConfig:
     rollout_batch_size: int = 400
     """Model rollouts started per real step (M)."""
     rollout_horizon: int = 5
-    """Steps per model rollout (H)."""
+    """Decisions per model rollout (H): steps, or blocks of ``action_repeat`` steps."""
+    action_repeat: int = 1
+    """Model rollouts hold each action for this many steps, and SAC learns the value of
+    holding it: one transition per decision, its reward the discounted sum over the held
+    steps, bootstrapped with ``sac.gamma ** action_repeat``. Where one control step changes
+    little (Car2d: 0.05 s against a 0.3 s speed lag), the values of different actions differ
+    by little more than the critic's error; held for k steps, they differ k times more.
+    The policy still acts at every real step (a deviation from the paper; 1: off)."""
     rollout_start_window: int = 1000
     """Rollouts start from states drawn from this many newest real transitions."""
     rollout_mix_static: float = 0.0
@@ -142,6 +149,13 @@ class MBPO:
             )
         if not 0.0 <= cfg.real_ratio <= 1.0:
             raise UserError(f"real_ratio must lie in [0, 1], got {cfg.real_ratio}")
+        if int(cfg.action_repeat) != cfg.action_repeat or cfg.action_repeat < 1:
+            raise UserError(f"action_repeat must be a whole number >= 1, got {cfg.action_repeat}")
+        if cfg.action_repeat > 1 and cfg.real_ratio > 0:
+            raise UserError(
+                "real_ratio > 0 needs action_repeat = 1: real transitions last one step, the "
+                "model's last action_repeat steps"
+            )
         if not 0.0 <= float(cfg.rollout_mix_static) <= 1.0:
             raise UserError(
                 f"rollout_mix_static must lie in [0, 1], got {cfg.rollout_mix_static}"
@@ -149,7 +163,7 @@ class MBPO:
         self.seed = seed
         if obs_dim is None:
             obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
-        self.agent = SAC(obs_dim, task.action_low, task.action_high, cfg.sac, seed=seed)
+        self.agent = SAC(obs_dim, task.action_low, task.action_high, self._sac_config(), seed=seed)
         m = task.action_dim
         self.real_buffer = ReplayBuffer(
             obs_dim, m, cfg.real_buffer_size, state_dim=task.state_dim, seed=seed + 1
@@ -166,6 +180,13 @@ class MBPO:
         previous model on the real data gathered since it was fitted), ``fit_s``."""
         self.last_losses: SACLosses | None = None
         self.timings = {"model_fit_s": 0.0, "rollout_s": 0.0, "sac_update_s": 0.0, "env_s": 0.0}
+
+    def _sac_config(self) -> SACConfig:
+        """SAC's settings; with action repeat k, one SAC step spans k steps: gamma ** k."""
+        k = int(self.config.action_repeat)
+        if k == 1:
+            return self.config.sac
+        return replace(self.config.sac, gamma=self.config.sac.gamma**k)
 
     # -- the three pieces of the loop
 
@@ -237,7 +258,11 @@ class MBPO:
             cols = torch.as_tensor(static)
             starts[rows[:, None], cols] = donors[:, cols]
         out = self.model_env.rollout(
-            lambda obs: self.agent.act(obs, deterministic=False), starts, cfg.rollout_horizon
+            lambda obs: self.agent.act(obs, deterministic=False),
+            starts,
+            cfg.rollout_horizon,
+            repeat=int(cfg.action_repeat),
+            gamma=cfg.sac.gamma,
         )
         self.model_buffer.add_batch(*out)
         self.timings["rollout_s"] += time.perf_counter() - t0

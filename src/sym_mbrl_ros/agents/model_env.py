@@ -112,25 +112,45 @@ class ModelEnv:
         policy: Callable[[torch.Tensor], torch.Tensor],
         start_states: torch.Tensor,
         horizon: int,
+        repeat: int = 1,
+        gamma: float = 1.0,
     ) -> Rollout:
-        """Roll ``policy`` (observations -> actions, batched) for ``horizon`` steps.
+        """Roll ``policy`` (observations -> actions, batched) for ``horizon`` decisions.
 
-        A row stops at its first terminal step; transitions whose prediction was not finite
-        are dropped. Returns every kept transition, flattened.
+        With ``repeat`` k > 1 each decision holds its action for k model steps and is one
+        transition: the observation before, the action, the discounted reward sum
+        ``r_0 + gamma r_1 + ... + gamma^(k-1) r_(k-1)`` and the observation after the k steps.
+        A row stops at its first terminal step (its reward sum ends there); a transition during
+        which a prediction was not finite or left the state bounds is dropped. Returns every
+        kept transition, flattened.
         """
+        if repeat < 1:
+            raise ValueError(f"repeat must be at least 1, got {repeat}")
         obs = self.reset(start_states)
         alive = torch.ones(obs.shape[0], dtype=torch.bool)
         out: list[tuple[torch.Tensor, ...]] = []
         for _ in range(horizon):
             actions = policy(obs)
-            step = self.step(actions)
-            keep = alive & step.valid
+            total = torch.zeros(obs.shape[0], dtype=self.dtype)
+            valid = torch.ones_like(alive)
+            ended = torch.zeros_like(alive)
+            next_obs = obs
+            for j in range(repeat):
+                step = self.step(actions)
+                running = ~ended
+                valid &= step.valid | ended
+                total = total + torch.where(running, (gamma**j) * step.rewards, 0.0)
+                next_obs = torch.where(running[:, None], step.next_observations, next_obs)
+                ended |= step.terminated
+                if bool(ended.all()):
+                    break
+            keep = alive & valid
             out.append((
-                obs[keep], actions[keep].to(torch.float32), step.rewards[keep].to(torch.float32),
-                step.next_observations[keep], step.terminated[keep].to(torch.float32),
+                obs[keep], actions[keep].to(torch.float32), total[keep].to(torch.float32),
+                next_obs[keep], ended[keep].to(torch.float32),
             ))
-            alive = alive & ~step.terminated
+            alive = alive & ~ended
             if not alive.any():
                 break
-            obs = step.next_observations
+            obs = next_obs
         return Rollout(*(torch.cat(parts) for parts in zip(*out)))
