@@ -34,7 +34,8 @@ Methods (same training data for all):
     python bench/dynamics.py [--seed 0] [--quick] [--systems pendulum,cartpole] [--methods ...]
 
 Writes the tables to bench/results/dynamics.md and the configuration and every number to
-bench/results/dynamics.json (``--quick`` writes dynamics_quick.*).
+bench/results/dynamics.json (``--quick`` writes dynamics_quick.*, a subset of ``--systems``
+dynamics_<system>_<system>.*).
 """
 
 from __future__ import annotations
@@ -665,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     md += ["## Per coordinate", ""] + tables
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "dynamics_quick" if args.quick else "dynamics"
+    chosen = [x.strip() for x in args.systems.split(",") if x.strip()]
+    if not args.quick and chosen != list(SYSTEM_ORDER):  # a subset keeps the full tables
+        stem = "dynamics_" + "_".join(chosen)
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     payload = {"config": cfg, "results": _jsonable(results)}
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")

@@ -42,11 +42,6 @@ LABELS = {
     "sac": "SAC (ours)",
     "sb3-sac": "SAC (Stable-Baselines3)",
 }
-DEFAULT_STEPS = {
-    "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sb3-sac": 12000, "sym-mpc": 300},
-    "reacher": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000, "sb3-sac": 30000, "sym-mpc": 1000},
-    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000, "sb3-sac": 30000, "sym-mpc": 1000},
-}
 # SB3 settings: the defaults, with RL-Zoo's tuned learning rate for Pendulum.
 SB3_KWARGS: dict[str, dict[str, Any]] = {
     "pendulum": {"learning_rate": 1e-3},
@@ -68,7 +63,11 @@ def parse_pairs(text: str | None) -> dict[str, int]:
 
 def parse_steps(text: str | None, task: str) -> dict[str, int]:
     """The task's default budgets, with ``--steps`` pairs applied."""
-    return {**DEFAULT_STEPS.get(task, DEFAULT_STEPS["reacher"]), **parse_pairs(text)}
+    from sym_mbrl_ros.agents.presets import DEFAULT_STEPS
+
+    steps = dict(DEFAULT_STEPS[task])
+    steps["sb3-sac"] = steps["sac"]  # the anchor gets our SAC's budget
+    return {**steps, **parse_pairs(text)}
 
 
 # ---------------------------------------------------------------- one training run (a worker)
