@@ -167,6 +167,34 @@ def _pendulum_data(n: int, seed: int = 0):
     return task, np.array(s), np.array(a), np.array(s2)
 
 
+def test_mbpo_rollout_mix_static_draws_targets_from_the_whole_real_buffer():
+    task = get_task("reacher")
+
+    class Still:
+        def predict_torch(self, states, actions):
+            return states.clone()
+
+    def targets_in_rollouts(share: float) -> set[tuple[float, float]]:
+        cfg = MBPOConfig(rollout_batch_size=400, rollout_horizon=1, rollout_start_window=20,
+                         rollout_mix_static=share, rollout_state_margin=None)
+        mbpo = MBPO(task, cfg, seed=0)
+        for k in range(100):  # 5 "episodes" of 20 steps, each with its own target
+            state = np.array([0.1, 0.2, 0.0, 0.0, 0.1 + 0.01 * (k // 20), 0.05])
+            obs = task.observation(state[None])[0]
+            mbpo.real_buffer.add(obs, np.zeros(2), 0.0, obs, False, state, state)
+        mbpo.model_env = ModelEnv(task, Still())
+        mbpo.rollout()
+        obs = mbpo.model_buffer.observations[: len(mbpo.model_buffer)].numpy()
+        return {(round(float(x), 3), round(float(y), 3)) for x, y in obs[:, 4:6]}
+
+    # the window holds only the last episode's target; mixing reaches all five
+    assert targets_in_rollouts(0.0) == {(0.14, 0.05)}
+    mixed = targets_in_rollouts(0.5)
+    assert mixed == {(round(0.1 + 0.01 * e, 3), 0.05) for e in range(5)}
+    with pytest.raises(UserError, match="rollout_mix_static must lie in"):
+        MBPO(task, MBPOConfig(rollout_mix_static=1.5))
+
+
 def test_ensemble_dynamics_learns_the_pendulum_and_round_trips(tmp_path):
     task, s, a, s2 = _pendulum_data(1400)
     model = EnsembleDynamics(task.state_names, task.action_names, task.angle_coords,
