@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dynamics import System, fit_sindy  # the same pysindy set-up as bench/dynamics.py
+    # the same pysindy set-up and R² as bench/dynamics.py
+    from dynamics import Fitted, System, fit_sindy, r2_per_coordinate
 
     from sym_mbrl_ros.dynamics import SymbolicDynamics
     from sym_mbrl_ros.envs import get_task
@@ -97,36 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     r = np.hypot(s[:, 0], s[:, 1])
     near, far = r < args.near, r >= args.far
     train = {"states": s[near], "actions": a[near], "next_states": s2[near]}
-    test = (s[far], a[far], s2[far])
-    dynamic = [i for i in range(task.state_dim) if i not in task.static_coords]
+    test = {"states": s[far], "actions": a[far], "next_states": s2[far]}
     rows: dict[str, dict] = {}
+    system = System("car2d", task.state_names, task.action_names, task.angle_coords,
+                    task.static_coords, task.dt, train, test, {}, {})
 
-    def r2(predict) -> dict[str, float]:
-        from sym_mbrl_ros.dynamics.symbolic import wrap_angle
-
-        pred, (st, _, nxt) = predict(test[0], test[1]), test
-        out = {}
-        for i in dynamic:
-            d_true, d_pred = nxt[:, i] - st[:, i], pred[:, i] - st[:, i]
-            if i in task.angle_coords:
-                d_true, d_pred = wrap_angle(d_true), wrap_angle(d_pred)
-            ss = float(np.sum((d_true - d_true.mean()) ** 2))
-            out[task.state_names[i]] = 1.0 - float(np.sum((d_true - d_pred) ** 2)) / ss
-        return out
+    def r2(fitted: Fitted) -> dict[str, float]:
+        scores = r2_per_coordinate(system, fitted, test)
+        return {task.state_names[i]: value for i, value in scores.items()}
 
     for name, invariant in (("sparse (x, y invariant)", task.invariant_coords),
                             ("sparse, no invariance", ())):
         t0 = time.perf_counter()
         model = SymbolicDynamics.for_task(task, seed=args.seed, invariant_coords=invariant)
         model.fit(train["states"], train["actions"], train["next_states"])
-        rows[name] = {"r2": r2(model.predict), "fit_s": time.perf_counter() - t0,
+        seconds = time.perf_counter() - t0
+        rows[name] = {"r2": r2(Fitted(model.predict, seconds, {})), "fit_s": seconds,
                       "equations": model.equations()}
-    system = System("car2d", task.state_names, task.action_names, task.angle_coords,
-                    task.static_coords, task.dt, train, {}, {}, {})
     fitted = fit_sindy(system, train, args.seed)
-    rows["pysindy"] = {"r2": r2(fitted.predict), "fit_s": fitted.seconds}
+    rows["pysindy"] = {"r2": r2(fitted), "fit_s": fitted.seconds}
 
-    names = [task.state_names[i] for i in dynamic]
+    names = [task.state_names[i] for i in system.dynamic]
     lines = [
         "# Extrapolation in position (invariant coordinates)",
         "",
