@@ -41,6 +41,19 @@ def test_collect_writes_transitions_and_config(pendulum_file):
     assert config["policy"] == "random"
 
 
+def test_fit_invariant_keeps_a_coordinate_out_of_every_expression(tmp_path, pendulum_file, capsys):
+    model_path = tmp_path / "model.json"
+    argv = ["fit", str(pendulum_file), "--out", str(model_path), "-q", "--invariant", "theta_dot"]
+    assert main(argv) == 0
+    model = SymbolicDynamics.load(model_path)
+    assert model.invariant_coords == (1,)
+    for i, expr in enumerate(model.expressions()):
+        used = {str(sym) for sym in expr.free_symbols} - {model.state_names[i]}
+        assert "theta_dot" not in used, expr
+    assert main(["fit", str(pendulum_file), "--out", str(model_path), "--invariant", "omega"]) == 2
+    assert "unknown state coordinate 'omega'" in capsys.readouterr().err
+
+
 def test_collect_is_reproducible_with_a_seed(tmp_path, pendulum_file):
     again = tmp_path / "again.npz"
     assert main(["collect", "pendulum", "--steps", "500", "--seed", "3", "--out", str(again)]) == 0
