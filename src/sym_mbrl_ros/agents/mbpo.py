@@ -104,12 +104,11 @@ class MBPOConfig:
 
 def make_world_model(task: TaskSpec, kind: str, seed: int = 0, **kwargs):
     """A fresh, unfitted world model of the given kind for ``task``."""
-    common = dict(angle_coords=task.angle_coords, static_coords=task.static_coords, seed=seed)
     if kind == "symbolic":
         from ..dynamics.symbolic import SymbolicDynamics
 
-        kwargs.setdefault("invariant_coords", task.invariant_coords)
-        return SymbolicDynamics(task.state_names, task.action_names, **common, **kwargs)
+        return SymbolicDynamics.for_task(task, seed=seed, **kwargs)
+    common = dict(angle_coords=task.angle_coords, static_coords=task.static_coords, seed=seed)
     if kind == "ensemble":
         from ..dynamics.ensemble import EnsembleDynamics
 
