@@ -78,7 +78,7 @@ HORIZONS = (1, 10, 50)
 EXTRAPOLATION = {
     "pendulum": [("state", "theta"), ("state", "theta_dot"), ("action", "torque")],
     "reacher": [("state", "elbow"), ("state", "shoulder_vel"), ("state", "elbow_vel")],
-    # position, speed, steering: a model fitted near the origin must hold farther away
+    # position and speed: a model fitted near the origin must hold farther away
     "car2d": [("state", "x"), ("state", "y"), ("state", "v")],
     "cartpole": [("state", "theta"), ("state", "theta_dot"), ("action", "force")],
     "duffing": [("state", "x"), ("state", "v"), ("action", "force")],
@@ -673,9 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     md += ["## Per coordinate", ""] + tables
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "dynamics_quick" if args.quick else "dynamics"
-    chosen = [x.strip() for x in args.systems.split(",") if x.strip()]
-    if not args.quick and chosen != list(SYSTEM_ORDER):  # a subset keeps the full tables
-        stem = "dynamics_" + "_".join(chosen)
+    if not args.quick and systems != list(SYSTEM_ORDER):  # a subset keeps the full tables
+        stem = "dynamics_" + "_".join(systems)
     if not args.quick and methods != list(METHODS):
         stem += "_" + "_".join(methods)
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
