@@ -123,8 +123,11 @@ def _same_config(job: dict[str, Any], out: Path) -> bool:
     if old.get("eval_episodes", 5) != job["eval_episodes"]:  # runs without it used 5
         return False
     if job["learner"] == "sb3-sac":
+        from sym_mbrl_ros.envs import get_task
+
         kwargs = {**SB3_KWARGS.get(job["task"], {}), **job["overrides"].get("sb3-sac", {})}
-        return _same(old.get("sb3_kwargs"), kwargs)
+        inputs = get_task(job["task"]).policy_inputs
+        return _same(old.get("sb3_kwargs"), kwargs) and _same(old.get("policy_inputs"), inputs)
     from sym_mbrl_ros.agents.presets import make_config
 
     config = make_config(job["learner"], job["task"], "mlp", job["overrides"].get(job["learner"]))
@@ -175,6 +178,17 @@ def _result(job, summary, out: Path, reused: bool) -> dict[str, Any]:
     }
 
 
+def _policy_inputs_env(env, inputs: tuple[int, ...]):
+    """``env`` with the task's policy inputs as its observations (what SB3 trains on)."""
+    import gymnasium as gym
+    import numpy as np
+
+    idx = list(inputs)
+    box = env.observation_space
+    space = gym.spaces.Box(box.low[idx], box.high[idx], dtype=box.dtype)
+    return gym.wrappers.TransformObservation(env, lambda obs: np.asarray(obs)[idx], space)
+
+
 def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     """Stable-Baselines3 SAC, evaluated exactly like our learners."""
     import csv
@@ -200,6 +214,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     has_success = task.success is not None
     columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
     kwargs = {**SB3_KWARGS.get(task.name, {}), **job["overrides"].get("sb3-sac", {})}
+    inputs = task.policy_inputs  # the same policy inputs as our learners read
     (out / "config.json").write_text(
         json.dumps(
             {
@@ -209,6 +224,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
                 "seed": job["seed"],
                 "eval_episodes": job["eval_episodes"],
                 "sb3_kwargs": kwargs,
+                "policy_inputs": None if inputs is None else list(inputs),
             },
             indent=2,
         )
@@ -223,7 +239,7 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
             step = self.num_timesteps
             if is_eval_step(step, job["steps"], job["eval_every"], job["eval_dense"]):
                 t0, c0 = time.perf_counter(), time.process_time()
-                res = evaluator(self.model)
+                res = evaluator(policy)
                 clock["eval_s"] += time.perf_counter() - t0
                 clock["eval_cpu_s"] += time.process_time() - c0
                 row = {
@@ -238,6 +254,15 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
             return True
 
     env = task.make_env()
+    if inputs is not None:
+        env = _policy_inputs_env(env, inputs)
+
+    def policy(obs):
+        """The deterministic action for a batch of full observations."""
+        if inputs is not None:
+            obs = obs[..., list(inputs)]
+        return model.predict(obs, deterministic=True)[0]
+
     model = SB3SAC("MlpPolicy", env, seed=job["seed"], device="cpu", verbose=0, **kwargs)
     model.learn(job["steps"], callback=EvalEvery())
     train_s = time.perf_counter() - clock["start"] - clock["eval_s"]

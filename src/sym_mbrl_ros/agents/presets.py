@@ -40,7 +40,7 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
 DEFAULT_STEPS: dict[str, dict[str, int]] = {
     "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sym-mpc": 300},
     "reacher": {"sym-mbpo": 2500, "mbpo": 2500, "sac": 30000, "sym-mpc": 1000},
-    "car2d": {"sym-mbpo": 4000, "mbpo": 4000, "sac": 30000, "sym-mpc": 1000},
+    "car2d": {"sym-mbpo": 2500, "mbpo": 2500, "sac": 30000, "sym-mpc": 1000},
 }
 """Real steps a run takes when ``--steps`` is not given."""
 
@@ -122,6 +122,9 @@ def make_config(
         for key in ("learning_rate", "hidden_sizes"):
             if key in preset.get("sac", {}):
                 settings.setdefault(f"sac.{key}", preset["sac"][key])
+    inputs = _task_policy_inputs(task_name)
+    if inputs is not None and algo not in PLANNING_ALGORITHMS and policy == "mlp":
+        settings.setdefault("sac.observation_indices", inputs)  # the task's policy inputs
     settings.update(overrides or {})
     for key, value in settings.items():
         if algo == "sac" and key.startswith("sac."):  # the same keys work for every learner
@@ -130,6 +133,13 @@ def make_config(
     if isinstance(config, MPCConfig):  # rebuilt, so that the planner settings are checked now
         config = MPCConfig.from_dict(dataclasses.asdict(config))
     return config
+
+
+def _task_policy_inputs(task_name: str) -> tuple[int, ...] | None:
+    from ..envs import TASKS
+
+    task = TASKS.get(task_name)  # a name outside the registry (a test's own task): None
+    return None if task is None else task.policy_inputs
 
 
 def make_learner(algo: str, task: TaskSpec, config: Config, seed: int, obs_dim: int) -> Learner:
@@ -173,6 +183,6 @@ def _set_field(config: Any, dotted: str, value: Any) -> None:
         )
     if dataclasses.is_dataclass(getattr(target, name)):
         raise UserError(f"{dotted!r} is a group of settings; set its fields, e.g. {dotted}.NAME")
-    if isinstance(value, list) and name == "hidden_sizes":
+    if isinstance(value, list) and name in ("hidden_sizes", "observation_indices"):
         value = tuple(value)
     setattr(target, name, value)

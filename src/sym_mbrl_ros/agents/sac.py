@@ -63,6 +63,11 @@ class SACConfig:
     """Upper bound of the actor's log standard deviation."""
     num_threads: int | None = 1
     """``torch.set_num_threads`` value applied when the agent is built; None leaves it alone."""
+    observation_indices: tuple[int, ...] | None = None
+    """The actor and the critics read only these entries of the observation (None: all).
+    A task declares the entries its reward and dynamics cannot depend on (Car2d: where on
+    the floor the car and the target are, only their relative position matters), and the
+    networks need not learn to ignore them (``TaskSpec.policy_observation``)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SACConfig:
@@ -71,6 +76,8 @@ class SACConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if "hidden_sizes" in kw:
             kw["hidden_sizes"] = tuple(int(h) for h in kw["hidden_sizes"])
+        if kw.get("observation_indices") is not None:
+            kw["observation_indices"] = tuple(int(i) for i in kw["observation_indices"])
         return cls(**kw)
 
 
@@ -155,6 +162,18 @@ class VectorizedLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class SelectInputs(nn.Module):
+    """Wraps a network so that it reads only the given entries of its first input."""
+
+    def __init__(self, inner: nn.Module, indices: tuple[int, ...]):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("indices", torch.as_tensor(indices, dtype=torch.long))
+
+    def forward(self, obs: torch.Tensor, *rest: torch.Tensor):
+        return self.inner(obs.index_select(-1, self.indices), *rest)
+
+
 class TwinQ(nn.Module):
     """Two Q networks Q(s, a) evaluated together; ``forward`` returns (2, B)."""
 
@@ -210,10 +229,25 @@ class SAC:
         self.action_scale = torch.as_tensor(half_range, dtype=torch.float32)
         self.action_bias = torch.as_tensor(self.action_low + half_range, dtype=torch.float32)
 
+        indices = config.observation_indices
+        if indices is not None:
+            if config.policy != "mlp":
+                raise UserError(
+                    f"observation_indices works with the mlp policy only, not {config.policy!r} "
+                    "(its formulas are exported over the whole observation)"
+                )
+            if not indices or min(indices) < 0 or max(indices) >= self.obs_dim:
+                raise UserError(
+                    f"observation_indices {list(indices)} must name entries 0..{self.obs_dim - 1}"
+                )
+        net_in = self.obs_dim if indices is None else len(indices)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = make_actor(self.obs_dim, self.action_dim, config)
-            self.critic = TwinQ(self.obs_dim, self.action_dim, config.hidden_sizes)
+            self.actor = make_actor(net_in, self.action_dim, config)
+            self.critic = TwinQ(net_in, self.action_dim, config.hidden_sizes)
+        if indices is not None:
+            self.actor = SelectInputs(self.actor, indices)
+            self.critic = SelectInputs(self.critic, indices)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
         self.target_entropy = (

@@ -97,6 +97,12 @@ class TaskSpec:
         description: one paragraph for ``sym-mbrl tasks`` and the docs.
         joint_names: names of the URDF joints the topic contract uses, in command order.
         observation_names: one name per observation entry (what a policy formula reads).
+        policy_inputs: indices of the observation entries a policy network reads (None: all).
+            The observation keeps what the observer needs to rebuild the state; a policy only
+            needs what the reward and the motion depend on. Car2d's reward and motion depend
+            on where the target lies relative to the car, not on where on the floor the two
+            are, so its policies read the speed, the steering and the target in the car's
+            frame. Every learner (ours and the Stable-Baselines3 anchor) gets the same inputs.
     """
 
     name: str
@@ -118,6 +124,7 @@ class TaskSpec:
     joint_names: tuple[str, ...] = field(default_factory=tuple)
     observation_names: tuple[str, ...] = field(default_factory=tuple)
     invariant_coords: tuple[int, ...] = ()
+    policy_inputs: tuple[int, ...] | None = None
 
     @property
     def state_dim(self) -> int:

@@ -24,6 +24,9 @@ state (x, y, yaw, v, steer_angle, steer_rate, target_x, target_y). (x, y) is the
 axle (base_link), yaw in [-pi, pi), v the forward speed of base_link in the car's frame,
 steer_angle and steer_rate the steering pivot's angle and rate (the steering servo is second order,
 so its rate is part of the state), (dx_body, dy_body) the target in the car's frame.
+Policy inputs (``TaskSpec.policy_inputs``): v, steer, steer_rate, dx_body, dy_body. On a flat
+floor the reward and the motion depend only on where the target lies relative to the car, so
+a policy reads nothing else (the world model still needs x, y, yaw and the target).
 Reward: ``-|(x, y) - target|`` after the step. Success: within 0.1 m at the end.
 Start: at the origin at rest, yaw ~ U[-pi, pi); target uniform over 0.5 m <= r <= 2 m.
 """
@@ -112,6 +115,11 @@ TASK = TaskSpec(
     angle_coords=(2,),
     static_coords=(6, 7),
     invariant_coords=(0, 1),  # flat, uniform floor: the motion does not depend on where
+    # a policy reads v, steer, steer_rate and the target in the car's frame: the absolute
+    # pose adds 6 inputs that change no reward and no motion, and the networks had to learn
+    # to ignore them (sym-mbpo, seed 0: 25% success at 3000 steps with them, 95% at 1000
+    # without them; 45% at 2000 with cos and sin of the yaw kept)
+    policy_inputs=(4, 5, 6, 9, 10),
     action_low=np.array([-1.0, -1.0]),
     action_high=np.array([1.0, 1.0]),
     dt=DT,

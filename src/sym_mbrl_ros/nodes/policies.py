@@ -165,9 +165,11 @@ def _numpy_actor(agent) -> Callable[[np.ndarray], np.ndarray] | None:
     tick: ~20x less latency); None for other actor architectures."""
     from torch import nn
 
-    from ..agents.sac import GaussianMLPActor
+    from ..agents.sac import GaussianMLPActor, SelectInputs
 
-    actor = agent.actor
+    actor, select = agent.actor, None
+    if isinstance(actor, SelectInputs):  # the task's policy inputs
+        actor, select = actor.inner, actor.indices.numpy().copy()
     if type(actor) is not GaussianMLPActor:
         return None
     layers = []
@@ -184,6 +186,8 @@ def _numpy_actor(agent) -> Callable[[np.ndarray], np.ndarray] | None:
 
     def act(obs: np.ndarray) -> np.ndarray:
         h = np.asarray(obs, dtype=np.float64)
+        if select is not None:
+            h = h[..., select]
         for w, b in layers:
             h = np.maximum(h @ w + b, 0.0)
         return np.tanh(h @ w_out + b_out) * scale + bias
