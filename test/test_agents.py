@@ -74,6 +74,58 @@ def test_sac_save_load_round_trip_gives_identical_actions(tmp_path):
     assert np.all(np.abs(a) <= 2.0)
 
 
+def test_sac_observation_indices_networks_read_only_those_entries_and_round_trip(tmp_path):
+    config = SACConfig(hidden_sizes=(32, 32), observation_indices=(0, 2))
+    agent = SAC(4, [-1.0], [1.0], config, seed=1)
+    assert agent.actor.inner.trunk[0].in_features == 2
+    buf = ReplayBuffer(4, 1, 1000, seed=0)
+    n = 300
+    buf.add_batch(torch.randn(n, 4), torch.rand(n, 1) * 2 - 1, torch.randn(n), torch.randn(n, 4),
+                  torch.zeros(n))
+    for _ in range(20):
+        agent.update(buf.sample(64))
+    obs = np.random.default_rng(0).normal(size=(50, 4))
+    other = obs.copy()
+    other[:, [1, 3]] = 100.0  # the entries the networks do not read
+    np.testing.assert_array_equal(agent.predict(obs), agent.predict(other))
+    q = agent.critic(torch.as_tensor(obs, dtype=torch.float32), torch.zeros(50, 1))
+    q_other = agent.critic(torch.as_tensor(other, dtype=torch.float32), torch.zeros(50, 1))
+    torch.testing.assert_close(q, q_other)
+    agent.save(tmp_path / "policy.pt")
+    loaded = SAC.load(tmp_path / "policy.pt")
+    assert loaded.config.observation_indices == (0, 2)
+    np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+    # the controller's numpy actor reads the same entries
+    from sym_mbrl_ros.nodes.policies import _numpy_actor
+
+    np.testing.assert_allclose(_numpy_actor(loaded)(obs), loaded.predict(obs), atol=1e-6)
+    with pytest.raises(UserError, match="entries 0..3"):
+        SAC(4, [-1.0], [1.0], SACConfig(observation_indices=(0, 4)))
+    with pytest.raises(UserError, match="mlp policy only"):
+        SAC(4, [-1.0], [1.0], SACConfig(policy="espl", observation_indices=(0, 1)))
+
+
+def test_car2d_learners_read_the_task_policy_inputs():
+    from sym_mbrl_ros.agents.presets import make_config
+
+    task = get_task("car2d")
+    names = [task.observation_names[i] for i in task.policy_inputs]
+    assert names == ["v", "steer", "steer_rate", "target_dx_body", "target_dy_body"]
+    for algo in ("sac", "sym-mbpo", "mbpo"):
+        config = make_config(algo, "car2d")
+        assert getattr(config, "sac", config).observation_indices == task.policy_inputs
+    # an explicit setting wins; ESPL exports formulas over the whole observation
+    assert make_config("sac", "car2d", overrides={"observation_indices": None}) \
+        .observation_indices is None
+    assert make_config("sym-mbpo", "car2d", "espl").sac.observation_indices is None
+    assert make_config("sac", "reacher").observation_indices is None
+    # a car that moves with its target changes no policy input
+    obs = task.observation(np.array([[0.3, -0.2, 0.7, 0.4, 0.1, 0.0, 1.0, 1.2]]))
+    moved = task.observation(np.array([[5.3, 4.8, 0.7, 0.4, 0.1, 0.0, 6.0, 6.2]]))
+    np.testing.assert_allclose(obs[:, list(task.policy_inputs)],
+                               moved[:, list(task.policy_inputs)], atol=1e-12)
+
+
 def test_mbpo_fills_the_model_buffer_from_symbolic_rollouts_and_trains_on_it(tmp_path):
     task = get_task("pendulum")
     config = MBPOConfig(
