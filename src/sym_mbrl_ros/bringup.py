@@ -88,7 +88,7 @@ GRAPHS: dict[str, TaskGraph] = {
     "reacher": TaskGraph("reacher", _nodes(), "config/reacher.yaml", "urdf/reacher.urdf",
                          solved_return=-2.5, default_steps=5000),
     "car2d": TaskGraph("car2d", _nodes(), "config/car2d.yaml", "urdf/car2d.urdf",
-                       solved_return=None, default_steps=10000),
+                       solved_return=-45.0, default_steps=5000),
 }
 
 
