@@ -377,31 +377,35 @@ def report(
                     if n != ours
                 ),
             ]
-    metric = "eval_return_mean" if column == "eval_return_mean" else column
-    unit = "return" if metric == "eval_return_mean" else "success rate"
-    lines += [
-        "",
-        f"## {unit.capitalize()} at fixed budgets of real steps",
-        "",
-        "median [min–max] over seeds (— : the learner's run is shorter)",
-        "",
-        "| learner | " + " | ".join(str(b) for b in budgets) + " |",
-        "|---|" + "---|" * len(budgets),
-    ]
-    for name in learners:
-        cells = []
-        numbers["at_budget"][name] = {}
-        for b in budgets:
-            vals = [_value_at(r["rows"], b, metric) for r in by[name]]
-            vals = [v for v in vals if v is not None]
-            numbers["at_budget"][name][b] = vals
-            if not vals:
-                cells.append("—")
-            elif metric == "eval_return_mean":
-                cells.append(f"{np.median(vals):.0f} [{min(vals):.0f}–{max(vals):.0f}]")
-            else:
-                cells.append(f"{np.median(vals):.0%} [{min(vals):.0%}–{max(vals):.0%}]")
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    # the threshold's metric first; success-rate tasks also get the return
+    metrics = [column] + (["eval_return_mean"] if column != "eval_return_mean" else [])
+    for metric in metrics:
+        unit = "return" if metric == "eval_return_mean" else "success rate"
+        key = "at_budget" if metric == column else "return_at_budget"
+        numbers[key] = {}
+        lines += [
+            "",
+            f"## {unit.capitalize()} at fixed budgets of real steps",
+            "",
+            "median [min–max] over seeds (— : the learner's run is shorter)",
+            "",
+            "| learner | " + " | ".join(str(b) for b in budgets) + " |",
+            "|---|" + "---|" * len(budgets),
+        ]
+        for name in learners:
+            cells = []
+            numbers[key][name] = {}
+            for b in budgets:
+                vals = [_value_at(r["rows"], b, metric) for r in by[name]]
+                vals = [v for v in vals if v is not None]
+                numbers[key][name][b] = vals
+                if not vals:
+                    cells.append("—")
+                elif metric == "eval_return_mean":
+                    cells.append(f"{np.median(vals):.0f} [{min(vals):.0f}–{max(vals):.0f}]")
+                else:
+                    cells.append(f"{np.median(vals):.0%} [{min(vals):.0%}–{max(vals):.0%}]")
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Wall-clock time (training only, evaluation excluded)",
