@@ -101,8 +101,6 @@ def test_sac_observation_indices_networks_read_only_those_entries_and_round_trip
     np.testing.assert_allclose(_numpy_actor(loaded)(obs), loaded.predict(obs), atol=1e-6)
     with pytest.raises(UserError, match="entries 0..3"):
         SAC(4, [-1.0], [1.0], SACConfig(observation_indices=(0, 4)))
-    with pytest.raises(UserError, match="mlp policy only"):
-        SAC(4, [-1.0], [1.0], SACConfig(policy="espl", observation_indices=(0, 1)))
 
 
 def test_car2d_learners_read_the_task_policy_inputs():
@@ -114,10 +112,10 @@ def test_car2d_learners_read_the_task_policy_inputs():
     for algo in ("sac", "sym-mbpo", "mbpo"):
         config = make_config(algo, "car2d")
         assert getattr(config, "sac", config).observation_indices == task.policy_inputs
-    # an explicit setting wins; ESPL exports formulas over the whole observation
+    # ESPL formulas read them too; an explicit setting wins
+    assert make_config("sym-mbpo", "car2d", "espl").sac.observation_indices == task.policy_inputs
     assert make_config("sac", "car2d", overrides={"observation_indices": None}) \
         .observation_indices is None
-    assert make_config("sym-mbpo", "car2d", "espl").sac.observation_indices is None
     assert make_config("sac", "reacher").observation_indices is None
     # a car that moves with its target changes no policy input
     obs = task.observation(np.array([[0.3, -0.2, 0.7, 0.4, 0.1, 0.0, 1.0, 1.2]]))

@@ -271,3 +271,44 @@ def test_training_is_reproducible_from_the_agent_seed_alone():
     first = train()
     torch.manual_seed(12345)
     assert all(torch.equal(a, b) for a, b in zip(first, train()))
+
+
+def test_espl_with_policy_inputs_exports_formulas_over_those_inputs_that_read_full_observations(
+    tmp_path,
+):
+    from sym_mbrl_ros.agents.sac import SelectInputs
+
+    register_espl(ESPLConfig(), name="espl-test")
+    names = ["x", "y", "v", "dx_body", "dy_body"]
+    agent = SAC(5, [-1.0], [1.0], SACConfig(policy="espl-test", hidden_sizes=(32, 32),
+                                             observation_indices=(2, 3, 4)), seed=2)
+    assert isinstance(agent.actor, SelectInputs) and agent.actor.inner.net.n_inputs == 3
+    rng = np.random.default_rng(5)
+    net = agent.actor.inner.net
+    net.set_probs_([torch.tensor(rng.uniform(0, 1, p.shape)) for p in net.probs])
+    x = rng.normal(0, 1, (200, 5))
+    policy = export_policy(agent, names, ["drive"], observations=x, tolerance=0)
+    assert policy.observation_names == ["v", "dx_body", "dy_body"]
+    assert policy.input_indices == [2, 3, 4] and policy.observation_size == 5
+    import sympy
+
+    used = set().union(*(sympy.sympify(e).free_symbols for e in policy.expressions))
+    assert {str(v) for v in used} <= {"v", "dx_body", "dy_body"}
+    formula = FormulaPolicy(policy)
+    with agent.actor.inner.pruned():
+        network = agent.predict(x, deterministic=True)
+    np.testing.assert_allclose(formula.predict(x), network, atol=1e-5)
+    # the entries the formula does not read change nothing; the file round-trips
+    moved = x.copy()
+    moved[:, :2] += 50.0
+    np.testing.assert_array_equal(formula.predict(moved), formula.predict(x))
+    policy.save(tmp_path / "policy.json")
+    loaded = FormulaPolicy.load(tmp_path / "policy.json")
+    assert loaded.input_size == 5
+    np.testing.assert_array_equal(loaded.predict(x), formula.predict(x))
+    with pytest.raises(UserError, match="at \\[2, 3, 4\\] of an observation of 5"):
+        loaded.predict(x[:, 2:])
+    doc = json.loads((tmp_path / "policy.json").read_text())
+    doc["input_indices"] = [2, 3, 9]
+    with pytest.raises(UserError, match="input_indices"):
+        FormulaPolicy.from_dict(doc)

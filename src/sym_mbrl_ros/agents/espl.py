@@ -47,7 +47,7 @@ from torch import nn
 
 from ..dynamics.expression import CompiledExpression, parse_expression, to_sympy
 from ..errors import UserError
-from .sac import SAC, SACConfig, mlp, register_actor
+from .sac import SAC, SACConfig, base_actor, mlp, register_actor
 
 POLICY_FORMAT = "sym-mbrl/policy-v1"
 
@@ -543,12 +543,18 @@ class SymbolicPolicy:
     """An exported policy: one formula per action coordinate, in the grammar of DESIGN.md."""
 
     observation_names: list[str]
+    """The formulas' variables, one per entry of the policy's input."""
     action_names: list[str]
     expressions: list[str]
     action_low: list[float]
     action_high: list[float]
     metrics: dict[str, Any] = field(default_factory=dict)
     source: str = "espl"
+    input_indices: list[int] | None = None
+    """Where the variables sit in the whole observation, which then has ``observation_size``
+    entries (a task's policy inputs, e.g. Car2d's speed, steering and target in the car's
+    frame); None: the variables are the whole observation, in order."""
+    observation_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": POLICY_FORMAT, **asdict(self)}
@@ -662,11 +668,22 @@ def export_policy(
     buffer's; default 2000 standard-normal draws) that the action moves by at most
     ``tolerance`` x half the action range. ``tolerance=0`` exports the pruned network exactly.
     """
-    actor = agent.actor
+    actor = base_actor(agent.actor)
     if not isinstance(actor, ESPLActor):
         raise UserError("this agent's policy is not symbolic; train it with --policy espl")
     threshold = actor.config.prune_threshold if threshold is None else threshold
     names = list(observation_names)
+    indices = agent.config.observation_indices  # the network reads only these entries
+    full_names = names
+    if indices is not None:
+        if len(names) != agent.obs_dim:
+            raise UserError(
+                f"{len(names)} observation names for an observation of {agent.obs_dim} entries"
+            )
+        names = [names[i] for i in indices]
+        if observations is not None:
+            observations = np.asarray(observations, dtype=np.float64).reshape(
+                -1, agent.obs_dim)[:, list(indices)]
     if len(names) != actor.net.n_inputs:
         raise UserError(
             f"{len(names)} observation names for a policy with {actor.net.n_inputs} inputs"
@@ -695,7 +712,9 @@ def export_policy(
         parse_expression(text, names)  # the file must read back through the whitelisted parser
         exprs.append(text)
     policy = SymbolicPolicy(
-        names, list(action_names), exprs, agent.action_low.tolist(), agent.action_high.tolist()
+        names, list(action_names), exprs, agent.action_low.tolist(), agent.action_high.tolist(),
+        input_indices=None if indices is None else [int(i) for i in indices],
+        observation_size=None if indices is None else len(full_names),
     )
     ops, consts = policy.size()
     policy.metrics.update(
@@ -747,7 +766,7 @@ def export_and_evaluate(
     """
     from .evaluation import Evaluator
 
-    actor = agent.actor
+    actor = base_actor(agent.actor)
     if not isinstance(actor, ESPLActor):
         raise UserError("this agent's policy is not symbolic; train it with --policy espl")
     seen: list[np.ndarray] = []
@@ -805,6 +824,19 @@ class FormulaPolicy:
             raise UserError(
                 "policy file is inconsistent: it needs one expression and one bound per action"
             )
+        self.input_indices = (
+            None if policy.input_indices is None else [int(i) for i in policy.input_indices]
+        )
+        if self.input_indices is not None:
+            size = policy.observation_size
+            if (
+                size is None or len(self.input_indices) != len(self.observation_names)
+                or min(self.input_indices) < 0 or max(self.input_indices) >= int(size)
+            ):
+                raise UserError(
+                    "policy file is inconsistent: input_indices needs one index per observation "
+                    "name, each below observation_size"
+                )
         self._compiled = [
             CompiledExpression(parse_expression(e, self.observation_names), self.observation_names)
             for e in policy.expressions
@@ -833,6 +865,8 @@ class FormulaPolicy:
                 [float(v) for v in d["action_high"]],
                 dict(d.get("metrics", {})),
                 str(d.get("source", "espl")),
+                None if d.get("input_indices") is None else [int(i) for i in d["input_indices"]],
+                None if d.get("observation_size") is None else int(d["observation_size"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{where} lacks a field or has a bad value ({exc})") from exc
@@ -842,6 +876,13 @@ class FormulaPolicy:
     def expressions(self) -> list[str]:
         return list(self.policy.expressions)
 
+    @property
+    def input_size(self) -> int:
+        """Entries of the observation ``predict`` takes."""
+        if self.input_indices is None:
+            return len(self.observation_names)
+        return int(self.policy.observation_size or 0)
+
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
         """Action(s) for one observation (o,) or a batch (B, o), float64, clipped to bounds.
 
@@ -850,11 +891,17 @@ class FormulaPolicy:
         x = np.asarray(obs, dtype=np.float64)
         single = x.ndim == 1
         x = x.reshape(1, -1) if single else x
-        if x.ndim != 2 or x.shape[1] != len(self.observation_names):
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            where = "" if self.input_indices is None else (
+                f" at {self.input_indices} of an observation of {self.input_size}"
+            )
             raise UserError(
                 f"observation has shape {np.shape(obs)}, but this policy reads "
                 f"{len(self.observation_names)} values ({', '.join(self.observation_names)})"
+                f"{where}"
             )
+        if self.input_indices is not None:
+            x = x[:, self.input_indices]
         a = np.stack([c.numpy(x) for c in self._compiled], axis=-1)
         a = np.clip(np.nan_to_num(a, nan=0.0), self.action_low, self.action_high)
         return a[0] if single else a

@@ -124,7 +124,7 @@ def make_config(
             if key in preset.get("sac", {}):
                 settings.setdefault(f"sac.{key}", preset["sac"][key])
     inputs = _task_policy_inputs(task_name)
-    if inputs is not None and algo not in PLANNING_ALGORITHMS and policy == "mlp":
+    if inputs is not None and algo not in PLANNING_ALGORITHMS:
         settings.setdefault("sac.observation_indices", inputs)  # the task's policy inputs
     settings.update(overrides or {})
     for key, value in settings.items():

@@ -174,6 +174,11 @@ class SelectInputs(nn.Module):
         return self.inner(obs.index_select(-1, self.indices), *rest)
 
 
+def base_actor(actor: nn.Module) -> nn.Module:
+    """The actor architecture itself, without the :class:`SelectInputs` around it."""
+    return actor.inner if isinstance(actor, SelectInputs) else actor
+
+
 class TwinQ(nn.Module):
     """Two Q networks Q(s, a) evaluated together; ``forward`` returns (2, B)."""
 
@@ -231,11 +236,6 @@ class SAC:
 
         indices = config.observation_indices
         if indices is not None:
-            if config.policy != "mlp":
-                raise UserError(
-                    f"observation_indices works with the mlp policy only, not {config.policy!r} "
-                    "(its formulas are exported over the whole observation)"
-                )
             if not indices or min(indices) < 0 or max(indices) >= self.obs_dim:
                 raise UserError(
                     f"observation_indices {list(indices)} must name entries 0..{self.obs_dim - 1}"

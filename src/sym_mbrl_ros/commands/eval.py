@@ -104,8 +104,9 @@ def load_controllers(run_dir: Path, config: dict, task, seed: int) -> list[tuple
         out.append(("formula, numpy", FormulaPolicy.load(run_dir / "policy.json")))
     agent = SAC.load(policy_path)
     from ..agents.espl import ESPLActor
+    from ..agents.sac import base_actor
 
-    if isinstance(agent.actor, ESPLActor):
+    if isinstance(base_actor(agent.actor), ESPLActor):
         out.append(("pruned network", _Pruned(agent)))  # the network the formula came from
     else:
         out.append(("policy", agent))
@@ -119,7 +120,9 @@ class _Pruned:
         self.agent = agent
 
     def predict(self, obs, deterministic: bool = True):
-        with self.agent.actor.pruned():
+        from ..agents.sac import base_actor
+
+        with base_actor(self.agent.actor).pruned():
             return self.agent.predict(obs, deterministic=True)
 
 

@@ -122,8 +122,8 @@ def _formula(msg: dict, task: TaskSpec) -> Policy:
     except UserError as exc:
         raise PolicyError(str(exc)) from None
     obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
-    if len(formula.observation_names) != obs_dim or len(formula.action_names) != task.action_dim:
-        raise PolicyError(f"formula policy maps {len(formula.observation_names)} observations to "
+    if formula.input_size != obs_dim or len(formula.action_names) != task.action_dim:
+        raise PolicyError(f"formula policy maps {formula.input_size} observations to "
                           f"{len(formula.action_names)} actions; {task.name} has {obs_dim} and "
                           f"{task.action_dim}")
     observe = _observe(task)
