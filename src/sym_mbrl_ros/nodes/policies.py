@@ -7,7 +7,8 @@ The policy message (``/sym_mbrl/policy``, std_msgs/String, transient-local) is J
   [one per action coordinate], "action_low": [...], "action_high": [...]}``: an ESPL
   ``policy.json`` (:class:`sym_mbrl_ros.agents.espl.SymbolicPolicy`; ``kind`` may be left
   out), plain math over the observation in the grammar of the world model, read by the
-  whitelisted parser;
+  whitelisted parser (optional ``input_indices`` and ``observation_size``: the variables are
+  those entries of the observation, a task's policy inputs);
 * ``{"kind": "weights", "path": "...", "sha256": "...", "actor": "mlp"}``: a SAC agent file
   (:meth:`sym_mbrl_ros.agents.sac.SAC.save`, read with ``weights_only=True``) acting on the
   observation; the hash is checked before the file is used.
