@@ -288,3 +288,32 @@ def test_policy_messages(tmp_path):
     for match, text_ in bad.items():
         with pytest.raises(PolicyError, match=match):
             load_policy(text_, PENDULUM)
+
+
+def test_policy_messages_over_the_task_policy_inputs(tmp_path):
+    """Car2d: a formula over the policy inputs and a weights file whose networks read only them
+    act on the controller's state like the learner's own predict."""
+    from sym_mbrl_ros.agents.presets import make_config, make_learner
+
+    car = get_task("car2d")
+    names = [car.observation_names[i] for i in car.policy_inputs]
+    formula = {
+        "format": "sym-mbrl/policy-v1", "observation_names": names,
+        "action_names": list(car.action_names),
+        "expressions": ["tanh(2*target_dx_body)", "tanh(3*target_dy_body)"],
+        "action_low": car.action_low.tolist(), "action_high": car.action_high.tolist(),
+        "input_indices": list(car.policy_inputs), "observation_size": 11,
+    }
+    act, _ = load_policy(formula_message(car, formula, version=1), car)
+    # the car at (1, 1) facing +y, the target 0.5 m ahead of it: drive forward, no steering
+    state = np.array([1.0, 1.0, np.pi / 2, 0.0, 0.0, 0.0, 1.0, 1.5])
+    np.testing.assert_allclose(act(state), [np.tanh(1.0), 0.0], atol=1e-12)
+    with pytest.raises(PolicyError, match="maps 5 observations"):
+        load_policy(formula_message(car, {**formula, "input_indices": None}, version=1), car)
+
+    learner = make_learner("sac", car, make_config("sac", "car2d"), seed=0, obs_dim=11)
+    path = tmp_path / "policy_0001.pt"
+    learner.save(path)
+    act, _ = load_policy(weights_message(car, path, version=1), car)
+    expected = learner.predict(car.observation(state[None])[0], deterministic=True)
+    np.testing.assert_allclose(act(state), expected, rtol=1e-5, atol=1e-6)
