@@ -674,7 +674,6 @@ def export_policy(
     threshold = actor.config.prune_threshold if threshold is None else threshold
     names = list(observation_names)
     indices = agent.config.observation_indices  # the network reads only these entries
-    full_names = names
     if indices is not None:
         if len(names) != agent.obs_dim:
             raise UserError(
@@ -714,7 +713,7 @@ def export_policy(
     policy = SymbolicPolicy(
         names, list(action_names), exprs, agent.action_low.tolist(), agent.action_high.tolist(),
         input_indices=None if indices is None else [int(i) for i in indices],
-        observation_size=None if indices is None else len(full_names),
+        observation_size=None if indices is None else agent.obs_dim,
     )
     ops, consts = policy.size()
     policy.metrics.update(
@@ -881,7 +880,7 @@ class FormulaPolicy:
         """Entries of the observation ``predict`` takes."""
         if self.input_indices is None:
             return len(self.observation_names)
-        return int(self.policy.observation_size or 0)
+        return int(self.policy.observation_size)  # checked in __init__
 
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
         """Action(s) for one observation (o,) or a batch (B, o), float64, clipped to bounds.
