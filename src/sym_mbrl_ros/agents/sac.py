@@ -67,7 +67,7 @@ class SACConfig:
     """The actor and the critics read only these entries of the observation (None: all).
     A task declares the entries its reward and dynamics cannot depend on (Car2d: where on
     the floor the car and the target are, only their relative position matters), and the
-    networks need not learn to ignore them (``TaskSpec.policy_observation``)."""
+    networks need not learn to ignore them (``TaskSpec.policy_inputs``)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SACConfig:

@@ -117,12 +117,13 @@ class _Pruned:
     """An ESPL agent acting with its pruned network (the paths the formula keeps)."""
 
     def __init__(self, agent):
-        self.agent = agent
-
-    def predict(self, obs, deterministic: bool = True):
         from ..agents.sac import base_actor
 
-        with base_actor(self.agent.actor).pruned():
+        self.agent = agent
+        self.actor = base_actor(agent.actor)  # the ESPL actor inside any input selection
+
+    def predict(self, obs, deterministic: bool = True):
+        with self.actor.pruned():
             return self.agent.predict(obs, deterministic=True)
 
 

@@ -166,11 +166,12 @@ def _numpy_actor(agent) -> Callable[[np.ndarray], np.ndarray] | None:
     tick: ~20x less latency); None for other actor architectures."""
     from torch import nn
 
-    from ..agents.sac import GaussianMLPActor, SelectInputs
+    from ..agents.sac import GaussianMLPActor, base_actor
 
-    actor, select = agent.actor, None
-    if isinstance(actor, SelectInputs):  # the task's policy inputs
-        actor, select = actor.inner, actor.indices.numpy().copy()
+    actor = base_actor(agent.actor)
+    select = agent.config.observation_indices  # the task's policy inputs (None: all)
+    if select is not None:
+        select = list(select)
     if type(actor) is not GaussianMLPActor:
         return None
     layers = []
