@@ -162,7 +162,9 @@ def test_mbpo_fills_the_model_buffer_from_symbolic_rollouts_and_trains_on_it(tmp
     # rollouts start from recent real states
     starts = mbpo.real_buffer.sample_recent_states(500, 50)
     recent = mbpo.real_buffer.states[mbpo.real_buffer.recent_indices(50)]
-    assert torch.cdist(starts, recent).min(1).values.max() == 0
+    # each start is a stored row copied as it is: compare the copied values, not a distance
+    # (cdist's matmul path leaves ~1e-7 of rounding that depends on the BLAS kernel)
+    assert (starts[:, None, :] == recent[None, :, :]).all(-1).any(1).all()
 
     mbpo.save(tmp_path / "run")
     again = MBPO.load(tmp_path / "run", task)
