@@ -18,6 +18,7 @@ from sym_mbrl_ros.data.replay import ReplayBuffer
 from sym_mbrl_ros.dynamics.ensemble import EnsembleDynamics
 from sym_mbrl_ros.envs import get_task
 from sym_mbrl_ros.errors import UserError
+from sym_mbrl_ros.protocol import eval_episode_seeds, eval_grid
 
 
 class MatchTheTarget(gym.Env):
@@ -375,21 +376,51 @@ def test_train_and_eval_commands_write_a_complete_run(tmp_path, capsys):
     assert main(["eval", str(out), "--episodes", "2"]) == 0
     printed = capsys.readouterr().out
     assert "mean return" in printed
-    # the same episodes as the last evaluation of training (seed 10000 + 100 * seed)
-    assert main(["eval", str(out), "--episodes", "2", "--seed", "10000"]) == 0
+    # the same episodes as the last evaluation of training (the protocol's seeds of evaluation 1)
+    first = eval_episode_seeds(0, len(rows) - 1, 2)[0]
+    assert main(["eval", str(out), "--episodes", "2", "--seed", str(first)]) == 0
     value = float(capsys.readouterr().out.split("mean return ")[1].split()[0])
     assert value == pytest.approx(float(rows[-1]["eval_return_mean"]), abs=0.1)
 
 
-def test_dense_evaluation_schedule_resolves_early_steps_for_every_learner_alike():
-    from sym_mbrl_ros.commands.train import is_eval_step, parse_eval_dense
+def test_evaluation_schedule_is_the_protocol_grid_unless_told_otherwise():
+    from sym_mbrl_ros.commands.train import evaluation_steps, parse_eval_dense
 
+    assert evaluation_steps(1200) == eval_grid(1200)  # every learner: the same grid
     dense = parse_eval_dense("50:300")
-    points = [s for s in range(1, 1001) if is_eval_step(s, 1000, 250, dense)]
-    assert points == [50, 100, 150, 200, 250, 300, 500, 750, 1000]
-    assert [s for s in range(1, 600) if is_eval_step(s, 599, 250, None)] == [250, 500, 599]
+    assert evaluation_steps(1000, 250, dense) == [50, 100, 150, 200, 250, 300, 500, 750, 1000]
+    assert evaluation_steps(599, 250) == [250, 500, 599]
     with pytest.raises(UserError, match="EVERY:UNTIL"):
         parse_eval_dense("50")
+
+
+def test_train_evaluates_fresh_episodes_and_counts_only_a_sustained_threshold(tmp_path):
+    """Every evaluation plays new episode seeds, and the summary's steps_to_threshold is the
+    step from which the run stays solved, with the provenance of the code that made it."""
+    from sym_mbrl_ros.agents import evaluation
+    from sym_mbrl_ros.commands.train import train_run
+    from sym_mbrl_ros.protocol import code_hash
+
+    seen: list[list[int]] = []
+    original = evaluation.Evaluator.__call__
+
+    def spy(self, policy, seeds=None):
+        seen.append(list(seeds))
+        return original(self, policy, seeds)
+
+    evaluation.Evaluator.__call__ = spy
+    try:
+        summary = train_run("pendulum", "sac", 150, 3, tmp_path / "r", eval_every=50,
+                            eval_episodes=2, overrides={"hidden_sizes": [8, 8],
+                                                        "learning_starts": 140},
+                            progress=False)
+    finally:
+        evaluation.Evaluator.__call__ = original
+    assert seen == [eval_episode_seeds(3, k, 2) for k in range(3)]
+    assert len({s for block in seen for s in block}) == 6  # no episode replayed
+    assert summary["provenance"]["code_hash"] == code_hash()
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["provenance"]["code_hash"] == code_hash()
 
 
 def test_train_sym_mpc_writes_the_model_and_eval_replans_with_it(tmp_path, capsys):
@@ -434,8 +465,12 @@ def test_train_espl_exports_the_formula_and_eval_runs_it_in_numpy(tmp_path, caps
     assert formula["expressions"][0].startswith("torque = ")
     assert formula["operators"] > 0
     assert len(formula["formula_return"]["returns"]) == 2
+    # compacted on the replay buffer, scored on fresh episodes (after the grid's evaluation)
+    assert policy["metrics"]["compacted_on"] == "training observations"
+    assert policy["metrics"]["eval_seed"] == eval_episode_seeds(0, 1, 2)[0]
     # eval replays the formula (numpy) on the very episodes the run evaluated it on
-    assert main(["eval", str(out), "--episodes", "2", "--seed", "10000"]) == 0
+    seed = str(policy["metrics"]["eval_seed"])
+    assert main(["eval", str(out), "--episodes", "2", "--seed", seed]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "(formula, numpy)" in lines[0] and "(pruned network)" in lines[1]
     value = float(lines[0].split("mean return ")[1].split()[0])

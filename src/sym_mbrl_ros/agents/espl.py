@@ -753,13 +753,17 @@ def export_and_evaluate(
     seed: int = 10_000,
     out: str | Path | None = None,
     tolerance: float = 0.01,
+    observations: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Evaluate the pruned network, export its formula, evaluate the formula in numpy.
 
-    The pruned network runs ``episodes`` evaluation episodes (seeds ``seed + i``); the
-    observations it sees are the check points of :func:`export_policy`. The exported formula
-    then runs the same episodes through :class:`FormulaPolicy` (numpy, no network). With
-    ``out``, ``policy.json`` is written there, both returns in its metrics. Returns a dict with
+    The formula is compacted against the network on ``observations`` (the states the policy
+    was trained on, e.g. its replay buffer's observations), not on the evaluation episodes:
+    a formula fitted on the episodes it is scored on would be scored on its own check points.
+    Without ``observations`` (older callers) the network's evaluation observations are used.
+    The pruned network and then the exported formula (:class:`FormulaPolicy`, numpy, no
+    network) run the same ``episodes`` evaluation episodes (seeds ``seed + i``). With ``out``,
+    ``policy.json`` is written there, both returns in its metrics. Returns a dict with
     ``network`` and ``formula`` (mean, std, returns, success_rate), ``policy`` (the
     :class:`SymbolicPolicy`), ``operators`` and ``constants``.
     """
@@ -780,7 +784,9 @@ def export_and_evaluate(
         net_result = evaluator(network)
         policy = export_policy(
             agent, observation_names(task, agent.obs_dim), list(task.action_names),
-            observations=np.concatenate(seen), tolerance=tolerance,
+            observations=np.concatenate(seen) if observations is None else np.asarray(
+                observations, dtype=np.float64).reshape(-1, agent.obs_dim),
+            tolerance=tolerance,
         )
         formula_result = evaluator(FormulaPolicy(policy))
     finally:
@@ -793,6 +799,7 @@ def export_and_evaluate(
     policy.metrics.update(
         network_return=summary(net_result), formula_return=summary(formula_result),
         eval_episodes=episodes, eval_seed=seed, task=getattr(task, "name", None),
+        compacted_on="training observations" if observations is not None else "evaluation",
     )
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Evaluate a policy on the real task: deterministic actions, a fixed set of episode seeds.
+"""Evaluate a policy on the real task: deterministic actions, episodes with given seeds.
 
 The episodes run side by side, one environment each, so the policy is called once per step
 for all of them (a batch), not once per episode.
@@ -6,7 +6,7 @@ for all of them (a batch), not once per episode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -25,13 +25,16 @@ class EvalResult(NamedTuple):
 
 
 class Evaluator:
-    """Runs ``episodes`` evaluation episodes of ``task`` with the same seeds every time.
+    """Runs ``episodes`` evaluation episodes of ``task``.
 
     Args:
         task: the task; its environment is created ``episodes`` times.
         episodes: episodes per evaluation.
-        seed: episode ``i`` resets with seed ``seed + i``.
+        seed: without ``seeds`` in the call, episode ``i`` resets with seed ``seed + i``.
         env_kwargs: passed to ``task.make_env``.
+
+    The benchmark protocol (:mod:`sym_mbrl_ros.protocol`) passes fresh ``seeds`` to every
+    call, so that no two evaluations of a run replay the same episodes.
     """
 
     def __init__(self, task: TaskSpec, episodes: int = 5, seed: int = 10_000, **env_kwargs):
@@ -39,12 +42,18 @@ class Evaluator:
         self.seed = seed
         self.envs = [task.make_env(**env_kwargs) for _ in range(episodes)]
 
-    def __call__(self, policy: Callable[[np.ndarray], np.ndarray] | object) -> EvalResult:
+    def __call__(self, policy: Callable[[np.ndarray], np.ndarray] | object,
+                 seeds: Sequence[int] | None = None) -> EvalResult:
         """Evaluate ``policy``: an object with ``predict(obs_batch, deterministic=True)`` or a
-        function mapping a (B, o) batch of observations to (B, m) actions."""
+        function mapping a (B, o) batch of observations to (B, m) actions. ``seeds``: one
+        reset seed per episode (default ``seed + i``)."""
         act = _as_batch_policy(policy)
         n = len(self.envs)
-        obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
+        if seeds is None:
+            seeds = [self.seed + i for i in range(n)]
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} episode seeds for {n} evaluation episodes")
+        obs = np.stack([env.reset(seed=int(s))[0] for s, env in zip(seeds, self.envs)])
         returns = np.zeros(n)
         done = np.zeros(n, dtype=bool)
         success = np.zeros(n, dtype=bool)

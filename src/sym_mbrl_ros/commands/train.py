@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-sSEED)")
     parser.add_argument(
-        "--eval-every", type=int, default=250, help="evaluate every E real steps (default 250)"
+        "--eval-every", type=int, default=None,
+        help="evaluate every E real steps (default: the benchmark protocol's grid, the same for "
+             "every learner: every 50 steps to 1,000, every 250 to 5,000, every 1,000 after)"
     )
     parser.add_argument(
         "--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)"
     )
     parser.add_argument(
         "--eval-dense", default=None, metavar="EVERY:UNTIL",
-        help="evaluate every EVERY steps up to UNTIL steps, then every --eval-every "
-             "(e.g. 50:1500: step counts to a threshold are resolved to 50 early on)",
+        help="with --eval-every: evaluate every EVERY steps up to UNTIL steps, then every "
+             "--eval-every (e.g. 50:1500)",
     )
     parser.add_argument(
         "--policy", default="mlp",
@@ -73,8 +74,12 @@ def run(args) -> int:
     check_algorithm(args.algo)
     check_policy(args.policy, args.algo)
     steps = args.steps or DEFAULT_STEPS.get(task.name, {}).get(args.algo, 5000)
-    if steps <= 0 or args.eval_every <= 0 or args.eval_episodes <= 0:
+    if steps <= 0 or (args.eval_every is not None and args.eval_every <= 0) or \
+            args.eval_episodes <= 0:
         raise UserError("--steps, --eval-every and --eval-episodes must be positive")
+    if args.eval_dense is not None and args.eval_every is None:
+        raise UserError("--eval-dense refines --eval-every; give both, or neither for the "
+                        "protocol's grid")
     out = Path(args.out or f"runs/{task.name}-{args.algo}-s{args.seed}")
     if (out / "config.json").exists() and not args.overwrite:
         raise UserError(f"{out} already holds a run; choose another --out or pass --overwrite")
@@ -89,7 +94,8 @@ def run(args) -> int:
     if final.get("success_rate") is not None:
         line += f", success {100 * final['success_rate']:.0f}%"
     reached = summary["steps_to_threshold"]
-    line += f"; threshold reached at {reached} steps" if reached else "; threshold not reached"
+    line += (f"; threshold reached and held from {reached} steps" if reached
+             else "; threshold not reached and held")
     print(f"{line}; {summary['train_s']:.0f} s of training; run folder {out}")
     if summary.get("equations"):
         print("learned dynamics:")
@@ -118,12 +124,20 @@ def parse_eval_dense(text: str | None) -> tuple[int, int] | None:
     return int(every), int(until)
 
 
-def is_eval_step(step: int, steps: int, every: int, dense: tuple[int, int] | None) -> bool:
-    """Whether a run of ``steps`` real steps evaluates after ``step``: every ``every`` steps,
-    every ``dense[0]`` steps up to ``dense[1]``, and at the end."""
-    if step == steps or step % every == 0:
-        return True
-    return dense is not None and step <= dense[1] and step % dense[0] == 0
+def evaluation_steps(steps: int, every: int | None = None,
+                     dense: tuple[int, int] | None = None) -> list[int]:
+    """The real-step counts at which a run of ``steps`` steps is evaluated: the protocol's grid
+    (:func:`sym_mbrl_ros.protocol.eval_grid`, the same for every learner) unless ``every`` is
+    given; then every ``every`` steps, every ``dense[0]`` steps up to ``dense[1]``, and at
+    the end."""
+    from ..protocol import eval_grid
+
+    if every is None:
+        return eval_grid(steps)
+    out = {s for s in range(every, steps + 1, every)} | {steps}
+    if dense is not None:
+        out |= set(range(dense[0], min(dense[1], steps) + 1, dense[0]))
+    return sorted(out)
 
 
 def _parse(items):
@@ -138,7 +152,7 @@ def train_run(
     steps: int,
     seed: int,
     out: str | Path,
-    eval_every: int = 250,
+    eval_every: int | None = None,
     eval_episodes: int = 5,
     policy: str = "mlp",
     overrides: dict[str, Any] | None = None,
@@ -146,7 +160,11 @@ def train_run(
     progress: bool = True,
     eval_dense: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Train one learner, evaluating as it goes, and fill the run folder; returns the summary."""
+    """Train one learner, evaluating as it goes, and fill the run folder; returns the summary.
+
+    Evaluations follow the benchmark protocol (:mod:`sym_mbrl_ros.protocol`): at the steps of
+    :func:`evaluation_steps`, each on fresh episode seeds; ``steps_to_threshold`` is the
+    sustained one (the threshold holds at every later evaluation)."""
     import dataclasses
 
     import numpy as np
@@ -157,8 +175,11 @@ def train_run(
     from ..agents.mpc import MPCConfig, SymMPC
     from ..agents.presets import THRESHOLDS, make_config, make_learner
     from ..envs import get_task
+    from ..protocol import eval_episode_seeds, first_crossing, provenance, sustained_from_rows
 
     task = get_task(task_name)
+    grid = evaluation_steps(steps, eval_every, eval_dense)
+    grid_set = set(grid)
     if threads:
         torch.set_num_threads(threads)
     config = make_config(algo, task.name, policy, overrides)
@@ -172,13 +193,14 @@ def train_run(
     env = task.make_env()
     obs_dim = int(env.observation_space.shape[0])
     learner = make_learner(algo, task, config, seed, obs_dim)
-    evaluator = Evaluator(task, eval_episodes, seed=10_000 + 100 * seed)
+    evaluator = Evaluator(task, eval_episodes)
     has_success = task.success is not None
     columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
     run_config = {
         "task": task.name, "algo": algo, "steps": steps, "seed": seed, "policy": policy,
         "eval_every": eval_every, "eval_dense": eval_dense, "eval_episodes": eval_episodes,
-        "obs_dim": obs_dim,
+        "eval_grid": "protocol" if eval_every is None else "custom", "obs_dim": obs_dim,
+        "provenance": provenance(),
         "overrides": overrides or {}, "threads": threads,
         "config": dataclasses.asdict(config),
     }
@@ -200,11 +222,11 @@ def train_run(
         return time.perf_counter() - clock["start"] - clock["eval_s"]
 
     def callback(step: int, learner_: Any) -> None:
-        if is_eval_step(step, steps, eval_every, eval_dense):
+        if step in grid_set:
             t0, c0 = time.perf_counter(), time.process_time()
             if isinstance(learner_, SymMPC):
                 learner_.reset_evaluation()  # each evaluation plans from a cold start
-            result = evaluator(learner_)
+            result = evaluator(learner_, eval_episode_seeds(seed, len(rows), eval_episodes))
             clock["eval_s"] += time.perf_counter() - t0
             clock["eval_cpu_s"] += time.process_time() - c0
             row = {
@@ -220,7 +242,7 @@ def train_run(
             curve_file.flush()
         if bar is not None:
             bar.update(1)
-            if step % eval_every == 0 or step % 50 == 0 or step == steps:
+            if step in grid_set or step % 50 == 0 or step == steps:
                 post = {}
                 if rows:
                     post["eval"] = f"{rows[-1]['eval_return_mean']:.1f}"
@@ -243,10 +265,12 @@ def train_run(
 
     summary: dict[str, Any] = {
         "task": task.name, "algo": algo, "seed": seed, "steps": steps, "eval_every": eval_every,
-        "eval_dense": eval_dense, "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
+        "eval_dense": eval_dense, "eval_episodes": eval_episodes,
+        "provenance": run_config["provenance"],
+        "train_s": round(train_s, 2), "eval_s": round(clock["eval_s"], 2),
         "train_cpu_s": round(train_cpu_s, 2),
         "final_eval": rows[-1], "best_eval_return": max(r["eval_return_mean"] for r in rows),
-        "threshold": None, "steps_to_threshold": None,
+        "threshold": None, "steps_to_threshold": None, "first_crossing": None,
     }
     if isinstance(learner, SymMPC):
         learner.save(out)  # model.json, mpc.json, transitions.npz: eval rebuilds the planner
@@ -257,11 +281,16 @@ def train_run(
         agent.save(out / "policy.pt")
         summary["sac_updates"] = agent.num_updates
         if policy == "espl":
-            summary["formula"] = export_formula(agent, task, eval_episodes, seed, out)
+            # fresh episodes, after every evaluation of the grid; compacted on training data
+            seeds = eval_episode_seeds(seed, len(rows), eval_episodes)
+            summary["formula"] = export_formula(
+                agent, task, eval_episodes, seeds[0], out, training_observations(learner))
     if task.name in THRESHOLDS:
         column, value = THRESHOLDS[task.name]
         summary["threshold"] = {"column": column, "value": value}
-        summary["steps_to_threshold"] = steps_to_threshold(rows, column, value)
+        summary["steps_to_threshold"] = sustained_from_rows(rows, column, value)
+        summary["first_crossing"] = first_crossing(
+            [r["env_steps"] for r in rows], [r.get(column) for r in rows], value)
     if isinstance(learner, MBPO | SymMPC):
         summary["timings_s"] = {k: round(v, 2) for k, v in learner.timings.items()}
         summary["model_fits"] = learner.num_model_fits
@@ -278,12 +307,25 @@ def train_run(
     return summary
 
 
-def export_formula(agent, task, episodes: int, seed: int, out: Path) -> dict[str, Any]:
-    """ESPL: prune, export one formula per action to ``out/policy.json`` and evaluate both the
-    pruned network and the formula (numpy) on the same ``episodes`` evaluation episodes."""
+def training_observations(learner, newest: int = 5000):
+    """The newest ``newest`` real observations a policy learner trained on (its replay buffer):
+    the points an ESPL formula is compacted on."""
+    agent = getattr(learner, "agent", learner)
+    buffer = getattr(learner, "real_buffer", None) or getattr(agent, "replay_buffer", None)
+    if buffer is None or len(buffer) == 0:
+        return None
+    return buffer.observations[buffer.recent_indices(newest)].double().numpy()
+
+
+def export_formula(agent, task, episodes: int, first_seed: int, out: Path,
+                   observations=None) -> dict[str, Any]:
+    """ESPL: prune, export one formula per action to ``out/policy.json`` (compacted on
+    ``observations``) and evaluate both the pruned network and the formula (numpy) on the
+    same ``episodes`` evaluation episodes (seeds ``first_seed + i``)."""
     from ..agents.espl import export_and_evaluate
 
-    result = export_and_evaluate(agent, task, episodes, seed=10_000 + 100 * seed, out=out)
+    result = export_and_evaluate(agent, task, episodes, seed=first_seed, out=out,
+                                 observations=observations)
     policy = result["policy"]
     return {
         "expressions": policy.pretty().splitlines(),
@@ -291,15 +333,6 @@ def export_formula(agent, task, episodes: int, seed: int, out: Path) -> dict[str
         "network_return": result["network"], "formula_return": result["formula"],
         "file": "policy.json",
     }
-
-
-def steps_to_threshold(rows: list[dict[str, Any]], column: str, value: float) -> int | None:
-    """The first ``env_steps`` whose ``column`` reaches ``value`` (None if none does)."""
-    for row in rows:
-        v = row.get(column)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)) and v >= value:
-            return int(row["env_steps"])
-    return None
 
 
 def plot_curve(rows: list[dict[str, Any]], path: Path, title: str, success: bool) -> None:
