@@ -1,22 +1,29 @@
-"""Sample efficiency: real steps to solve a task, for five learners on the same seeds.
+"""Sample efficiency: real steps to solve a task, for every learner under one protocol.
 
-Learners: sym-mbpo (MBPO + symbolic world model), mbpo (MBPO + NN ensemble), our SAC,
-Stable-Baselines3's SAC as an external anchor, and sym-mpc (CEM planning on the symbolic
-model). Every learner is evaluated the same way (the deterministic policy or the planner, on
-episodes with fixed seeds, every ``--eval-every`` real steps and, with ``--eval-dense``, more
-often early on); ``--learners`` and ``--learner-seeds`` pick a subset.
+Learners: sym-mbpo (MBPO + symbolic world model), mbpo (MBPO + NN ensemble), our SAC, our SAC
+with 20 updates per real step (``sac-utd20``, the update-to-data ratio MBPO gets, as in
+DroQ/REDQ), Stable-Baselines3's SAC as an external anchor, and sym-mpc (CEM planning on the
+symbolic model). ``--learners`` and ``--learner-seeds`` pick a subset.
+
+The protocol is :mod:`sym_mbrl_ros.protocol`, the same one ``sym-mbrl train`` follows: report
+seeds (100 and up; ``--tuning`` runs the tuning seeds 0-4 instead), every learner evaluated
+on the same real-step grid, every evaluation on fresh episode seeds, "steps to threshold" the
+sustained one (the threshold holds at every later evaluation), the median with a bootstrap
+95 % interval and the IQM of the return at fixed budgets. A finished run is reused only when
+its settings *and* the hash of the code that made it equal today's; otherwise it is re-run.
 
 Episodes per evaluation: 5 where the threshold is a mean return (Pendulum), 20 where it is a
 success rate (Reacher, Car2d). A 90 % success threshold cannot be read from 5 episodes: they
 give 80 % or 100 %, so "≥ 90 %" would mean "all 5", and a policy that succeeds 95 % of the time
 would miss it one evaluation in four. With 20 episodes it means at least 18 of 20.
 
-    python bench/sample_efficiency.py --task pendulum --seeds 5 --eval-dense 50:1500 \\
-        --steps sac=10000,sb3-sac=10000
+    python bench/sample_efficiency.py --task pendulum --seeds 10 \\
+        --learner-seeds mbpo=5,sac=5,sac-utd20=5,sb3-sac=5
 
 Prints and writes ``bench/results/sample_efficiency_<task>.md`` (tables), ``.png`` (all curves)
 and ``.json`` (configuration and raw results). Run folders of the individual trainings go to
-``bench/results/runs/<task>/``; a finished run with the same settings is reused unless --fresh.
+``bench/results/runs/<task>/``; a finished run with the same settings and code is reused unless
+--fresh.
 """
 
 from __future__ import annotations
@@ -34,14 +41,22 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-LEARNERS = ("sym-mbpo", "mbpo", "sac", "sb3-sac", "sym-mpc")
+LEARNERS = ("sym-mbpo", "mbpo", "sac", "sac-utd20", "sb3-sac", "sym-mpc")
 LABELS = {
     "sym-mbpo": "sym-mbpo (symbolic model)",
     "sym-mpc": "sym-mpc (CEM on the symbolic model)",
     "mbpo": "mbpo (NN ensemble)",
     "sac": "SAC (ours)",
+    "sac-utd20": "SAC, 20 updates/step (ours)",
     "sb3-sac": "SAC (Stable-Baselines3)",
 }
+ALGO = {"sym-mbpo": "sym-mbpo", "mbpo": "mbpo", "sac": "sac", "sac-utd20": "sac",
+        "sym-mpc": "sym-mpc"}
+"""The ``sym-mbrl train`` algorithm behind each of our learners."""
+LEARNER_OVERRIDES: dict[str, dict[str, Any]] = {"sac-utd20": {"gradient_steps": 20}}
+"""Settings that make a learner what its name says (applied before ``--set``)."""
+HIGH_UTD_STEPS = 5000
+"""Default budget of the high-UTD SAC: 20 updates per step cost about 20x the CPU of SAC."""
 # SB3 settings: the defaults, with RL-Zoo's tuned learning rate for Pendulum.
 SB3_KWARGS: dict[str, dict[str, Any]] = {
     "pendulum": {"learning_rate": 1e-3},
@@ -67,10 +82,16 @@ def parse_steps(text: str | None, task: str) -> dict[str, int]:
 
     steps = dict(DEFAULT_STEPS[task])
     steps["sb3-sac"] = steps["sac"]  # the anchor gets our SAC's budget
+    steps["sac-utd20"] = min(HIGH_UTD_STEPS, steps["sac"])
     return {**steps, **parse_pairs(text)}
 
 
 # ---------------------------------------------------------------- one training run (a worker)
+
+
+def job_overrides(job: dict[str, Any]) -> dict[str, Any]:
+    """The learner's defining settings with the command line's ``--set`` on top."""
+    return {**LEARNER_OVERRIDES.get(job["learner"], {}), **job["overrides"].get(job["learner"], {})}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -78,13 +99,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
+    from sym_mbrl_ros.protocol import same_code
+
     torch.set_num_threads(1)
     out = Path(job["out"])
     summary_path = out / "summary.json"
     if job["reuse"] and summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        same = all(_same(summary.get(k), job[k]) for k in ("steps", "eval_every", "eval_dense"))
-        if same and _same_config(job, out):
+        same = all(_same(summary.get(k), job[k]) for k in ("steps", "eval_episodes"))
+        if same and same_code(summary.get("provenance")) and _same_config(job, out):
             return _result(job, summary, out, reused=True)
     if job["learner"] == "sb3-sac":
         summary = train_sb3(job)
@@ -93,14 +116,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
         summary = train_run(
             job["task"],
-            job["learner"],
+            ALGO[job["learner"]],
             job["steps"],
             job["seed"],
             out,
-            eval_every=job["eval_every"],
             eval_episodes=job["eval_episodes"],
-            eval_dense=job["eval_dense"],
-            overrides=job["overrides"].get(job["learner"]),
+            overrides=job_overrides(job),
             threads=1,
             progress=False,
         )
@@ -110,9 +131,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def _same_config(job: dict[str, Any], out: Path) -> bool:
     """Whether the finished run in ``out`` used the settings this job would use now.
 
-    Ours: the learner's full configuration (presets + overrides) and the evaluation episodes;
-    a field the old run lacks counts as equal when the new value is that field's default (a
-    field added since, which changes nothing). SB3: its keyword arguments.
+    Ours: the learner's full configuration (presets + overrides), the evaluation episodes and
+    the protocol's grid; a field the old run lacks counts as equal when the new value is that
+    field's default (a field added since, which changes nothing). SB3: its keyword arguments.
     """
     import dataclasses
 
@@ -120,7 +141,7 @@ def _same_config(job: dict[str, Any], out: Path) -> bool:
         old = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    if old.get("eval_episodes", 5) != job["eval_episodes"]:  # runs without it used 5
+    if old.get("eval_episodes") != job["eval_episodes"] or old.get("eval_grid") != "protocol":
         return False
     if job["learner"] == "sb3-sac":
         from sym_mbrl_ros.envs import get_task
@@ -130,7 +151,7 @@ def _same_config(job: dict[str, Any], out: Path) -> bool:
         return _same(old.get("sb3_kwargs"), kwargs) and _same(old.get("policy_inputs"), inputs)
     from sym_mbrl_ros.agents.presets import make_config
 
-    config = make_config(job["learner"], job["task"], "mlp", job["overrides"].get(job["learner"]))
+    config = make_config(ALGO[job["learner"]], job["task"], "mlp", job_overrides(job))
     inner = getattr(config, "sac", config)
     inner.num_threads = 1  # as run_job trains
     new = json.loads(json.dumps(dataclasses.asdict(config), default=str))
@@ -198,19 +219,22 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
 
     from sym_mbrl_ros.agents.evaluation import Evaluator
     from sym_mbrl_ros.agents.presets import THRESHOLDS
-    from sym_mbrl_ros.commands.train import (
-        CURVE_COLUMNS,
-        is_eval_step,
-        plot_curve,
-        steps_to_threshold,
-    )
+    from sym_mbrl_ros.commands.train import CURVE_COLUMNS, evaluation_steps, plot_curve
     from sym_mbrl_ros.envs import get_task
+    from sym_mbrl_ros.protocol import (
+        eval_episode_seeds,
+        first_crossing,
+        provenance,
+        sustained_from_rows,
+    )
 
     task = get_task(job["task"])
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # written at the end: marks a finished run
-    evaluator = Evaluator(task, job["eval_episodes"], seed=10_000 + 100 * job["seed"])
+    evaluator = Evaluator(task, job["eval_episodes"])
+    grid = set(evaluation_steps(job["steps"]))  # the protocol's grid, as for our learners
+    import stable_baselines3
     has_success = task.success is not None
     columns = CURVE_COLUMNS + (["success_rate"] if has_success else [])
     kwargs = {**SB3_KWARGS.get(task.name, {}), **job["overrides"].get("sb3-sac", {})}
@@ -223,6 +247,9 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
                 "steps": job["steps"],
                 "seed": job["seed"],
                 "eval_episodes": job["eval_episodes"],
+                "eval_grid": "protocol",
+                "provenance": provenance(),
+                "sb3_version": stable_baselines3.__version__,
                 "sb3_kwargs": kwargs,
                 "policy_inputs": None if inputs is None else list(inputs),
             },
@@ -237,9 +264,10 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
     class EvalEvery(BaseCallback):
         def _on_step(self) -> bool:
             step = self.num_timesteps
-            if is_eval_step(step, job["steps"], job["eval_every"], job["eval_dense"]):
+            if step in grid:
                 t0, c0 = time.perf_counter(), time.process_time()
-                res = evaluator(policy)
+                seeds = eval_episode_seeds(job["seed"], len(rows), job["eval_episodes"])
+                res = evaluator(policy, seeds)
                 clock["eval_s"] += time.perf_counter() - t0
                 clock["eval_cpu_s"] += time.process_time() - c0
                 row = {
@@ -278,12 +306,14 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
         "algo": "sb3-sac",
         "seed": job["seed"],
         "steps": job["steps"],
-        "eval_every": job["eval_every"],
-        "eval_dense": job["eval_dense"],
+        "eval_episodes": job["eval_episodes"],
+        "provenance": provenance(),
         "train_s": round(train_s, 2),
         "train_cpu_s": round(train_cpu_s, 2),
         "final_eval": rows[-1],
-        "steps_to_threshold": steps_to_threshold(rows, column, value),
+        "steps_to_threshold": sustained_from_rows(rows, column, value),
+        "first_crossing": first_crossing(
+            [r["env_steps"] for r in rows], [r.get(column) for r in rows], value),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_curve(rows, out / "curve.png", f"{task.name} — sb3-sac (seed {job['seed']})", has_success)
@@ -294,17 +324,34 @@ def train_sb3(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fmt_steps(values: list[int | None], budget: int) -> str:
-    reached = [v for v in values if v is not None]
+    """Median [bootstrap 95 % interval] (solved/runs); an unsolved run counts as > budget."""
+    from sym_mbrl_ros.protocol import format_steps, median_interval
+
     if not values:
         return "—"
-    # a seed that never reached the threshold counts as "more than the budget"
-    filled = sorted(v if v is not None else np.inf for v in values)
-    med = float(np.median(filled))
-    med_s = f">{budget}" if np.isinf(med) else f"{med:.0f}"
-    lo = min(reached) if reached else None
-    hi = max(filled)
-    rng = "—" if lo is None else f"{lo}–{'>' + str(budget) if np.isinf(hi) else int(hi)}"
-    return f"{med_s} [{rng}] ({len(reached)}/{len(values)} seeds)"
+    solved = sum(v is not None for v in values)
+    return f"{format_steps(median_interval(values), budget)} ({solved}/{len(values)} seeds)"
+
+
+def tricks(name: str, config: dict[str, Any] | None) -> str:
+    """One line: what a learner got (updates per real step, action repeat, head starts)."""
+    if name == "sb3-sac":
+        return "1 update per real step, SB3 defaults (RL-Zoo learning rate on Pendulum)"
+    if not config:
+        return "—"
+    c = config.get("config", {})
+    if name == "sym-mpc":
+        cem = c.get("cem", {})
+        return (f"CEM planning: population {cem.get('population')}, horizon "
+                f"{cem.get('horizon')}; model refit every {c.get('refit_every')} steps; "
+                f"{c.get('init_random_steps')} random steps")
+    if "sac" in c:  # MBPO
+        return (f"{c.get('updates_per_step')} updates per real step on model rollouts "
+                f"(horizon {c.get('rollout_horizon')}, action repeat {c.get('action_repeat')}); "
+                f"{c.get('first_fit_updates')} updates after the first fit; "
+                f"{c.get('init_random_steps')} random steps")
+    return (f"{c.get('gradient_steps')} update(s) per real step, action repeat 1; "
+            f"{c.get('learning_starts')} random steps")
 
 
 def _value_at(rows: list[dict], step: int, column: str) -> float | None:
@@ -324,11 +371,14 @@ def report(
     budgets: list[int],
     seeds: list[int],
     episodes: int = 5,
+    configs: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The markdown tables and a dict of the numbers in them."""
     from sym_mbrl_ros.agents.presets import THRESHOLDS
+    from sym_mbrl_ros.protocol import iqm_interval
 
     column, value = THRESHOLDS[task]
+    configs = configs or {}
     learners = [name for name in LEARNERS if any(r["learner"] == name for r in results)]
     by = {
         name: sorted((r for r in results if r["learner"] == name), key=lambda r: r["seed"])
@@ -343,26 +393,36 @@ def report(
         f"# Sample efficiency on {task}",
         "",
         f"Seeds {seeds} (a learner with fewer lists them under 'per seed'); evaluation: "
-        f"deterministic policy (sym-mpc: the planner), {episodes} episodes with fixed seeds; "
-        f"threshold: {crit}.",
+        f"deterministic policy (sym-mpc: the planner), {episodes} fresh episodes per "
+        f"evaluation (protocol seeds), on the protocol's grid for every learner; "
+        f"threshold: {crit}, **sustained** (it holds at every later evaluation of the run).",
         "",
-        "## Real steps to reach the threshold",
+        "## Real steps to reach and hold the threshold",
         "",
-        "median [range] over seeds (a seed that never reached it counts as more than its budget)",
+        "median [bootstrap 95 % interval] over seeds (a seed that never holds it counts as more "
+        "than its budget); 'first crossing' is the old, lenient rule, for comparison",
         "",
-        "| learner | budget | steps to threshold | per seed |",
-        "|---|---|---|---|",
+        "| learner | budget | steps to threshold (sustained) | per seed | first crossing, "
+        "median |",
+        "|---|---|---|---|---|",
     ]
-    numbers: dict[str, Any] = {"steps_to_threshold": {}, "at_budget": {}, "wall_s": {}}
+    numbers: dict[str, Any] = {"steps_to_threshold": {}, "first_crossing": {}, "at_budget": {},
+                               "wall_s": {}}
     medians = {}
     for name in learners:
         vals = [r["summary"].get("steps_to_threshold") for r in by[name]]
+        first = [r["summary"].get("first_crossing") for r in by[name]]
         numbers["steps_to_threshold"][name] = vals
-        filled = [v if v is not None else np.inf for v in vals]
-        medians[name] = float(np.median(filled)) if filled else np.inf
+        numbers["first_crossing"][name] = first
+        filled = sorted(v if v is not None else np.inf for v in vals)
+        medians[name] = float(filled[(len(filled) - 1) // 2]) if filled else np.inf
         per_seed = ", ".join("—" if v is None else str(v) for v in vals)
+        first_s = (_fmt_steps(first, steps[name]).split(" [")[0]
+                   if all(k in r["summary"] for r in by[name] for k in ("first_crossing",))
+                   else "—")
         lines.append(
-            f"| {LABELS[name]} | {steps[name]} | {_fmt_steps(vals, steps[name])} | {per_seed} |"
+            f"| {LABELS[name]} | {steps[name]} | {_fmt_steps(vals, steps[name])} | {per_seed} "
+            f"| {first_s} |"
         )
     for ours in ("sym-mbpo", "sym-mpc"):
         base = medians.get(ours)
@@ -377,6 +437,9 @@ def report(
                     if n != ours
                 ),
             ]
+    lines += ["", "## What each learner got", "", "| learner | budget | tricks |", "|---|---|---|"]
+    for name in learners:
+        lines.append(f"| {LABELS[name]} | {steps[name]} | {tricks(name, configs.get(name))} |")
     # the threshold's metric first; success-rate tasks also get the return
     metrics = [column] + (["eval_return_mean"] if column != "eval_return_mean" else [])
     for metric in metrics:
@@ -387,7 +450,7 @@ def report(
             "",
             f"## {unit.capitalize()} at fixed budgets of real steps",
             "",
-            "median [min–max] over seeds (— : the learner's run is shorter)",
+            "IQM [bootstrap 95 % interval] over seeds (— : the learner's run is shorter)",
             "",
             "| learner | " + " | ".join(str(b) for b in budgets) + " |",
             "|---|" + "---|" * len(budgets),
@@ -401,10 +464,12 @@ def report(
                 numbers[key][name][b] = vals
                 if not vals:
                     cells.append("—")
-                elif metric == "eval_return_mean":
-                    cells.append(f"{np.median(vals):.0f} [{min(vals):.0f}–{max(vals):.0f}]")
+                    continue
+                est = iqm_interval(vals)
+                if metric == "eval_return_mean":
+                    cells.append(f"{est.value:.0f} [{est.low:.0f}–{est.high:.0f}]")
                 else:
-                    cells.append(f"{np.median(vals):.0%} [{min(vals):.0%}–{max(vals):.0%}]")
+                    cells.append(f"{est.value:.0%} [{est.low:.0%}–{est.high:.0%}]")
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -447,8 +512,8 @@ def plot(task: str, results: list[dict], path: Path) -> None:
     column, value = THRESHOLDS[task]
     metrics = ["eval_return_mean"] + ([column] if column != "eval_return_mean" else [])
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
-    colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue", "sb3-sac": "tab:gray",
-              "sym-mpc": "tab:orange"}
+    colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue",
+              "sac-utd20": "tab:cyan", "sb3-sac": "tab:gray", "sym-mpc": "tab:orange"}
     for ax, metric in zip(axes[0], metrics):
         medians = []
         for name in LEARNERS:
@@ -494,14 +559,14 @@ def default_eval_episodes(task: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="pendulum")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--seeds", type=int, default=10,
+                   help="report seeds 100..100+N-1 (the protocol's; default 10)")
+    p.add_argument("--tuning", action="store_true",
+                   help="run the tuning seeds 0-4 instead (for tuning presets; never reported)")
     p.add_argument("--learner-seeds", default=None,
-                   help="fewer seeds for some learners, e.g. mbpo=1 (seeds 0..N-1 of those)")
+                   help="fewer seeds for some learners, e.g. mbpo=5 (the first N seeds)")
     p.add_argument("--steps", default=None, help="per learner, e.g. sym-mbpo=1500,sac=15000")
     p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-dense", default=None, metavar="EVERY:UNTIL",
-                   help="also evaluate every EVERY steps up to UNTIL (all learners alike)")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="episodes per evaluation (default: 20 for a success-rate threshold, "
                         "else 5)")
@@ -525,12 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     if set(learners) - set(LEARNERS):
         p.error(f"--learners must be a subset of {', '.join(LEARNERS)}")
     steps = parse_steps(args.steps, args.task)
-    seeds = list(range(args.seeds))
+    from sym_mbrl_ros.protocol import TUNING_SEEDS, report_seeds
+
+    seeds = list(TUNING_SEEDS[: args.seeds]) if args.tuning else report_seeds(args.seeds)
     learner_seeds = {name: int(n) for name, n in parse_pairs(args.learner_seeds).items()}
     overrides = json.loads(args.overrides)
-    from sym_mbrl_ros.commands.train import parse_eval_dense
-
-    eval_dense = parse_eval_dense(args.eval_dense)
     if args.eval_episodes is None:
         args.eval_episodes = default_eval_episodes(args.task)
     out = Path(args.out)
@@ -541,8 +605,6 @@ def main(argv: list[str] | None = None) -> int:
             "learner": name,
             "seed": s,
             "steps": steps[name],
-            "eval_every": args.eval_every,
-            "eval_dense": eval_dense,
             "eval_episodes": args.eval_episodes,
             "overrides": overrides,
             "out": str(runs_dir / f"{name}-s{s}"),
@@ -552,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds[: learner_seeds.get(name, len(seeds))]
     ]
     # longest jobs first, so the two workers finish close together
-    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sb3-sac": 0.012, "sym-mpc": 0.05}
+    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sac-utd20": 0.12, "sb3-sac": 0.012,
+            "sym-mpc": 0.05}
     jobs.sort(key=lambda j: -j["steps"] * cost[j["learner"]])
     workers = max(1, min(2, args.workers))
     print(
@@ -577,7 +640,13 @@ def main(argv: list[str] | None = None) -> int:
             | {steps[n] for n in learners}
         )
     )
-    text, numbers = report(args.task, results, steps, budgets, seeds, args.eval_episodes)
+    configs = {
+        r["learner"]: json.loads((runs_dir / f"{r['learner']}-s{r['seed']}" / "config.json")
+                                 .read_text())
+        for r in sorted(results, key=lambda r: -r["seed"])  # the first seed's config wins
+    }
+    text, numbers = report(args.task, results, steps, budgets, seeds, args.eval_episodes,
+                           configs)
     n_reused = sum(r["reused"] for r in results)
     text += (
         f"\nCommand: `python bench/sample_efficiency.py {' '.join(argv or sys.argv[1:])}`; "
@@ -597,21 +666,14 @@ def main(argv: list[str] | None = None) -> int:
                 "task": args.task,
                 "seeds": seeds,
                 "steps": steps,
-                "eval_every": args.eval_every,
-                "eval_dense": eval_dense,
+                "protocol": "sym_mbrl_ros.protocol (grid, fresh evaluation seeds, sustained)",
                 "eval_episodes": args.eval_episodes,
                 "overrides": overrides,
                 "budgets": budgets,
                 "sb3_kwargs": SB3_KWARGS.get(args.task, {}),
                 "elapsed_s": elapsed,
                 "numbers": numbers,
-                "configs": {
-                    r["learner"]: json.loads(
-                        (runs_dir / f"{r['learner']}-s0" / "config.json").read_text()
-                    )
-                    for r in results
-                    if r["seed"] == 0
-                },
+                "configs": configs,
             },
             indent=2,
             default=str,
