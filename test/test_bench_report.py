@@ -1,0 +1,47 @@
+"""bench/report.py: README tables are regenerated from the stored results, nothing else moves."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fenced_blocks_are_rewritten_from_the_named_sections(tmp_path):
+    report = _report()
+    (tmp_path / "r.md").write_text(
+        "# title\n\n## Steps\n\n| a |\n|---|\n| 1 |\n\n## Other\n\nnot wanted\n\n"
+        "Command: `python bench/x.py --seeds 10`\n")
+    readme = ("before\n<!-- bench: r.md | Steps -->\nstale table\n<!-- /bench -->\nafter\n")
+    new = report.rewrite(readme, tmp_path)
+    assert new.startswith("before\n<!-- bench: r.md | Steps -->\n**Steps**\n\n| a |")
+    assert "stale" not in new and "not wanted" not in new
+    assert "Command: `python bench/x.py --seeds 10`" in new  # every block names its command
+    assert new.endswith("<!-- /bench -->\nafter\n")
+    assert report.rewrite(new, tmp_path) == new  # idempotent
+
+
+def test_a_missing_file_or_section_is_one_clear_error(tmp_path):
+    report = _report()
+    (tmp_path / "r.md").write_text("## Steps\n\nx\n")
+    with pytest.raises(report.ReportError, match="no section 'Nope'; it has: Steps"):
+        report.rewrite("<!-- bench: r.md | Nope -->\n<!-- /bench -->", tmp_path)
+    with pytest.raises(report.ReportError, match="does not exist"):
+        report.rewrite("<!-- bench: gone.md -->\n<!-- /bench -->", tmp_path)
+
+
+def test_the_readme_tables_are_the_stored_results():
+    """Every fenced README table equals what bench/report.py makes from bench/results/."""
+    report = _report()
+    readme = (ROOT / "README.md").read_text()
+    assert report.rewrite(readme) == readme, "run `python bench/report.py` and commit"
