@@ -41,17 +41,18 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-LEARNERS = ("sym-mbpo", "mbpo", "sac", "sac-utd20", "sb3-sac", "sym-mpc")
+LEARNERS = ("sym-mbpo", "mbpo", "sac", "sac-utd20", "sac-repeat", "sb3-sac", "sym-mpc")
 LABELS = {
     "sym-mbpo": "sym-mbpo (symbolic model)",
     "sym-mpc": "sym-mpc (CEM on the symbolic model)",
     "mbpo": "mbpo (NN ensemble)",
     "sac": "SAC (ours)",
     "sac-utd20": "SAC, 20 updates/step (ours)",
+    "sac-repeat": "SAC, MBPO's action repeat (ours)",
     "sb3-sac": "SAC (Stable-Baselines3)",
 }
 ALGO = {"sym-mbpo": "sym-mbpo", "mbpo": "mbpo", "sac": "sac", "sac-utd20": "sac",
-        "sym-mpc": "sym-mpc"}
+        "sac-repeat": "sac", "sym-mpc": "sym-mpc"}
 """The ``sym-mbrl train`` algorithm behind each of our learners."""
 LEARNER_OVERRIDES: dict[str, dict[str, Any]] = {"sac-utd20": {"gradient_steps": 20}}
 """Settings that make a learner what its name says (applied before ``--set``)."""
@@ -83,6 +84,7 @@ def parse_steps(text: str | None, task: str) -> dict[str, int]:
     steps = dict(DEFAULT_STEPS[task])
     steps["sb3-sac"] = steps["sac"]  # the anchor gets our SAC's budget
     steps["sac-utd20"] = min(HIGH_UTD_STEPS, steps["sac"])
+    steps["sac-repeat"] = steps["sac"]
     return {**steps, **parse_pairs(text)}
 
 
@@ -91,7 +93,12 @@ def parse_steps(text: str | None, task: str) -> dict[str, int]:
 
 def job_overrides(job: dict[str, Any]) -> dict[str, Any]:
     """The learner's defining settings with the command line's ``--set`` on top."""
-    return {**LEARNER_OVERRIDES.get(job["learner"], {}), **job["overrides"].get(job["learner"], {})}
+    defining = dict(LEARNER_OVERRIDES.get(job["learner"], {}))
+    if job["learner"] == "sac-repeat":  # the action repeat sym-mbpo's preset uses on this task
+        from sym_mbrl_ros.agents.presets import make_config
+
+        defining["action_repeat"] = make_config("sym-mbpo", job["task"]).action_repeat
+    return {**defining, **job["overrides"].get(job["learner"], {})}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +357,8 @@ def tricks(name: str, config: dict[str, Any] | None) -> str:
                 f"(horizon {c.get('rollout_horizon')}, action repeat {c.get('action_repeat')}); "
                 f"{c.get('first_fit_updates')} updates after the first fit; "
                 f"{c.get('init_random_steps')} random steps")
-    return (f"{c.get('gradient_steps')} update(s) per real step, action repeat 1; "
+    return (f"{c.get('gradient_steps')} update(s) per real step, action repeat "
+            f"{c.get('action_repeat', 1)}; "
             f"{c.get('learning_starts')} random steps")
 
 
@@ -513,7 +521,8 @@ def plot(task: str, results: list[dict], path: Path) -> None:
     metrics = ["eval_return_mean"] + ([column] if column != "eval_return_mean" else [])
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
     colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue",
-              "sac-utd20": "tab:cyan", "sb3-sac": "tab:gray", "sym-mpc": "tab:orange"}
+              "sac-utd20": "tab:cyan", "sac-repeat": "tab:green", "sb3-sac": "tab:gray",
+              "sym-mpc": "tab:orange"}
     for ax, metric in zip(axes[0], metrics):
         medians = []
         for name in LEARNERS:
@@ -614,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds[: learner_seeds.get(name, len(seeds))]
     ]
     # longest jobs first, so the two workers finish close together
-    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sac-utd20": 0.12, "sb3-sac": 0.012,
-            "sym-mpc": 0.05}
+    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sac-utd20": 0.12, "sac-repeat": 0.006,
+            "sb3-sac": 0.012, "sym-mpc": 0.05}
     jobs.sort(key=lambda j: -j["steps"] * cost[j["learner"]])
     workers = max(1, min(2, args.workers))
     print(

@@ -496,3 +496,36 @@ def test_cli_rejects_user_mistakes_with_one_sentence(argv, message, capsys, tmp_
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+class _Counter(gym.Env):
+    """Observation = steps since reset, reward 1 per step, 10-step episodes."""
+
+    observation_space = gym.spaces.Box(-1e3, 1e3, (1,), dtype=np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0]), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([float(self.t)]), 1.0, False, self.t == 10, {}
+
+
+def test_model_free_sac_with_action_repeat_stores_one_transition_per_held_block():
+    """The baseline's action repeat: a decision every k steps, the block's discounted reward,
+    and a gamma ** k bootstrap (the trick MBPO's rollouts get)."""
+    cfg = SACConfig(hidden_sizes=(8, 8), learning_starts=10_000, action_repeat=4, gamma=0.9)
+    agent = SAC(1, np.array([-1.0]), np.array([1.0]), cfg, seed=0)
+    agent.learn(20, _Counter())
+    buf = agent.replay_buffer
+    # two 10-step episodes, each cut into blocks of 4, 4 and 2 (the time limit ends a block)
+    assert len(buf) == 6
+    np.testing.assert_allclose(buf.observations[:3, 0].numpy(), [0, 4, 8])
+    np.testing.assert_allclose(buf.next_observations[:3, 0].numpy(), [4, 8, 10])
+    # 1 + 0.9 + 0.81 + 0.729 and 1 + 0.9; float32 storage: 1e-6 relative
+    np.testing.assert_allclose(buf.rewards[:3].numpy(), [3.439, 3.439, 1.9], rtol=1e-6)
+    with pytest.raises(UserError, match="action_repeat"):
+        SAC(1, np.array([-1.0]), np.array([1.0]), SACConfig(action_repeat=0)).learn(1, _Counter())

@@ -51,6 +51,11 @@ class SACConfig:
     """Model-free training: steps with uniformly random actions before the first update."""
     gradient_steps: int = 1
     """Model-free training: gradient steps per environment step."""
+    action_repeat: int = 1
+    """Model-free training: the policy decides every ``action_repeat`` real steps and the
+    action is held in between; one stored transition spans the block (its discounted reward
+    sum) and is bootstrapped with ``gamma ** action_repeat``. The same trick MBPO's rollouts
+    get (``MBPOConfig.action_repeat``), for a like-for-like baseline. MBPO keeps this at 1."""
     init_alpha: float = 1.0
     """Initial entropy temperature."""
     autotune: bool = True
@@ -313,7 +318,8 @@ class SAC:
         with torch.no_grad():
             next_action, next_log_prob = self.sample_action(batch.next_observations)
             next_q = self.critic_target(batch.next_observations, next_action).min(0).values
-            target = batch.rewards + cfg.gamma * (1 - batch.terminated) * (
+            gamma = cfg.gamma ** int(cfg.action_repeat)  # one transition spans the block
+            target = batch.rewards + gamma * (1 - batch.terminated) * (
                 next_q - alpha * next_log_prob
             )
         q = self.critic(batch.observations, batch.actions)
@@ -364,15 +370,27 @@ class SAC:
                 self.obs_dim, self.action_dim, cfg.buffer_size, seed=self.seed
             )
         buffer = self.replay_buffer
+        repeat = int(cfg.action_repeat)
+        if repeat < 1 or repeat != cfg.action_repeat:
+            raise UserError(f"action_repeat must be a whole number >= 1, got {cfg.action_repeat}")
         obs, _ = env.reset(seed=self.seed)
         bar = _progress(total_steps, progress_bar)
+        held, start, total, discount = 0, obs, 0.0, 1.0
+        action = None
         for _ in range(total_steps):
-            if self.num_timesteps < cfg.learning_starts:
-                action = self.random_action()
-            else:
-                action = self.predict(obs, deterministic=False)
+            if held == 0:  # a new decision
+                if self.num_timesteps < cfg.learning_starts:
+                    action = self.random_action()
+                else:
+                    action = self.predict(obs, deterministic=False)
+                start, total, discount = obs, 0.0, 1.0
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs, action, reward, next_obs, terminated)
+            total += discount * float(reward)
+            discount *= cfg.gamma
+            held += 1
+            if held == repeat or terminated or truncated:
+                buffer.add(start, action, total, next_obs, terminated)
+                held = 0
             obs = next_obs
             if terminated or truncated:
                 obs, _ = env.reset()
