@@ -264,8 +264,8 @@ def pair_recording(
     """Pair recorded ``(stamp_ns, payload)`` states and ``(stamp_ns, action)`` commands.
 
     The messages are replayed in stamp order (at equal stamps: boundary, state, command), the
-    order in which a recorder with no transport delay would have received them. States whose
-    stamp is not newer than the previous one are dropped (``out_of_order``), as the nodes do.
+    order in which a recorder with no transport delay would have received them. A state with
+    the stamp of the state before it is dropped (``out_of_order``, as the nodes count it).
     """
     pairing = Pairing(mode, dt, tolerance=tolerance, max_state_age_s=max_state_age_s,
                       assemble=assemble, max_states=1_000_000, max_commands=1_000_000)
