@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -220,3 +221,58 @@ def test_kill_9_of_the_recorder_loses_at_most_the_transition_in_flight(graph, pr
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_locked_store_delays_transitions_and_loses_none(graph, probe, tmp_path):
+    rec = graph.add(Recorder(**node_args("pendulum", tmp_path)))
+    _connected(probe)
+    path = tmp_path / "transitions.sqlite"
+    store = TransitionStore(path, readonly=True)
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the lock: every write fails
+    rng = np.random.default_rng(4)
+    states, actions = rng.uniform(-1, 1, (11, 2)), rng.uniform(-2, 2, (10, 1))
+    _event(probe, time.time_ns() - 1)
+    time.sleep(0.2)
+    _lockstep(probe, states, actions)
+    assert wait_for(lambda: probe.diagnostics("recorder").get("store_backlog") == "10", 5), (
+        probe.diagnostics("recorder"))
+    time.sleep(1.0)  # a few retries, all refused
+    diag = probe.diagnostics("recorder")
+    assert int(diag["store_errors"]) >= 2 and "locked" in diag["store_last_error"]
+    assert store.count() == 0
+    blocker.execute("ROLLBACK")  # released: the backlog goes in, in order
+    assert wait_for(lambda: store.count() == 10, 5)
+    b = store.read()
+    np.testing.assert_allclose(b.states, states[:-1])
+    np.testing.assert_allclose(b.actions, actions)
+    np.testing.assert_allclose(b.next_states, states[1:])
+    (ep,) = store.episodes()
+    assert ep.steps == 10 and ep.source == "sim"
+    assert wait_for(lambda: probe.diagnostics("recorder").get("store_backlog") == "0", 5)
+    assert "dropped/backlog_overflow" not in probe.diagnostics("recorder")
+    blocker.close()
+    graph.remove(rec)
+
+
+def test_a_full_backlog_drops_new_transitions_and_says_so(graph, probe, tmp_path):
+    rec = graph.add(Recorder(**node_args("pendulum", tmp_path, store_backlog=4)))
+    _connected(probe)
+    path = tmp_path / "transitions.sqlite"
+    store = TransitionStore(path, readonly=True)
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    rng = np.random.default_rng(5)
+    states, actions = rng.uniform(-1, 1, (7, 2)), rng.uniform(-2, 2, (6, 1))
+    _event(probe, time.time_ns() - 1)
+    time.sleep(0.2)
+    _lockstep(probe, states, actions)
+    assert wait_for(lambda: probe.diagnostics("recorder").get("dropped/backlog_overflow") == "2",
+                    5), probe.diagnostics("recorder")
+    blocker.execute("ROLLBACK")
+    assert wait_for(lambda: store.count() == 4, 5)
+    np.testing.assert_allclose(store.read().actions, actions[:4])  # the oldest four were kept
+    time.sleep(0.3)
+    assert store.count() == 4
+    blocker.close()
+    graph.remove(rec)

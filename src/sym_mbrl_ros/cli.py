@@ -18,6 +18,8 @@ COMMANDS = [
     "tasks",
     "collect",
     "fit",
+    "predict",
+    "import-bag",
     "show",
     "train",
     "eval",

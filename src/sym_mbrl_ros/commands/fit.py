@@ -1,4 +1,9 @@
-"""sym-mbrl fit: learn a symbolic world model from a transitions file."""
+"""sym-mbrl fit: learn a symbolic world model from a transitions file or a transition store.
+
+The held-out rows are the newest ones (the end of the file, the highest store ids): the rows
+of a time series next to a training row are nearly copies of it, so a random split would
+measure interpolation, not the error on data the model has not seen.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,63 @@ from ..errors import UserError
 
 HELP = "learn one symbolic expression per state coordinate from a transitions file"
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def load_data(path: str | Path):
+    """A transitions file (.npz) or a transition store (the recorder's SQLite file)."""
+    from ..data.transitions import load_transitions
+
+    path = Path(path)
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(16) == SQLITE_MAGIC:
+                return load_store(path)
+    return load_transitions(path)
+
+
+def load_store(path: Path):
+    """Every transition of a store, as :class:`Transitions` (angles from the store's task)."""
+    import sqlite3
+
+    from ..data.store import TransitionStore
+    from ..data.transitions import Transitions, check_transition_arrays
+    from ..envs import get_task
+    from ..envs.base import TaskError
+
+    try:
+        with TransitionStore(path, readonly=True) as store:
+            batch = store.read()
+            names, actions, dt, task_name = (store.state_names, store.action_names, store.dt,
+                                             store.task)
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot read transition store {path} ({exc}); pass a store written "
+                        f"by the recorder or a transitions file (.npz)") from None
+    s, a, s2, finite = check_transition_arrays(batch.states, batch.actions, batch.next_states,
+                                               what=f"transition store {path}")
+    angle: tuple[int, ...] = ()
+    static: tuple[int, ...] = ()
+    try:
+        task = get_task(task_name) if task_name else None
+    except TaskError:
+        task = None
+    if task is not None and tuple(task.state_names) == tuple(names):
+        angle, static = tuple(task.angle_coords), tuple(task.static_coords)
+    return Transitions(s[finite], a[finite], s2[finite], names, actions, dt,
+                       batch.episodes[finite], angle, static, int((~finite).sum()))
+
+
+def heldout_newest(n: int, fraction: float):
+    """Row indices (train, held out): the held-out rows are the newest ``fraction`` of n."""
+    import numpy as np
+
+    n_test = int(round(fraction * n))
+    return np.arange(n - n_test), np.arange(n - n_test, n)
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("data", help="transitions file (.npz) written by `sym-mbrl collect`")
+    parser.add_argument("data", help="transitions file (.npz) written by `sym-mbrl collect` or "
+                                     "`import-bag`, or the recorder's transition store (.sqlite)")
     parser.add_argument(
         "--out", default="model.json", help="model file to write (default model.json)"
     )
@@ -24,13 +83,13 @@ def add_arguments(parser) -> None:
         help="search backend (default sparse)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the held-out split and the search"
+        "--seed", type=int, default=0, help="seed of the search"
     )
     parser.add_argument(
         "--holdout",
         type=float,
         default=0.2,
-        help="share of transitions held out to report R² (default 0.2)",
+        help="share of transitions held out to report R²: the newest rows (default 0.2)",
     )
     parser.add_argument("--init", default=None, help="previous model file to warm-start from")
     parser.add_argument(
@@ -47,9 +106,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from ..data.transitions import DataWarning, load_transitions
+    from ..data.transitions import DataWarning
     from ..dynamics import SymbolicDynamics
     from ..dynamics.symbolic import format_r2
 
@@ -57,14 +114,11 @@ def run(args) -> int:
         raise UserError(f"--holdout must be between 0 and 0.9, got {args.holdout}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        data = load_transitions(args.data)
+        data = load_data(args.data)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
-    n = len(data)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(n)
-    n_test = int(round(args.holdout * n))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    train, test = heldout_newest(len(data), args.holdout)
+    n_test = len(test)
     config = {} if args.gp_time is None else {"gp_time": args.gp_time}
     invariant = []
     for name in (x.strip() for x in args.invariant.split(",")):
@@ -94,6 +148,7 @@ def run(args) -> int:
     )
     model.metrics["heldout_r2"] = heldout
     model.metrics["heldout_fraction"] = args.holdout
+    model.metrics["heldout_rows"] = "newest"
     model.metrics["n_dropped_in_file"] = data.n_dropped
     model.provenance = {
         "command": "sym-mbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -110,7 +165,7 @@ def run(args) -> int:
 
     print(
         f"learned from {len(train)} transitions of {args.data} ({args.backend} backend, "
-        f"{model.metrics['fit_seconds']:.2f} s), {n_test} held out"
+        f"{model.metrics['fit_seconds']:.2f} s), the newest {n_test} held out"
         + (f", {data.n_dropped} dropped for NaN/inf" if data.n_dropped else "")
     )
     print()

@@ -121,6 +121,8 @@ class TransitionStore:
 
     Open it for writing with the coordinate names (the first writer fixes them), or read-only
     from another process with ``readonly=True``. ``with TransitionStore(p) as s: ...`` closes it.
+    ``busy_timeout_s``: how long a call waits for a lock another connection holds before it
+    raises ``sqlite3.OperationalError`` (the recorder waits briefly and retries later itself).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class TransitionStore:
         dt: float | None = None,
         task: str | None = None,
         readonly: bool = False,
+        busy_timeout_s: float = 10.0,
     ):
         self.path = Path(path)
         self.readonly = readonly
@@ -142,9 +145,10 @@ class TransitionStore:
                                 f"(or `sym-mbrl up`) first, or pass the right path")
             # A plain connection (not ``mode=ro``): a WAL reader needs the -shm file, which a
             # read-only open cannot create after the writer has exited. Reads only, by contract.
-            self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False,
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
+                                       check_same_thread=False,
                                        isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             self.meta = self._read_meta()
             if not self.meta:
                 raise UserError(f"{self.path} is not a transition store yet (no meta table); "
@@ -153,9 +157,10 @@ class TransitionStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
             # exactly one append and nothing is left open between calls.
-            self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False,
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
+                                       check_same_thread=False,
                                        isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise UserError(f"could not put {self.path} in WAL mode (got {mode}); "
@@ -212,6 +217,11 @@ class TransitionStore:
 
     def _transaction(self):
         return _Transaction(self._db, self._lock)
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long later calls wait for a lock held by another connection."""
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
     @property
     def state_dim(self) -> int:
@@ -416,6 +426,8 @@ class _Transaction:
     def __enter__(self):
         self._lock.acquire()
         try:
+            if self._db.in_transaction:  # a failed ROLLBACK (disk full, I/O error) left one open
+                self._db.execute("ROLLBACK")
             self._db.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._lock.release()

@@ -2,7 +2,9 @@
 
 Every ``refit_every`` new transitions in the store it fits :class:`SymbolicDynamics` on the
 stored transitions (at most the newest ``max_fit_transitions``), warm-started from the
-previous model, holding out a random ``holdout_fraction`` to report the error on unseen data.
+previous model, holding out the newest ``holdout_fraction`` of them to report the error on
+data the model has not seen (a random split of a time series would score each held-out row
+next to its near-copy in the training rows).
 Each model is written to ``<run_dir>/models/dynamics_NNNN.json`` (and ``latest.json``),
 published on ``/sym_mbrl/dynamics_model`` (transient-local; the message is the model file's
 JSON, with ``provenance.version``), and its equations and held-out error are logged.
@@ -44,12 +46,13 @@ class DynamicsLearner(Node):
         self.max_fit = declare(self, "max_fit_transitions", 4000,
                                "fit on at most the newest N transitions (0: all)")
         self.holdout = declare(self, "holdout_fraction", 0.2,
-                               "share of transitions held out to measure the model's error")
+                               "share of transitions held out to measure the model's error: "
+                               "the newest ones")
         self.backend = declare(self, "backend", "sparse",
                                "symbolic regression backend: sparse (fast) or gp (pyoperon)")
         options = declare(self, "model_options", "{}",
                           "JSON object of further SymbolicDynamics settings")
-        self.seed = declare(self, "seed", 0, "seed of the held-out split and the search")
+        self.seed = declare(self, "seed", 0, "seed of the search")
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
         self.poll_s = declare(self, "poll_s", 1.0, "how often to look at the store")
@@ -114,11 +117,9 @@ class DynamicsLearner(Node):
 
         task = self.p.task
         batch = self.store.read(last=self.max_fit) if self.max_fit > 0 else self.store.read()
-        rng = np.random.default_rng(self.seed + self.version)
-        held = rng.random(len(batch)) < self.holdout
-        if held.all() or not held.any():
-            held[:] = False
-            held[-max(1, len(batch) // 5):] = True
+        n_held = min(len(batch) - 1, max(1, int(round(self.holdout * len(batch)))))
+        held = np.zeros(len(batch), dtype=bool)
+        held[len(batch) - n_held:] = True  # the newest rows
         train = ~held
         t0 = time.perf_counter()
         model = SymbolicDynamics.for_task(task, backend=self.backend,
