@@ -59,3 +59,69 @@ def test_sym_mbrl_up_pendulum_small_budget(graph, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reason"] == "step budget used" and summary["steps"] >= 600
     graph.remove(probe)
+
+
+def _children(pid: int, word: str) -> list[int]:
+    """Pids of the direct children of ``pid`` whose command line contains ``word`` (Linux)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+        if ppid == pid and word in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _stored(path) -> int:
+    try:
+        with TransitionStore(path, readonly=True) as store:
+            return store.count()
+    except Exception:  # not created yet
+        return 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_up_respawns_a_killed_recorder_and_keeps_recording(tmp_path):
+    import os
+    import signal
+    import time
+
+    from test_nodes_common import wait_for
+
+    fresh_domain()
+    out = tmp_path / "run"
+    store = out / "transitions.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sym_mbrl_ros.cli", "up", "pendulum", "--steps", "700",
+         "--speed", "3", "--sync", "0", "--seed", "2", "--out", str(out), "--max-wall", "150",
+         "--param", "dynamics_learner.min_transitions=150",
+         "--param", "dynamics_learner.refit_every=150"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: _stored(store) >= 150, timeout=120, period=0.2), \
+            "no transitions recorded"
+        (victim,) = _children(proc.pid, "recorder")
+        os.kill(victim, signal.SIGKILL)
+        before = _stored(store)
+        assert wait_for(lambda: [p for p in _children(proc.pid, "recorder") if p != victim],
+                        timeout=20, period=0.1), "the recorder was not restarted"
+        # rows committed before the kill stay; the new recorder appends after them
+        assert wait_for(lambda: _stored(store) >= before + 100, timeout=90, period=0.2)
+        stdout, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout
+    assert "recorder exited with code -9; restarting it (1/3)" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["restarts"] == {"recorder": 1}
+    assert summary["reason"] == "step budget used" and summary["steps"] >= 700
+    with TransitionStore(store, readonly=True) as s:
+        ids = s.read().ids
+    assert len(ids) == summary["steps"] and (ids[1:] > ids[:-1]).all()
