@@ -89,7 +89,6 @@ def _stored(path) -> int:
 def test_up_respawns_a_killed_recorder_and_keeps_recording(tmp_path):
     import os
     import signal
-    import time
 
     from test_nodes_common import wait_for
 
