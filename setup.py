@@ -55,6 +55,7 @@ NODES = [
     "dynamics_learner = sym_mbrl_ros.nodes.dynamics_learner:main",
     "policy_trainer = sym_mbrl_ros.nodes.policy_trainer:main",
     "controller = sym_mbrl_ros.nodes.controller:main",
+    "fake_hardware = sym_mbrl_ros.nodes.fake_hardware:main",
 ]
 
 setup(

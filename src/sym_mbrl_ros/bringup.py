@@ -86,6 +86,10 @@ def _nodes(*extra_remaps: tuple[str, str]) -> tuple[NodeSpec, ...]:
     )
 
 
+FAKE_HARDWARE = NodeSpec("fake_hardware", "fake_hardware")
+"""The stand-in robot (``sym-mbrl fake-hardware TASK``): not part of any graph, it replaces
+the robot that hardware mode expects."""
+
 GRAPHS: dict[str, TaskGraph] = {
     "pendulum": TaskGraph("pendulum", _nodes(), "config/pendulum.yaml", "urdf/pendulum.urdf",
                           solved_return=-200.0, default_steps=3000),

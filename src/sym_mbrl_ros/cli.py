@@ -23,6 +23,7 @@ COMMANDS = [
     "eval",
     "train-sr",
     "up",
+    "fake-hardware",
     "demo",
 ]
 

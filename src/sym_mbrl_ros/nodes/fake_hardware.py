@@ -72,8 +72,9 @@ class FakeHardware(Node):
                                           "a command takes effect this long after it arrives"))
         self.timeout_ns = int(1e6 * declare(self, "command_timeout_ms", 200.0,
                                             "safe action after this long without a command"))
-        self.extra = declare(self, "extra_joints", ["passive_joint"],
-                             "joints published (position 0) that the task does not use")
+        self.extra = [j for j in declare(self, "extra_joints", ["passive_joint"],
+                                         "joints published (position 0) that the task does "
+                                         "not use; [''] for none") if j]
         initial = declare(self, "initial_positions", ("float", []),
                           "start positions of the task's joints (empty: a random start)")
         if self.rate <= 0 or self.timeout_ns <= 0 or self.delay_ns < 0 or self.cpr < 0:
