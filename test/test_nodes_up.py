@@ -87,13 +87,13 @@ def _stored(path) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_up_respawns_a_killed_recorder_and_keeps_recording(tmp_path):
+def test_up_respawns_a_killed_recorder_and_keeps_recording(graph, tmp_path):
     import os
     import signal
 
     from test_nodes_common import wait_for
 
-    fresh_domain()
+    # (the graph fixture put this module on a domain of its own, which the children inherit)
     out = tmp_path / "run"
     store = out / "transitions.sqlite"
     proc = subprocess.Popen(
