@@ -1,4 +1,9 @@
-"""ament_python package sym_mbrl_ros. Every dependency is pinned here, and only here."""
+"""ament_python package sym_mbrl_ros.
+
+Dependencies are given as ranges here, so that `pip install .` into a ROS 2 install keeps the
+distro's numpy, scipy, ...; the exact versions the project is tested with are pinned in
+constraints.txt, which scripts/setup.sh installs with (`pip install -c constraints.txt`).
+"""
 
 from glob import glob
 
@@ -6,45 +11,48 @@ from setuptools import find_packages, setup
 
 PACKAGE = "sym_mbrl_ros"
 
-# Core library (envs, dynamics, agents, data). torch is pinned to the CPU build on disk.
+# Core library (envs, dynamics, agents, data). Lower bounds: Ubuntu 24.04's (ROS 2 Jazzy)
+# versions where it has the package.
 INSTALL_REQUIRES = [
-    "numpy==2.4.6",
-    "scipy==1.17.1",
-    "sympy==1.14.0",
-    "torch==2.13.0",
-    "mujoco==4.0.0",
-    "gymnasium==1.4.0",
-    "pyoperon==0.6.2",
-    "PyOpenGL==3.1.10",
-    "PyYAML==6.0.4",
-    "matplotlib==3.11.2",
-    "pillow==13.0.0",
-    "tqdm==4.70.1",
+    "numpy>=1.26,<3",
+    "scipy>=1.11,<2",
+    "sympy>=1.12,<2",
+    "torch>=2.1,<3",
+    "mujoco>=3.2,<5",
+    "gymnasium>=1.0,<2",
+    "pyoperon>=0.6,<0.7",
+    "PyOpenGL>=3.1.7,<4",
+    "PyYAML>=6.0,<7",
+    "matplotlib>=3.6,<4",
+    "pillow>=10.0",
+    "tqdm>=4.64,<5",
+    "rosbags>=0.10,<0.12",
 ]
 
 EXTRAS_REQUIRE = {
     # ROS 2 Jazzy from PyPI wheels, for machines without a ROS 2 distro.
     "ros": [
-        "ros-jazzy-rclpy[fastrtps]==7.1.6",
-        "ros-jazzy-std-msgs==5.3.6",
-        "ros-jazzy-sensor-msgs==5.3.6",
-        "ros-jazzy-geometry-msgs==5.3.6",
-        "ros-jazzy-nav-msgs==5.3.6",
-        "ros-jazzy-visualization-msgs==5.3.6",
-        "ros-jazzy-std-srvs==5.3.6",
-        "ros-jazzy-rosgraph-msgs==2.0.3",
-        "ros-jazzy-diagnostic-msgs==5.3.6",
-        "ros-jazzy-lifecycle-msgs==2.0.3",
-        "ros-jazzy-ament-package==0.16.4",
-        "colcon-common-extensions==0.3.0",
+        "ros-jazzy-rclpy[fastrtps]>=7.1,<8",
+        "ros-jazzy-std-msgs>=5.3,<6",
+        "ros-jazzy-sensor-msgs>=5.3,<6",
+        "ros-jazzy-geometry-msgs>=5.3,<6",
+        "ros-jazzy-nav-msgs>=5.3,<6",
+        "ros-jazzy-visualization-msgs>=5.3,<6",
+        "ros-jazzy-std-srvs>=5.3,<6",
+        "ros-jazzy-rosgraph-msgs>=2.0,<3",
+        "ros-jazzy-diagnostic-msgs>=5.3,<6",
+        "ros-jazzy-lifecycle-msgs>=2.0,<3",
+        "ros-jazzy-ament-package>=0.16,<0.17",
+        "colcon-common-extensions>=0.3,<0.4",
     ],
     "test": [
-        "pytest==9.2.0",
-        "ruff==0.17.6",
+        "pytest>=8",
+        "ruff>=0.5",
     ],
     "bench": [
-        "pysindy==2.1.0",
-        "stable-baselines3==2.9.2",
+        "pysindy>=2.0,<3",
+        "stable-baselines3>=2.3,<3",
+        "rliable>=1.2,<2",
     ],
 }
 
@@ -55,6 +63,7 @@ NODES = [
     "dynamics_learner = sym_mbrl_ros.nodes.dynamics_learner:main",
     "policy_trainer = sym_mbrl_ros.nodes.policy_trainer:main",
     "controller = sym_mbrl_ros.nodes.controller:main",
+    "fake_hardware = sym_mbrl_ros.nodes.fake_hardware:main",
 ]
 
 setup(

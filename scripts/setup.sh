@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian machine: Debian packages, a .venv at the repository root,
-# and the pinned pip packages (setup.py is the one place that pins them). Idempotent: a second
-# run checks and returns in seconds.
+# and the pip packages at the versions pinned in constraints.txt (setup.py gives ranges).
+# Idempotent: a second run checks and returns in seconds; a change to setup.py, package.xml or
+# constraints.txt reinstalls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,13 +26,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.sym_mbrl_installed
-want=$(cat setup.py package.xml | sha256sum | cut -d' ' -f1)
+want=$(cat setup.py package.xml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing pinned Python packages into .venv (torch==2.13.0 CPU build)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  # torch first, pinned exactly: resolving it from another package's requirement could pull a CUDA build.
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[ros,test,bench]"
+  # torch first, at its pin (2.13.0): resolving it from another package's requirement could pull
+  # a CUDA build.
+  .venv/bin/python -m pip install --quiet -c constraints.txt torch
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[ros,test,bench]"
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv)"

@@ -28,19 +28,164 @@ def _setup_nodes() -> dict[str, str]:
     raise AssertionError("setup.py has no NODES list")
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_launch_file_parses_and_names_the_graph(task):
-    path = ROOT / "launch" / f"{task}.launch.py"
+def test_one_launch_file_and_thin_task_wrappers():
+    path = ROOT / "launch" / "sym_mbrl.launch.py"
     tree = ast.parse(path.read_text(), filename=str(path))
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in functions
-    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
-               and isinstance(n.value, str)}
-    assert {"use_sim", "rviz", "run_name", "robot_state_publisher", "rviz2", task} <= strings
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    assert {"IfCondition", "DeclareLaunchArgument", "LifecycleNode", "graph"} <= names
     imports = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "sym_mbrl_ros.bringup" in imports  # the installed package's graph, not a copy
+    declared = {name for name, _, _ in bringup.LAUNCH_ARGUMENTS}
+    assert {"task", "use_sim", "params_file", "namespace", "use_sim_time", "run_dir", "rviz",
+            "respawn", "activate"} <= declared
+    for task in TASKS:
+        wrapper = (ROOT / "launch" / f"{task}.launch.py").read_text()
+        assert "sym_mbrl.launch.py" in wrapper and f'{{"task": "{task}"}}' in wrapper
+        assert "Node(" not in wrapper  # a wrapper includes the one file, it starts nothing
+
+
+# ------------------------------------------------------------------ the two routes agree
+class _Recorded:
+    """Stands in for a launch / launch_ros class: keeps what the launch file passed."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchDescription(_Recorded):
+    @property
+    def entities(self):
+        return self.args[0]
+
+
+def _launch_stand_ins(monkeypatch) -> None:
+    """Just enough of launch, launch_ros and ament_index_python to run the launch file's
+    code here (they are not on PyPI; a full ROS install runs the real ones below)."""
+    import types
+
+    classes = {
+        "launch": {"LaunchDescription": _LaunchDescription},
+        "launch.actions": {n: type(n, (_Recorded,), {}) for n in (
+            "DeclareLaunchArgument", "OpaqueFunction", "IncludeLaunchDescription")},
+        "launch.launch_description_sources": {
+            "PythonLaunchDescriptionSource": type("PythonLaunchDescriptionSource",
+                                                  (_Recorded,), {})},
+        "launch_ros": {},
+        "launch_ros.actions": {n: type(n, (_Recorded,), {}) for n in ("Node", "LifecycleNode")},
+        "launch_ros.parameter_descriptions": {
+            "ParameterValue": type("ParameterValue", (_Recorded,), {})},
+        "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(ROOT)},
+    }
+    for name, members in classes.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(members)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def _launch_nodes(monkeypatch, arguments: dict[str, str]) -> dict[str, dict]:
+    """Run launch/sym_mbrl.launch.py with ``arguments``: the sym_mbrl_ros nodes it starts."""
+    _launch_stand_ins(monkeypatch)
+    spec = importlib.util.spec_from_file_location("sym_mbrl_launch",
+                                                  ROOT / "launch" / "sym_mbrl.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {e.args[0]: e.kwargs["default_value"]
+                for e in description.entities if type(e).__name__ == "DeclareLaunchArgument"}
+    opaque = [e for e in description.entities if type(e).__name__ == "OpaqueFunction"]
+    assert len(opaque) == 1
+    context = type("Context", (), {})()
+    context.launch_configurations = {**declared, **arguments}
+    out = {}
+    for action in opaque[0].kwargs["function"](context):
+        kw = action.kwargs
+        if kw.get("package") != bringup.PACKAGE:
+            continue
+        assert (type(action).__name__ == "LifecycleNode") == (kw["name"] == "controller")
+        out[kw["name"]] = {"executable": kw["executable"], "namespace": kw["namespace"],
+                           "params_file": kw["parameters"][0], "params": kw["parameters"][1],
+                           "remappings": [tuple(r) for r in kw["remappings"]],
+                           "respawn": kw["respawn"]}
+    return out
+
+
+def _up_nodes(argv: list[str]) -> dict[str, dict]:
+    """What ``sym-mbrl up`` would start with ``argv`` (parsed from its command lines)."""
+    from sym_mbrl_ros.cli import build_parser
+    from sym_mbrl_ros.commands import up
+
+    config = up.prepare(build_parser().parse_args(["up", *argv]))
+    out = {}
+    for name, cmd in config["commands"].items():
+        i = cmd.index("--ros-args")
+        exe = cmd[i - 1].rpartition(".")[2] if cmd[1:2] == ["-m"] else Path(cmd[0]).name
+        ros = cmd[i + 1:]
+        pairs = [(ros[k], ros[k + 1]) for k in range(0, len(ros), 2)]
+        files = [v for k, v in pairs if k == "--params-file"]
+        remaps = [tuple(v.split(":=")) for k, v in pairs if k == "-r"]
+        assert ("__node", name) in remaps
+        assert len(files) == 2  # the task's file, then this run's
+        run_params = yaml.safe_load(Path(files[1]).read_text())
+        out[name] = {"executable": exe, "namespace": "", "params_file": files[0],
+                     "params": run_params[name]["ros__parameters"],
+                     "remappings": [r for r in remaps if r[0] != "__node"],
+                     "respawn": name in config["respawn"]}
+    return out
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("hardware", [False, True], ids=["sim", "hardware"])
+def test_launch_file_and_up_start_the_same_graph(task, hardware, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    argv = [task, "--out", str(run_dir), "--seed", "3"] + (["--hardware"] if hardware else [])
+    from_up = _up_nodes(argv)
+    from_launch = _launch_nodes(monkeypatch, {"task": task, "run_dir": str(run_dir),
+                                              "seed": "3", "use_sim": str(not hardware)})
+    assert from_launch == from_up
+    names = set(from_up)
+    assert ("sim_bridge" in names) != hardware
+    assert {"recorder", "dynamics_learner", "policy_trainer", "controller"} <= names
+    assert {n for n, v in from_up.items() if v["respawn"]} == {
+        "recorder", "dynamics_learner", "policy_trainer"}
+    controller = from_up["controller"]["params"]
+    if hardware:  # inactive until activated, never waits for the trainer, hold pairing
+        assert controller["autostart"] is False and controller["sync_updates_per_step"] == 0
+        assert from_up["recorder"]["params"]["pairing"] == "hold"
+    else:  # the trainer sync the launch route used to lack (3,747 steps to solve vs ~1,005)
+        assert controller["autostart"] is True and controller["sync_updates_per_step"] >= 1
+        assert from_up["sim_bridge"]["params"]["mode"] == "lockstep"
+
+
+def test_activate_and_other_joints_reach_both_routes(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    from_up = _up_nodes(["pendulum", "--out", str(run_dir), "--hardware", "--activate",
+                         "--other-joints", "passive_joint,aux"])
+    from_launch = _launch_nodes(monkeypatch, {"run_dir": str(run_dir), "use_sim": "false",
+                                              "activate": "true", "seed": "0",
+                                              "other_joints": "passive_joint, aux"})
+    assert from_launch == from_up
+    assert from_up["controller"]["params"]["autostart"] is True
+    for node in from_up.values():
+        assert node["params"]["other_joints"] == ["passive_joint", "aux"]
+
+
+def test_launch_defaults_and_bad_arguments(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROS_HOME", str(tmp_path / "ros"))
+    run = bringup.launch_run({"task": "reacher"}, ROOT)
+    assert Path(run.settings.run_dir).is_absolute()
+    assert run.settings.run_dir.startswith(str(tmp_path / "ros" / "sym_mbrl" / "runs" / "reacher-"))
+    assert run.params_file == str(ROOT / "config" / "reacher.yaml")
+    from sym_mbrl_ros.errors import UserError
+
+    with pytest.raises(UserError, match="use_sim must be true or false"):
+        bringup.launch_run({"use_sim": "maybe"}, ROOT)
+    with pytest.raises(UserError, match="no node graph for task"):
+        bringup.launch_run({"task": "cartpole"}, ROOT)
+    with pytest.raises(UserError, match="lockstep simulation"):
+        bringup.launch_run({"use_sim": "false", "sync": "20", "run_dir": "/tmp/x"}, ROOT)
+    with pytest.raises(UserError, match="absolute"):
+        bringup.launch_run({"run_dir": "runs/x"}, ROOT)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -84,7 +229,8 @@ def test_parameter_file_matches_the_task(task):
 @pytest.mark.ros
 @pytest.mark.parametrize("task", TASKS)
 def test_every_configured_parameter_is_declared(task, tmp_path):
-    """A typo in config/TASK.yaml would be silently ignored by rclpy; here it fails."""
+    """A typo in config/TASK.yaml, or a run parameter that bringup sets (sim and hardware
+    mode), would be silently ignored by rclpy; here it fails."""
     rclpy = pytest.importorskip("rclpy")
     from test_nodes_common import fresh_domain, node_args
 
@@ -98,6 +244,11 @@ def test_every_configured_parameter_is_declared(task, tmp_path):
                "dynamics_learner": DynamicsLearner, "policy_trainer": PolicyTrainer}
     g = bringup.graph(task)
     doc = yaml.safe_load((ROOT / g.config).read_text())
+    run_keys: dict[str, set[str]] = {}
+    for use_sim in (True, False):
+        for name, params in bringup.run_parameters(g, bringup.RunSettings(
+                str(tmp_path), use_sim=use_sim, seed=0)).items():
+            run_keys.setdefault(name, set()).update(params)
     rclpy.init(domain_id=fresh_domain())
     try:
         for spec in g.nodes:
@@ -105,7 +256,7 @@ def test_every_configured_parameter_is_declared(task, tmp_path):
                                       if spec.name == "controller" else node_args(task, tmp_path))
             try:
                 keys = set(doc["/**"]["ros__parameters"]) | set(
-                    doc[spec.name]["ros__parameters"])
+                    doc[spec.name]["ros__parameters"]) | run_keys[spec.name]
                 missing = [k for k in keys if not node.has_parameter(k)]
                 assert not missing, f"{spec.name} does not declare {missing}"
             finally:
@@ -127,9 +278,9 @@ def test_generate_launch_description_where_launch_ros_exists(task):
     except PackageNotFoundError:
         pytest.skip("sym_mbrl_ros is not installed in an ament index (colcon build)")
     spec = importlib.util.spec_from_file_location(f"{task}_launch",
-                                                  ROOT / "launch" / f"{task}.launch.py")
+                                                  ROOT / "launch" / "sym_mbrl.launch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = {getattr(e, "name", None) for e in description.entities}
-    assert {"use_sim", "rviz", "run_name"} <= names
+    assert {name for name, _, _ in bringup.LAUNCH_ARGUMENTS} <= names

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -59,3 +60,144 @@ def test_sym_mbrl_up_pendulum_small_budget(graph, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reason"] == "step budget used" and summary["steps"] >= 600
     graph.remove(probe)
+
+
+def _children(pid: int, word: str) -> list[int]:
+    """Pids of the direct children of ``pid`` whose command line contains ``word`` (Linux)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+        if ppid == pid and word in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _stored(path) -> int:
+    try:
+        with TransitionStore(path, readonly=True) as store:
+            return store.count()
+    except Exception:  # not created yet
+        return 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_up_respawns_a_killed_recorder_and_keeps_recording(graph, tmp_path):
+    import os
+    import signal
+
+    from test_nodes_common import wait_for
+
+    # (the graph fixture put this module on a domain of its own, which the children inherit)
+    out = tmp_path / "run"
+    store = out / "transitions.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sym_mbrl_ros.cli", "up", "pendulum", "--steps", "700",
+         "--speed", "3", "--sync", "0", "--seed", "2", "--out", str(out), "--max-wall", "150",
+         "--param", "dynamics_learner.min_transitions=150",
+         "--param", "dynamics_learner.refit_every=150"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: _stored(store) >= 150, timeout=120, period=0.2), \
+            "no transitions recorded"
+        (victim,) = _children(proc.pid, "recorder")
+        os.kill(victim, signal.SIGKILL)
+        before = _stored(store)
+        assert wait_for(lambda: [p for p in _children(proc.pid, "recorder") if p != victim],
+                        timeout=20, period=0.1), "the recorder was not restarted"
+        # rows committed before the kill stay; the new recorder appends after them
+        assert wait_for(lambda: _stored(store) >= before + 100, timeout=90, period=0.2)
+        stdout, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout
+    assert "recorder exited with code -9; restarting it (1/3)" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["restarts"] == {"recorder": 1}
+    assert summary["reason"] == "step budget used" and summary["steps"] >= 700
+    with TransitionStore(store, readonly=True) as s:
+        ids = s.read().ids
+    assert len(ids) == summary["steps"] and (ids[1:] > ids[:-1]).all()
+
+
+def _change_state(node, transition: int) -> bool:
+    """Call /controller/change_state (the lifecycle service `ros2 lifecycle set` uses)."""
+    from lifecycle_msgs.srv import ChangeState
+
+    client = node.create_client(ChangeState, "/controller/change_state")
+    try:
+        if not client.wait_for_service(timeout_sec=30.0):
+            return False
+        request = ChangeState.Request()
+        request.transition.id = transition
+        future = client.call_async(request)
+        from test_nodes_common import wait_for
+
+        return wait_for(future.done, timeout=15.0) and future.result().success
+    finally:
+        node.destroy_client(client)
+
+
+def test_up_hardware_waits_for_activate_then_records_windows(graph, tmp_path):
+    """`up --hardware` against `fake-hardware`: no sim bridge, nothing is commanded until the
+    lifecycle activate, then hold-paired transitions in windows of the task's length."""
+    import time
+
+    from lifecycle_msgs.msg import Transition
+    from sensor_msgs.msg import JointState
+    from test_nodes_common import wait_for
+
+    probe = graph.add(Probe("probe_hw"))
+    commands = probe.listen(Float64MultiArray, "/effort_controller/commands")
+    states = probe.listen(JointState, "/joint_states")
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "sym_mbrl_ros.cli"]
+    robot = subprocess.Popen(cli + ["fake-hardware", "pendulum", "--velocity-noise", "0.05"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    up = subprocess.Popen(
+        cli + ["up", "pendulum", "--hardware", "--other-joints", "passive_joint", "--steps",
+               "260", "--out", str(out), "--max-wall", "150"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: len(states) > 50, timeout=60), "the fake robot is silent"
+        assert "passive_joint" in states[-1][0].name
+        assert wait_for(lambda: any(n == "/controller/change_state"
+                                    for n, _ in probe.get_service_names_and_types()),
+                        timeout=60, period=0.2), "no controller"
+        time.sleep(3.0)  # the inactive controller has had time to command, if it would
+        assert not commands and _stored(out / "transitions.sqlite") == 0
+        assert _change_state(probe, Transition.TRANSITION_CONFIGURE)
+        assert _change_state(probe, Transition.TRANSITION_ACTIVATE)
+        stdout, _ = up.communicate(timeout=150)
+    finally:
+        for p in (up, robot):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    assert up.returncode == 0, stdout
+    assert "the controller is inactive" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reason"] == "step budget used" and summary["steps"] >= 260
+    assert summary["episode_end_steps"][:1] == [200]  # a window of the task's length
+    assert len(commands) >= 260
+    config = json.loads((out / "config.json").read_text())
+    assert config["hardware"] and "sim_bridge" not in config["commands"]
+    with TransitionStore(out / "transitions.sqlite", readonly=True) as store:
+        episodes = store.episodes()
+        assert episodes[0].steps == 200 and episodes[0].source == "recorder"
+        batch = store.read()
+    # one transition per control period: stored commands are ~50 ms apart (hold pairing
+    # drops a transition whose window is not one period ±25 %, so gaps are multiples)
+    span = batch.stamps[1:] - batch.stamps[:-1]
+    assert np.median(span) == pytest.approx(0.05, rel=0.25)

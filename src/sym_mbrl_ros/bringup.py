@@ -1,7 +1,8 @@
-"""Each task's node graph, described once (no ROS imports here).
+"""Each task's node graph and a run's parameters, described once (no ROS imports here).
 
-``launch/TASK.launch.py`` and ``sym-mbrl up TASK`` both read :func:`graph`, so they start the
-same executables with the same parameter file and remappings::
+``launch/sym_mbrl.launch.py`` and ``sym-mbrl up TASK`` both call :func:`plan`, so they start
+the same executables with the same parameter file, the same per-run parameters
+(:func:`run_parameters`) and the same remappings::
 
     sim_bridge ──/joint_states|odom, /sym_mbrl/target, /sym_mbrl/episode──► recorder, controller
     controller ──/<controller>/commands | cmd_vel──► sim_bridge (or the robot), recorder
@@ -14,6 +15,7 @@ source checkout or ``<prefix>/share/sym_mbrl_ros`` once installed (:func:`share_
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ class NodeSpec:
     """A managed (lifecycle) node."""
     remappings: tuple[tuple[str, str], ...] = ()
     """``(from, to)`` topic remappings."""
+    respawn: bool = False
+    """Restarted when it dies (it resumes from the run folder; the controller keeps acting)."""
 
     @property
     def module(self) -> str:
@@ -74,13 +78,17 @@ class TaskGraph:
 def _nodes(*extra_remaps: tuple[str, str]) -> tuple[NodeSpec, ...]:
     # Learner-side nodes start first: they take longest to import and must not miss data.
     return (
-        NodeSpec("recorder", "recorder"),
-        NodeSpec("dynamics_learner", "dynamics_learner"),
-        NodeSpec("policy_trainer", "policy_trainer"),
+        NodeSpec("recorder", "recorder", respawn=True),
+        NodeSpec("dynamics_learner", "dynamics_learner", respawn=True),
+        NodeSpec("policy_trainer", "policy_trainer", respawn=True),
         NodeSpec("sim_bridge", "sim_bridge", sim_only=True, remappings=extra_remaps),
         NodeSpec("controller", "controller", lifecycle=True, remappings=extra_remaps),
     )
 
+
+FAKE_HARDWARE = NodeSpec("fake_hardware", "fake_hardware")
+"""The stand-in robot (``sym-mbrl fake-hardware TASK``): not part of any graph, it replaces
+the robot that hardware mode expects."""
 
 GRAPHS: dict[str, TaskGraph] = {
     "pendulum": TaskGraph("pendulum", _nodes(), "config/pendulum.yaml", "urdf/pendulum.urdf",
@@ -119,7 +127,7 @@ def executable_path(spec: NodeSpec, prefix: str | Path | None = None) -> Path:
 
 
 def node_command(spec: NodeSpec, params_files: list[str | Path],
-                 python: str | None = None) -> list[str]:
+                 python: str | None = None, namespace: str = "") -> list[str]:
     """The command line that starts ``spec``: the installed executable, else ``python -m``.
 
     Later parameter files override earlier ones (a run's overrides go last). They are files,
@@ -128,6 +136,8 @@ def node_command(spec: NodeSpec, params_files: list[str | Path],
     exe = executable_path(spec)
     cmd = [str(exe)] if exe.is_file() else [python or sys.executable, "-m", spec.module]
     cmd += ["--ros-args", "-r", f"__node:={spec.name}"]
+    if namespace.strip("/"):
+        cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
     for f in params_files:
         cmd += ["--params-file", str(f)]
     for src, dst in spec.remappings:
@@ -147,6 +157,8 @@ def overrides_yaml(overrides: dict[str, dict[str, object]]) -> str:
 def _yaml_value(value: object) -> str:
     import json
 
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -154,6 +166,179 @@ def _yaml_value(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     return json.dumps(str(value))  # a JSON string is a valid YAML string
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What one run sets over ``config/TASK.yaml``: ``up``'s options and the launch arguments."""
+
+    run_dir: str
+    """Absolute run folder (store, models, policies)."""
+    use_sim: bool = True
+    """Start the sim bridge; False is hardware mode (a robot driver publishes the state)."""
+    mode: str = "lockstep"
+    """Sim bridge mode: lockstep or realtime (simulation only)."""
+    seed: int | None = None
+    """Seed of every seeded node; None keeps the parameter file's."""
+    sync: float | None = None
+    """Controller's ``sync_updates_per_step``; None: the task's MBPO preset in lockstep
+    simulation, 0 otherwise (a robot never waits for the trainer)."""
+    activate: bool | None = None
+    """Controller ``autostart``; None: active at once in simulation, inactive on hardware
+    (until the lifecycle ``activate``)."""
+    rate_hz: float = 0.0
+    """Controller loop rate; 0: the task's control period."""
+    use_sim_time: bool = False
+    """Every node's ``use_sim_time`` (states are stamped with the system clock: keep False)."""
+    other_joints: tuple[str, ...] = ()
+    """Joints the robot publishes that the task does not use (over the file's list)."""
+    respawn: bool = True
+    """Restart the nodes marked ``respawn`` (recorder, learner, trainer) when they die."""
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """One process a run starts: the node, its parameters over the task's file, respawn."""
+
+    spec: NodeSpec
+    parameters: dict[str, object]
+    respawn: bool
+
+
+def default_sync(task: str, settings: RunSettings) -> float:
+    """SAC updates per real step the lockstep world waits for (see ``RunSettings.sync``)."""
+    if settings.sync is not None:
+        return float(settings.sync)
+    if not settings.use_sim or settings.mode != "lockstep":
+        return 0.0
+    from .agents.presets import make_config
+
+    return float(make_config("sym-mbpo", task).updates_per_step)
+
+
+def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, dict[str, object]]:
+    """Per node, the parameters a run sets over the task's parameter file.
+
+    Hardware mode (``use_sim`` False): no sim bridge, the recorder pairs by ``hold`` (the
+    command is in force until the next; episodes are windows of the task's length on a
+    continuing robot), the controller never waits for the trainer and starts inactive unless
+    ``activate`` is set.
+    """
+    if settings.mode not in ("lockstep", "realtime"):
+        raise UserError(f"sim bridge mode must be lockstep or realtime, not {settings.mode!r}")
+    sync = default_sync(task_graph.task, settings)
+    if sync > 0 and not (settings.use_sim and settings.mode == "lockstep"):
+        raise UserError("sync (waiting for the trainer) needs the lockstep simulation: a robot "
+                        "or a world in real time cannot wait; set it to 0")
+    if not os.path.isabs(settings.run_dir):
+        raise UserError(f"run_dir must be an absolute path, got {settings.run_dir!r}")
+    params: dict[str, dict[str, object]] = {}
+    for spec in task_graph.nodes:
+        if spec.sim_only and not settings.use_sim:
+            continue
+        p: dict[str, object] = {"run_dir": settings.run_dir,
+                                "use_sim_time": settings.use_sim_time}
+        if settings.other_joints:
+            p["other_joints"] = list(settings.other_joints)
+        if settings.seed is not None and spec.name in task_graph.seeded:
+            p["seed"] = int(settings.seed)
+        params[spec.name] = p
+    if settings.use_sim:
+        params["sim_bridge"]["mode"] = settings.mode
+    else:
+        params["recorder"]["pairing"] = "hold"
+    controller = params["controller"]
+    controller["rate_hz"] = float(settings.rate_hz)
+    controller["sync_updates_per_step"] = sync
+    controller["autostart"] = (settings.use_sim if settings.activate is None
+                               else bool(settings.activate))
+    return params
+
+
+def plan(task_graph: TaskGraph, settings: RunSettings) -> list[NodeLaunch]:
+    """The processes a run starts, in start order (what ``up`` and the launch file start)."""
+    params = run_parameters(task_graph, settings)
+    return [NodeLaunch(spec, params[spec.name], settings.respawn and spec.respawn)
+            for spec in task_graph.nodes if spec.name in params]
+
+
+def default_run_dir(task: str, stamp: str | None = None) -> str:
+    """An absolute run folder for the launch route: ``$ROS_HOME/sym_mbrl/runs/TASK-<time>``
+    (``~/.ros`` without ``ROS_HOME``)."""
+    import time
+
+    home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    return os.path.abspath(os.path.join(home, "sym_mbrl", "runs", f"{task}-{stamp}"))
+
+
+LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
+    ("task", "pendulum", "task name (see `sym-mbrl tasks`)"),
+    ("use_sim", "true", "start the MuJoCo sim bridge; false: hardware mode, a robot driver "
+                        "publishes the state (sym-mbrl up --hardware)"),
+    ("params_file", "", "parameter file; empty: the package's config/TASK.yaml"),
+    ("namespace", "", "namespace of every node"),
+    ("use_sim_time", "false", "use_sim_time of every node (states carry system-clock stamps)"),
+    ("run_dir", "", "absolute run folder; empty: $ROS_HOME/sym_mbrl/runs/TASK-<time> "
+                    "(~/.ros without ROS_HOME)"),
+    ("rviz", "false", "start rviz2"),
+    ("mode", "lockstep", "sim bridge mode: lockstep or realtime"),
+    ("sync", "", "controller sync_updates_per_step; empty: the MBPO preset's in lockstep "
+                 "simulation, 0 otherwise"),
+    ("activate", "", "controller autostart; empty: true in simulation, false on hardware "
+                     "(then: ros2 lifecycle set /controller configure, then activate)"),
+    ("seed", "", "seed of every seeded node; empty: the parameter file's"),
+    ("other_joints", "", "comma-separated joints the robot publishes that the task ignores"),
+    ("respawn", "true", "restart the recorder, learner and trainer when they die"),
+)
+"""``ros2 launch sym_mbrl_ros sym_mbrl.launch.py`` arguments: (name, default, description)."""
+
+
+@dataclass(frozen=True)
+class LaunchRun:
+    """What the launch file starts, decided from its arguments (all strings)."""
+
+    graph: TaskGraph
+    params_file: str
+    namespace: str
+    settings: RunSettings
+    rviz: bool
+    nodes: tuple[NodeLaunch, ...]
+
+
+def launch_run(arguments: dict[str, str], share: str | Path | None = None) -> LaunchRun:
+    """The launch file's plan from its argument values (defaults from LAUNCH_ARGUMENTS)."""
+    a = {name: default for name, default, _ in LAUNCH_ARGUMENTS}
+    a.update({k: v for k, v in arguments.items() if v is not None})
+    task_graph = graph(a["task"])
+    share = Path(share) if share is not None else share_dir()
+    params_file = a["params_file"] or str(share / task_graph.config)
+    settings = RunSettings(
+        run_dir=a["run_dir"] or default_run_dir(task_graph.task),
+        use_sim=_flag(a, "use_sim"), mode=a["mode"],
+        seed=_number(a, "seed", int), sync=_number(a, "sync", float),
+        activate=_flag(a, "activate") if a["activate"].strip() else None,
+        use_sim_time=_flag(a, "use_sim_time"),
+        other_joints=tuple(j.strip() for j in a["other_joints"].split(",") if j.strip()),
+        respawn=_flag(a, "respawn"))
+    return LaunchRun(task_graph, params_file, a["namespace"], settings, _flag(a, "rviz"),
+                     tuple(plan(task_graph, settings)))
+
+
+def _flag(a: dict[str, str], name: str) -> bool:
+    value = a[name].strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise UserError(f"launch argument {name} must be true or false, not {a[name]!r}")
+    return value in ("true", "1")
+
+
+def _number(a: dict[str, str], name: str, kind):
+    if not a[name].strip():
+        return None
+    try:
+        return kind(a[name])
+    except ValueError:
+        raise UserError(f"launch argument {name} must be a number, not {a[name]!r}") from None
 
 
 def latest_version(folder: Path, prefix: str, suffix: str) -> tuple[int, Path | None]:

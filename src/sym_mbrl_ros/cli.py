@@ -25,6 +25,7 @@ COMMANDS = [
     "eval",
     "train-sr",
     "up",
+    "fake-hardware",
     "demo",
 ]
 

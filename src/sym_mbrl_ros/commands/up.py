@@ -1,7 +1,9 @@
 """sym-mbrl up TASK: start the task's ROS 2 graph and learn online until solved or out of budget.
 
 The nodes run as separate processes (the installed executables, else ``python -m
-sym_mbrl_ros.nodes.X``) with the parameter file the launch file uses (see bringup.py). This
+sym_mbrl_ros.nodes.X``) with the parameter file and the per-run parameters the launch file
+uses (``bringup.plan``); the recorder, learner and trainer are restarted if they die. ``--hardware``
+is launch's ``use_sim:=false``: no sim bridge, a robot publishes the state. This
 command watches the run folder, not the topics: it reads the transition store (read-only) for
 episode returns and the model files for the equations, so it needs no ROS itself.
 """
@@ -21,7 +23,6 @@ from ..errors import UserError
 
 HELP = "run the ROS 2 learning loop (sim bridge, recorder, learner, trainer, controller)"
 
-RESTARTABLE = ("recorder", "dynamics_learner", "policy_trainer")
 MAX_RESTARTS = 3
 
 
@@ -32,9 +33,21 @@ def add_arguments(parser) -> None:
                         help="budget of real steps (default: the task's, 3000 for pendulum)")
     parser.add_argument("--out", default=None,
                         help="run folder (default runs/TASK-<time>); an existing one is resumed")
+    parser.add_argument("--hardware", action="store_true",
+                        help="hardware mode (launch's use_sim:=false): no sim bridge, a robot "
+                             "driver (or `sym-mbrl fake-hardware TASK`) publishes the state; "
+                             "hold pairing, episodes are windows of the task's length, and the "
+                             "controller waits inactive for the lifecycle `activate`")
+    parser.add_argument("--activate", action="store_true",
+                        help="with --hardware: activate the controller at start-up (unattended "
+                             "runs)")
+    parser.add_argument("--other-joints", default="",
+                        help="comma-separated joints the robot publishes on /joint_states that "
+                             "the task does not use (a JointState naming an unknown joint is "
+                             "dropped)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="control ticks per control period of wall-clock time (default 1: "
-                             "real time)")
+                             "real time; simulation only)")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
                         help="sim bridge mode (default lockstep)")
     parser.add_argument("--sync", type=float, default=None,
@@ -50,12 +63,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--param", action="append", metavar="NODE.NAME=VALUE",
                         help="set a node parameter for this run (repeatable), e.g. "
                              "policy_trainer.publish_every_s=2")
+    parser.add_argument("--no-respawn", action="store_true",
+                        help="do not restart the recorder, learner or trainer when one dies")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS_DOMAIN_ID of the graph (default: the environment's)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
-def run(args) -> int:
+def prepare(args) -> dict:
+    """Check the options, write the run folder's ``params.yaml`` and ``config.json``; return
+    the run's config (``commands`` per node, ``respawn`` names, ``out``...)."""
     from .. import bringup
     from ..envs import get_task
 
@@ -67,51 +84,68 @@ def run(args) -> int:
         raise UserError(f"parameter file {params_file} is missing; reinstall the package")
     if args.speed <= 0:
         raise UserError("--speed must be positive")
+    if args.hardware and args.speed != 1.0:
+        raise UserError("--speed is for simulation: a robot runs in real time (leave it at 1)")
+    if args.activate and not args.hardware:
+        raise UserError("--activate is for --hardware (in simulation the controller starts "
+                        "active)")
     steps = args.steps or graph.default_steps
     target = args.target_return if args.target_return is not None else graph.solved_return
     out = Path(args.out or f"runs/{task.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
-    overrides = {name: {"run_dir": str(out)} for name in (n.name for n in graph.nodes)}
-    for name in graph.seeded:
-        overrides[name]["seed"] = args.seed
-    overrides["sim_bridge"]["mode"] = args.mode
-    overrides["controller"]["rate_hz"] = args.speed / task.dt
-    if args.sync is not None:
-        sync = args.sync
-    elif args.mode == "lockstep":  # as many SAC updates per real step as MBPO's preset takes
-        from ..agents.presets import make_config
-
-        sync = float(make_config("sym-mbpo", task.name).updates_per_step)
-    else:
-        sync = 0.0
-    if sync > 0 and args.mode != "lockstep":
-        raise UserError("--sync needs --mode lockstep: a world in real time cannot wait")
-    overrides["controller"]["sync_updates_per_step"] = float(sync)
+    settings = bringup.RunSettings(
+        run_dir=str(out), use_sim=not args.hardware, mode=args.mode, seed=args.seed,
+        sync=args.sync, activate=True if args.activate else None,
+        rate_hz=0.0 if args.speed == 1.0 else args.speed / task.dt,
+        other_joints=tuple(j.strip() for j in args.other_joints.split(",") if j.strip()),
+        respawn=not args.no_respawn)
+    launches = bringup.plan(graph, settings)
+    overrides = {n.spec.name: dict(n.parameters) for n in launches}
     for item in args.param or []:
         node, value = _parse_param(item, overrides)
         overrides[node].update(value)
     run_params = out / "params.yaml"
     run_params.write_text(bringup.overrides_yaml(overrides))
-    commands = {n.name: bringup.node_command(n, [params_file, run_params]) for n in graph.nodes}
+    commands = {n.spec.name: bringup.node_command(n.spec, [params_file, run_params])
+                for n in launches}
+    sync = float(overrides["controller"]["sync_updates_per_step"])
     config = {
         "task": task.name, "seed": args.seed, "steps": steps, "speed": args.speed,
-        "mode": args.mode, "sync_updates_per_step": sync, "target_return": target,
-        "max_wall_s": args.max_wall,
+        "hardware": bool(args.hardware), "activate": bool(overrides["controller"]["autostart"]),
+        "mode": "hardware" if args.hardware else args.mode, "sync_updates_per_step": sync,
+        "target_return": target, "max_wall_s": args.max_wall,
         "params_file": str(params_file), "params": params_file.read_text(),
-        "overrides": overrides, "commands": commands, "python": sys.version,
-        "platform": platform.platform(),
+        "overrides": overrides, "commands": commands,
+        "respawn": [n.spec.name for n in launches if n.respawn],
+        "python": sys.version, "platform": platform.platform(),
         "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0") if args.domain_id is None
         else args.domain_id,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    say(f"sym-mbrl up {task.name}: run folder {out}\n  budget {steps} steps, "
-        f"target mean return {target}, {args.mode} at up to {args.speed:g}x real time"
-        + (f", waiting for {sync:g} SAC updates per step" if sync > 0 else ""))
+    config["out"] = out
+    return config
 
-    graph_run = _Graph(commands, out / "logs", args.domain_id)
+
+def run(args) -> int:
+    from ..envs import get_task
+
+    config = prepare(args)
+    task = get_task(config["task"])
+    out, steps, target, sync = (config["out"], config["steps"], config["target_return"],
+                                config["sync_updates_per_step"])
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    where = ("hardware (no sim bridge: the robot publishes the state)" if args.hardware
+             else f"{args.mode} at up to {args.speed:g}x real time")
+    say(f"sym-mbrl up {task.name}: run folder {out}\n  budget {steps} steps, "
+        f"target mean return {target}, {where}"
+        + (f", waiting for {sync:g} SAC updates per step" if sync > 0 else ""))
+    if args.hardware and not config["activate"]:
+        say("  the controller is inactive: it acts only after `ros2 lifecycle set /controller "
+            "configure` and `ros2 lifecycle set /controller activate` (or run with --activate)")
+
+    graph_run = _Graph(config["commands"], out / "logs", args.domain_id, config["respawn"])
     t0 = time.monotonic()
     watch = _Watch(out, task, target, steps)
     reason = "interrupted"
@@ -142,6 +176,7 @@ def run(args) -> int:
         say(line)
     wall = time.monotonic() - t0
     summary = watch.finish(reason, wall)
+    summary["restarts"] = dict(graph_run.restarts)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{task.name}: {reason} after {summary['steps']} steps, {wall:.0f} s; "
           f"last returns {[round(r, 1) for r in summary['returns'][-3:]]}; "
@@ -167,8 +202,9 @@ def _parse_param(item: str, overrides: dict[str, dict]) -> tuple[str, dict]:
 class _Graph:
     """The node processes: start, watch (restarting learner-side nodes), stop."""
 
-    def __init__(self, commands: dict[str, list[str]], logs: Path, domain_id: int | None):
-        self.commands, self.logs = commands, logs
+    def __init__(self, commands: dict[str, list[str]], logs: Path, domain_id: int | None,
+                 respawn: list[str]):
+        self.commands, self.logs, self.respawn = commands, logs, set(respawn)
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
@@ -191,7 +227,7 @@ class _Graph:
         for name, proc in self.procs.items():
             if proc.poll() is None:
                 continue
-            if name in RESTARTABLE and self.restarts.get(name, 0) < MAX_RESTARTS:
+            if name in self.respawn and self.restarts.get(name, 0) < MAX_RESTARTS:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 print(f"  {name} exited with code {proc.returncode}; restarting it "
                       f"({self.restarts[name]}/{MAX_RESTARTS})", flush=True)

@@ -1,0 +1,237 @@
+"""The hardware route against a fake robot: does `up --hardware` learn on a robot that is not
+the learning simulator?
+
+For each robot variant this starts ``sym-mbrl fake-hardware pendulum`` (the URDF with scaled
+mass or added friction, 4096-count encoders, velocity noise, 5 ms actuator delay, 200 ms
+command timeout, an extra passive joint, 100 Hz free-running) and
+``sym-mbrl up pendulum --hardware --activate --other-joints passive_joint`` on a DDS domain of
+its own, and watches the topics from this process:
+
+* solved: the mean return of the last 3 windows (200 steps each) >= -200 (`up`'s stop rule);
+* real steps and wall time until it stopped (`summary.json` of the run);
+* commands dropped: control periods (20 Hz, first to last command) in which no command reached
+  the robot, and commands the robot rejected (its ``dropped/*`` counters on /diagnostics);
+* state -> command latency: a command's DDS source timestamp minus the stamp (measurement
+  time) of the newest state before it; p50 and p99. The controller acts on its timer, so this
+  includes the age of the newest state (up to one 10 ms state period) as on a real robot.
+
+Velocity noise "1 %": std 0.08 rad/s, 1 % of the 8 rad/s the swing-up reaches.
+
+    python bench/hardware.py [--seeds 100] [--max-steps 3000] [--variants mass1.0,...]
+
+Writes bench/results/hardware.md and .json (``--out-dir`` elsewhere, e.g. for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SOLVED_RETURN = -200.0
+VELOCITY_NOISE = 0.08
+VARIANTS: dict[str, dict[str, str]] = {
+    "mass1.0": {"--mass-scale": "1.0"},
+    "mass1.2": {"--mass-scale": "1.2"},
+    "mass1.5": {"--mass-scale": "1.5"},
+    "friction": {"--friction": "0.05", "--damping": "0.02"},
+}
+"""Robot variants: fake-hardware options over the common ones (``common_robot_options``)."""
+
+
+def common_robot_options(seed: int) -> list[str]:
+    """What every variant shares: encoders, noise, delay, timeout, an extra joint."""
+    return ["--counts-per-rev", "4096", "--velocity-noise", str(VELOCITY_NOISE),
+            "--delay-ms", "5", "--timeout-ms", "200", "--extra-joints", "passive_joint",
+            "--seed", str(seed)]
+
+
+class _Watcher:
+    """States, commands and diagnostics as seen on the robot's topics (own rclpy context)."""
+
+    def __init__(self, domain: int):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
+        from sym_mbrl_ros.nodes.common import QOS_RECORD
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = Node("bench_hardware", context=self.context)
+        self.states: list[int] = []  # stamps (ns)
+        self.commands: list[int] = []  # DDS source timestamps (ns)
+        self.robot_dropped = 0
+        self.node.create_subscription(
+            JointState, "/joint_states",
+            lambda m: self.states.append(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec),
+            QOS_RECORD)
+        self.node.create_subscription(
+            Float64MultiArray, "/effort_controller/commands",
+            lambda m, info: self.commands.append(int(info["source_timestamp"])), QOS_RECORD)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 50)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = False
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name == "sym_mbrl/fake_hardware":
+                self.robot_dropped = sum(int(kv.value) for kv in status.values
+                                         if kv.key.startswith("dropped/"))
+
+    def _spin(self) -> None:
+        while not self._stop:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        import rclpy
+
+        self._stop = True
+        self.thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def figures(self, dt: float) -> dict:
+        states = np.sort(np.asarray(self.states, dtype=np.int64))
+        commands = np.sort(np.asarray(self.commands, dtype=np.int64))
+        if len(commands) < 2 or len(states) < 2:
+            return {"commands": int(len(commands)), "missed_periods": None,
+                    "latency_ms_p50": None, "latency_ms_p99": None}
+        i = np.searchsorted(states, commands, side="right") - 1
+        ok = i >= 0
+        latency = (commands[ok] - states[i[ok]]) * 1e-6
+        expected = int(round((commands[-1] - commands[0]) * 1e-9 / dt)) + 1
+        return {"commands": int(len(commands)),
+                "missed_periods": max(0, expected - len(commands)),
+                "latency_ms_p50": float(np.percentile(latency, 50)),
+                "latency_ms_p99": float(np.percentile(latency, 99))}
+
+
+def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path) -> dict:
+    """One fake robot and one `up --hardware` run; the row of the table."""
+    from sym_mbrl_ros.envs import get_task
+
+    domain = random.SystemRandom().randint(100, 200)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cli = [sys.executable, "-m", "sym_mbrl_ros.cli"]
+    robot_args = common_robot_options(seed) + [a for kv in VARIANTS[variant].items() for a in kv]
+    run_dir = out / "runs" / "hardware" / f"{variant}-s{seed}"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    watcher = _Watcher(domain)
+    robot = subprocess.Popen(cli + ["fake-hardware", "pendulum", *robot_args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        up = subprocess.run(
+            cli + ["up", "pendulum", "--hardware", "--activate", "--other-joints",
+                   "passive_joint", "--seed", str(seed), "--steps", str(max_steps),
+                   "--max-wall", str(max_wall), "--out", str(run_dir), "--quiet"],
+            env=env, capture_output=True, text=True, timeout=max_wall + 120)
+    finally:
+        robot.terminate()
+        try:
+            robot.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            robot.kill()
+            robot.wait()
+        time.sleep(0.5)  # the last diagnostics
+        watcher.close()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    returns = summary["returns"]
+    last3 = float(np.mean(returns[-3:])) if len(returns) >= 3 else None
+    row = {"variant": variant, "seed": seed, "robot_options": robot_args,
+           "solved": bool(last3 is not None and last3 >= SOLVED_RETURN),
+           "mean_last3": last3, "steps": summary["steps"], "wall_s": summary["wall_s"],
+           "reason": summary["reason"], "returns": returns, "up_exit": up.returncode,
+           "robot_dropped": watcher.robot_dropped, "run_dir": str(run_dir)}
+    row.update(watcher.figures(get_task("pendulum").dt))
+    return row
+
+
+def _fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| robot | seed | solved | mean of last 3 | real steps | wall s | commands | "
+             "missed periods | robot dropped | latency p50 ms | p99 ms |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {'yes' if r['solved'] else 'no'} | "
+            f"{_fmt(r['mean_last3'], '.1f')} | {r['steps']} | {r['wall_s']:.0f} | "
+            f"{r['commands']} | {_fmt(r['missed_periods'], 'd')} | {r['robot_dropped']} | "
+            f"{_fmt(r['latency_ms_p50'], '.2f')} | {_fmt(r['latency_ms_p99'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="100", help="comma-separated seeds (default 100)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated robot variants of {list(VARIANTS)}")
+    ap.add_argument("--max-steps", type=int, default=3000, help="real-step budget per run")
+    ap.add_argument("--max-wall", type=float, default=900.0, help="wall-clock limit per run (s)")
+    ap.add_argument("--out-dir", default=str(RESULTS),
+                    help="where hardware.md/.json and the runs go (default bench/results)")
+    args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    out = Path(args.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for variant in variants:
+            row = run_one(variant, seed, args.max_steps, args.max_wall, out)
+            rows.append(row)
+            print(table([row]).split("\n")[-1], flush=True)
+    text = table(rows)
+    command = "python bench/hardware.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    (out / "hardware.md").write_text(
+        f"# `sym-mbrl up pendulum --hardware` against `sym-mbrl fake-hardware`\n\n"
+        f"`{command.strip()}`; velocity noise std {VELOCITY_NOISE} rad/s, 4096-count "
+        f"encoders, 5 ms actuator delay, 200 ms command timeout; solved = mean return of the "
+        f"last 3 windows >= {SOLVED_RETURN:g}. Load average at the end: "
+        f"{_fmt(load, '.1f')}.\n\n{text}\n")
+    (out / "hardware.json").write_text(json.dumps({
+        "command": command.strip(), "rows": rows, "machine": platform.platform(),
+        "python": sys.version, "load_average_1min": load,
+        "git": _git_commit()}, indent=2) + "\n")
+    print("\n" + text)
+    return 0
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
