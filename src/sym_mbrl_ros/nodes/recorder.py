@@ -1,11 +1,11 @@
 """recorder: pairs each command with the state before and after it and stores the transition.
 
 Times: a state's time is its header stamp; a command's time is its header stamp
-(TwistStamped) or, for Float64MultiArray (no header), the DDS source timestamp, i.e. the
-moment the controller published it. Both are system-clock times, so the publishers of states
-must stamp with the system clock (what drivers and the sim bridge do; nodes run with
-``use_sim_time:=false``). The rule never depends on the order in which the recorder happens
-to process messages of different topics.
+(TwistStamped) or, for Float64MultiArray (no header), the moment the controller published it
+(its DDS source timestamp, in ROS time: :class:`~sym_mbrl_ros.nodes.topics.CommandInput`).
+All are the node's ROS time: the system clock, or ``/clock`` with ``use_sim_time:=true`` (a
+replayed bag, a bridge stamping simulated time). The rule never depends on the order in which
+the recorder happens to process messages of different topics.
 
 For a command at time t:
 * ``before`` = the newest state stamped at or before t (in real time, not older than
@@ -49,7 +49,7 @@ from .common import (
     run,
 )
 from .params import TaskParams
-from .topics import BadMessage, StateInput
+from .topics import BadMessage, CommandInput, StateInput
 
 
 @dataclass
@@ -110,8 +110,7 @@ class Recorder(Node):
         # created first: when an event and a state are ready together, the event goes first
         self.create_subscription(String, EPISODE_TOPIC, self.on_episode, QOS_EVENTS)
         self.input = StateInput(self, self.p, self.diag, self.on_state, stamp_age, QOS_RECORD)
-        self.create_subscription(self.p.codec.msg_type, self.p.command_topic, self.on_command,
-                                 QOS_RECORD)
+        self.command_input = CommandInput(self, self.p, self.diag, self.on_command, QOS_RECORD)
         self.create_timer(0.5, self.on_timer)
         self.get_logger().info(
             f"recording {task.name} ({'auto' if self.auto_pairing else self.pairing} pairing) "
@@ -146,16 +145,11 @@ class Recorder(Node):
         self._auto_episode = None
         self.diag.count("episodes")
 
-    def on_command(self, msg, info: dict) -> None:
-        try:
-            action, ns = self.p.codec.from_msg(msg, info.get("source_timestamp"))
-        except BadMessage as exc:
-            self.diag.drop(exc.reason, f"command: {exc}")
-            return
+    def on_command(self, ns: int, action: np.ndarray) -> None:
         task = self.p.task
         action = np.clip(action, task.action_low, task.action_high)
         self.diag.count("commands")
-        self.commands.append(_Command(ns or time.time_ns(), action))
+        self.commands.append(_Command(ns, action))
         self._decide()
 
     # ------------------------------------------------------------------ pairing
