@@ -70,15 +70,14 @@ def test_lockstep_contract_reset_and_bad_commands(graph, tmp_path):
     pub = probe._pubs[CMD]
     for k in range(5):
         pub.publish(command([1.0]))
-        assert wait_for(lambda k=k: len(states) >= k + 1 and len(clocks) >= k + 1)
+        assert wait_for(lambda k=k: len(states) >= k + 1)
     time.sleep(0.2)
     assert len(states) == 5, "one state per command"
     msg = states[-1][0]
     assert list(msg.name) == ["hinge"] and len(msg.position) == 1 and len(msg.velocity) == 1
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m, _, _ in states]
     assert stamps == sorted(stamps) and abs(stamps[-1] - time.time_ns()) < 5e9  # system clock
-    sim = [c.clock.sec + c.clock.nanosec * 1e-9 for c, _, _ in clocks]
-    np.testing.assert_allclose(np.diff(sim), 0.05, atol=1e-6)  # one control period per command
+    assert clocks == []  # system time: no /clock that would contradict the stamps
     assert wait_for(lambda: len(probe.got["/sym_mbrl/markers"]) > 0)
     markers = probe.got["/sym_mbrl/markers"][-1][0].markers
     assert any(m.ns == "robot" and len(m.points) >= 1 for m in markers)
@@ -195,8 +194,8 @@ def test_odometry_waits_for_the_joint_state_of_the_same_instant(graph):
     layout = StateLayout.parse(["odom.x", "odom.y", "odom.yaw", "odom.vx", "position.steer",
                                 "velocity.steer", "target.x", "target.y"], 8)
     node = graph.add(Node("state_input_order"))
-    params = SimpleNamespace(layout=layout, known_joints=["steer"], state_topic="/order_odom",
-                             joint_state_topic="/order_joints")
+    params = SimpleNamespace(layout=layout, state_topic="/order_odom",
+                             joint_state_topic="/order_joints", world_frame="odom")
     got: list[float] = []
     inp = StateInput(node, params, Diagnostics(node),
                      lambda ns, values: got.append(inp.joints_at(ns)["position.steer"]), 1e6)

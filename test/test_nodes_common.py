@@ -182,18 +182,20 @@ def constant_formula(task, values) -> str:
 # ----------------------------------------------------------------------------- pure tests
 def test_state_layout_validates_joint_states():
     layout = StateLayout.parse(["position.hinge", "velocity.hinge"], 2)
-    known = frozenset({"hinge"})
-    assert layout.joint_values(joint_state(["hinge"], [0.5], [1.5]), known) == {
+    assert layout.joint_values(joint_state(["hinge"], [0.5], [1.5])) == {
+        "position.hinge": 0.5, "velocity.hinge": 1.5}
+    # joints the state does not read are ignored (a robot publishes all of its joints)
+    assert layout.joint_values(joint_state(["wheel", "hinge"], [9.0, 0.5], [8.0, 1.5])) == {
         "position.hinge": 0.5, "velocity.hinge": 1.5}
     cases = {
         "wrong_length": joint_state(["hinge"], [0.1, 0.2], [0.0, 0.0]),
-        "unknown_joint": joint_state(["hinge", "elbow"], [0.1, 0.2]),
-        "missing_joint": joint_state([], []),
+        "duplicate_joint": joint_state(["hinge", "hinge"], [0.1, 0.2]),
+        "missing_joint": joint_state(["elbow"], [0.1]),
         "nan": joint_state(["hinge"], [float("nan")], [0.0]),
     }
     for reason, msg in cases.items():
         with pytest.raises(BadMessage) as err:
-            layout.joint_values(msg, known)
+            layout.joint_values(msg)
         assert err.value.reason == reason
     with pytest.raises(ConfigError, match="one field per coordinate"):
         StateLayout.parse(["position.hinge"], 2)
@@ -210,15 +212,14 @@ def test_state_layout_round_trips_the_bridge_messages():
     state = np.array([0.1, -0.2, 0.3, -0.4, 0.05, 0.12])
     js = reacher.joint_state(state, ["shoulder", "elbow"], 123)
     target = reacher.target(state, 123)
-    values = {**reacher.joint_values(js, frozenset({"shoulder", "elbow"})),
+    values = {**reacher.joint_values(js),
               **reacher.target_values(target)}
     np.testing.assert_allclose(reacher.assemble(values), state)
     car = StateLayout.parse(["odom.x", "odom.y", "odom.yaw", "odom.vx", "position.steer",
                              "velocity.steer", "target.x", "target.y"], 8)
     state = np.array([0.3, -1.2, 2.9, 0.7, 0.2, -0.1, 1.0, 1.5])
     values = {**car.odom_values(car.odometry(state, 5)),
-              **car.joint_values(car.joint_state(state, ["steer", "wheel"], 5),
-                                 frozenset({"steer", "wheel"})),
+              **car.joint_values(car.joint_state(state, ["steer", "wheel"], 5)),
               **car.target_values(car.target(state, 5))}
     np.testing.assert_allclose(car.assemble(values), state, atol=1e-12)
 

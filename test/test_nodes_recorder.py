@@ -169,14 +169,14 @@ def test_garbage_input_is_dropped_and_counted(graph, probe, tmp_path):
     js = probe._pubs["/joint_states"]
     now = time.time_ns()
     js.publish(joint_state(["hinge"], [0.1, 0.2], [0.0, 0.0]))  # wrong length
-    js.publish(joint_state(["hinge", "knee"], [0.1, 0.2]))  # unknown joint
+    js.publish(joint_state(["knee"], [0.2]))  # lacks the task's joint
     js.publish(joint_state(["hinge"], [float("nan")], [0.0]))  # NaN
     js.publish(joint_state(["hinge"], [0.1], [0.1], now - 30 * 10**9))  # stale
     js.publish(joint_state(["hinge"], [0.1], [0.1], now))
     js.publish(joint_state(["hinge"], [0.1], [0.1], now - 10**6))  # out of order
     probe._pubs[CMD].publish(command([0.1, 0.2]))  # wrong size
     probe._pubs[EPISODE_TOPIC].publish(String(data="{not json"))
-    expected = ("wrong_length", "unknown_joint", "nan", "stale", "out_of_order", "wrong_size",
+    expected = ("wrong_length", "missing_joint", "nan", "stale", "out_of_order", "wrong_size",
                 "bad_episode")
     assert wait_for(lambda: all(probe.diagnostics("recorder").get(f"dropped/{r}") == "1"
                                 for r in expected), 5), probe.diagnostics("recorder")

@@ -209,12 +209,21 @@ class MBPO:
         metrics["samples"] = len(data.states)
         metrics["step"] = self.num_timesteps
         self.timings["model_fit_s"] += metrics["fit_s"]
-        self.model = model
-        self.model_env = ModelEnv(self.task, model, **self.state_bounds(data.states))
+        self.set_model(model, data.states)
         self.num_model_fits += 1
         self.last_fit_step = self.num_timesteps
         self.model_metrics = metrics
         return metrics
+
+    def set_model(self, model: Any, states: np.ndarray) -> None:
+        """Install a fitted world model; its rollouts are cut where they leave the bounds
+        that ``states`` (the real states it was fitted on) give (:meth:`state_bounds`).
+
+        :meth:`fit_model` installs every fit through here, and so does a learner whose model
+        is fitted elsewhere (the policy trainer node), so both roll out the same way.
+        """
+        env = ModelEnv(self.task, model, **self.state_bounds(np.asarray(states)))
+        self.model, self.model_env = model, env
 
     def state_bounds(self, states: np.ndarray) -> dict[str, np.ndarray | None]:
         """Bounds model rollouts must stay in: the data's range, widened by the margin."""

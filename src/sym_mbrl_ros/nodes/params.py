@@ -20,10 +20,11 @@ class TaskParams:
     layout: StateLayout
     codec: CommandCodec
     joint_names: list[str]
-    known_joints: list[str]
+    published_joints: list[str]
     state_topic: str
     joint_state_topic: str
     command_topic: str
+    world_frame: str
     run_dir: Path
 
     @classmethod
@@ -36,8 +37,9 @@ class TaskParams:
         joints = declare(node, "joint_names", ("str", []),
                          "commanded joints, in the order of the command array")
         other = declare(node, "other_joints", ("str", []),
-                        "further joints that may appear in /joint_states (URDF joints that are "
-                        "not commanded); any other name makes a JointState invalid")
+                        "further joints the sim bridge publishes in /joint_states (URDF joints "
+                        "that are not commanded); receivers ignore joints the state does not "
+                        "read, whatever their names")
         state_topic = declare(node, "state_topic", "/joint_states",
                               "state topic: sensor_msgs/JointState, or nav_msgs/Odometry when "
                               "state_fields use odom.*")
@@ -53,6 +55,10 @@ class TaskParams:
         command_fields = declare(node, "command_fields", ("str", []),
                                  "twist component of each action coordinate (twist commands), "
                                  "e.g. [linear.x, angular.z]")
+        frame = declare(node, "world_frame", "",
+                        "frame of the target (and of the sim bridge's markers and odometry): "
+                        "the URDF root for a fixed-base robot, odom for a mobile base; empty: "
+                        "odom when state_fields read odom.*, else base_link")
         run_dir = declare(node, "run_dir", "runs/default",
                           "run folder: the store, models, policies and logs go here")
         from ..envs import get_task
@@ -74,10 +80,11 @@ class TaskParams:
             layout=layout,
             codec=codec,
             joint_names=joints,
-            known_joints=known,
+            published_joints=known,
             state_topic=state_topic,
             joint_state_topic=joint_topic,
             command_topic=command_topic or f"/{controller}/commands",
+            world_frame=frame or ("odom" if layout.uses_odom else "base_link"),
             run_dir=Path(run_dir),
         )
 

@@ -6,7 +6,11 @@ transitions from the store into the real buffer (every ``store_poll_s``), starts
 ``rollout_batch_size`` model rollouts of ``rollout_horizon`` steps from the newest
 ``rollout_start_window`` real states, and takes ``updates_per_step`` SAC gradient steps on the
 synthetic data (:class:`sym_mbrl_ros.agents.mbpo.MBPO`'s pieces; the task's true reward). A new
-``/sym_mbrl/dynamics_model`` message swaps the model in between rounds; SAC keeps learning.
+``/sym_mbrl/dynamics_model`` message swaps the model in between rounds through
+``MBPO.set_model``, the call MBPO's own fits use: rollouts are cut where they leave the range
+of the real states pulled so far, widened by ``rollout_state_margin``, exactly as in the
+benchmarks. The hand-off is a one-slot mailbox (newest model wins); the installed model and
+the reported ``model_version`` change together. SAC keeps learning across swaps.
 Every ``publish_every_s`` of training it writes ``<run_dir>/policies/policy_NNNN.pt`` (the
 whole agent, so a restart resumes from it) and publishes its path and sha256 on
 ``/sym_mbrl/policy`` (transient-local). A malformed model message is dropped and counted.
@@ -23,8 +27,10 @@ import json
 import threading
 import time
 import traceback
+from typing import Any
 
 import numpy as np
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
@@ -90,8 +96,11 @@ class PolicyTrainer(Node):
         self.pub = self.create_publisher(String, POLICY_TOPIC, QOS_LATCHED)
         self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED)
         self.progress_pub = self.create_publisher(String, TRAINING_TOPIC, QOS_LATCHED)
-        self.create_timer(0.25, self.on_progress)
-        self.pending_model = None
+        # wall-clock: with use_sim_time a lockstep world waits for this progress (sync mode),
+        # so a timer on the simulated clock would never fire again
+        self.create_timer(0.25, self.on_progress, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.models = LatestModel()
+        self._installed = threading.Lock()  # the installed model and model_version, together
         self.model_version = None
         self.first_model_transitions: int | None = None
         self.last_id = 0
@@ -121,18 +130,36 @@ class PolicyTrainer(Node):
             self.diag.drop("bad_model", f"model is for states {model.state_names}, not "
                            f"{self.p.task.state_names}")
             return
-        self.pending_model = model
+        if self.models.put(model):
+            self.diag.count("superseded_models")  # a newer one came before it was installed
         self.diag.count("models")
+
+    def installed(self) -> tuple[Any, Any]:
+        """The installed world model and its version, read together."""
+        with self._installed:
+            return self.mbpo.model, self.model_version
+
+    def _install(self, model) -> None:
+        """Install ``model`` through MBPO's own path (``MBPO.set_model``), with the state
+        bounds of the real states pulled so far, the way MBPO's fits install theirs."""
+        states = self.mbpo.real_buffer.state_transitions(self.mbpo.config.model_max_samples).states
+        with self._installed:
+            self.mbpo.set_model(model, states)
+            self.model_version = model.provenance.get("version")
+        if self.first_model_transitions is None:
+            self.first_model_transitions = len(self.mbpo.real_buffer)
+        self.diag.set("model_version", str(self.model_version))
 
     def on_progress(self) -> None:
         """Training progress, for a simulated world that waits for the learner (controller's
         ``sync_updates_per_step``)."""
+        _, model_version = self.installed()
         self.progress_pub.publish(String(data=json.dumps({
             "updates": self.updates, "transitions": len(self.mbpo.real_buffer),
             "first_model_transitions": self.first_model_transitions,
             "head_start_updates": self._head_start(),
-            "model_version": self.model_version, "policy_version": self.version,
-            "stamp": time.time()})))
+            "model_version": model_version, "policy_version": self.version,
+            "stamp": self.get_clock().now().nanoseconds * 1e-9})))
 
     def _head_start(self) -> int:
         """Updates owed on the first model (MBPO's ``first_fit_updates``): none after a
@@ -162,8 +189,6 @@ class PolicyTrainer(Node):
         return len(batch)
 
     def _train_loop(self) -> None:
-        from ..agents.model_env import ModelEnv
-
         store = None
         last_pull = last_publish = 0.0
         trained_s = 0.0
@@ -179,15 +204,10 @@ class PolicyTrainer(Node):
                             store = None
                     if store is not None:
                         self.diag.count("transitions", self._pull(store))
-                if self.pending_model is not None:
-                    model, self.pending_model = self.pending_model, None
-                    self.mbpo.model = model
-                    self.mbpo.model_env = ModelEnv(self.p.task, model)
-                    self.model_version = model.provenance.get("version")
-                    if self.first_model_transitions is None:
-                        self.first_model_transitions = len(self.mbpo.real_buffer)
-                    self.diag.set("model_version", str(self.model_version))
                 n_real = len(self.mbpo.real_buffer)
+                model = self.models.take() if n_real else None  # no bounds without data
+                if model is not None:
+                    self._install(model)
                 ratio_ok = self.max_ratio <= 0 or self.updates < self.max_ratio * n_real
                 if self.mbpo.model_env is None or n_real == 0 or not ratio_ok:
                     self._stop.wait(0.2)
@@ -229,6 +249,28 @@ class PolicyTrainer(Node):
     def close(self) -> None:
         self._stop.set()
         self._worker.join(timeout=5.0)
+
+
+class LatestModel:
+    """A one-slot mailbox between the subscription and the training thread: ``put`` replaces
+    what is there (the newest model wins), ``take`` empties it; both under one lock, so a model
+    put while another is taken is never lost."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._model: Any = None
+
+    def put(self, model: Any) -> bool:
+        """Leave ``model`` for the trainer; True if it replaced one not yet taken."""
+        with self._lock:
+            replaced, self._model = self._model is not None, model
+        return replaced
+
+    def take(self) -> Any:
+        """The newest model put since the last take, or None."""
+        with self._lock:
+            model, self._model = self._model, None
+        return model
 
 
 def main(args=None) -> int:

@@ -2,13 +2,14 @@
 
 The pairing rule is the core's (``data/pairing.py``; docs/ros.md states it), the same code
 ``sym-mbrl import-bag`` uses. Times: a state's time is its header stamp; a command's time is
-its header stamp (TwistStamped) or, for Float64MultiArray (no header), the DDS source
-timestamp, i.e. the moment the controller published it. Both are system-clock times, so the
-publishers of states must stamp with the system clock (what drivers and the sim bridge do;
-nodes run with ``use_sim_time:=false``). ``pairing: next`` for a lockstep simulation, ``hold``
-for real time and hardware, ``auto``: next while the bridge's episode events say
-``"mode": "lockstep"``, hold otherwise. Episode events on /sym_mbrl/episode give the
-boundaries (an episode holds the states stamped after its ``boundary_ns``).
+its header stamp (TwistStamped) or, for Float64MultiArray (no header), the moment the
+controller published it (its DDS source timestamp, in ROS time:
+:class:`~sym_mbrl_ros.nodes.topics.CommandInput`). All are the node's ROS time: the system
+clock, or ``/clock`` with ``use_sim_time:=true`` (a replayed bag, a bridge stamping simulated
+time). ``pairing: next`` for a lockstep simulation, ``hold`` for real time and hardware,
+``auto``: next while the bridge's episode events say ``"mode": "lockstep"``, hold otherwise.
+Episode events on /sym_mbrl/episode give the boundaries (an episode holds the states stamped
+after its ``boundary_ns``).
 
 Without episode events (a robot with no simulator), the recorder starts a new episode every
 ``episode_steps`` transitions. Rewards and termination come from the task's own functions.
@@ -43,7 +44,7 @@ from .common import (
     run,
 )
 from .params import TaskParams
-from .topics import BadMessage, StateInput
+from .topics import BadMessage, CommandInput, StateInput
 
 
 @dataclass
@@ -123,8 +124,7 @@ class Recorder(Node):
         # created first: when an event and a state are ready together, the event goes first
         self.create_subscription(String, EPISODE_TOPIC, self.on_episode, QOS_EVENTS)
         self.input = StateInput(self, self.p, self.diag, self.on_state, stamp_age, QOS_RECORD)
-        self.create_subscription(self.p.codec.msg_type, self.p.command_topic, self.on_command,
-                                 QOS_RECORD)
+        self.command_input = CommandInput(self, self.p, self.diag, self.on_command, QOS_RECORD)
         self.create_timer(0.5, self.on_timer)
         self.create_timer(min(0.05, self.retry_min), self._flush_if_due)
         self.get_logger().info(
@@ -158,16 +158,11 @@ class Recorder(Node):
         self._auto_episode = None
         self.diag.count("episodes")
 
-    def on_command(self, msg, info: dict) -> None:
-        try:
-            action, ns = self.p.codec.from_msg(msg, info.get("source_timestamp"))
-        except BadMessage as exc:
-            self.diag.drop(exc.reason, f"command: {exc}")
-            return
+    def on_command(self, ns: int, action: np.ndarray) -> None:
         task = self.p.task
         action = np.clip(action, task.action_low, task.action_high)
         self.diag.count("commands")
-        self._take(self.pairing.add_command(ns or time.time_ns(), action))
+        self._take(self.pairing.add_command(ns, action))
 
     # ------------------------------------------------------------------ pairing
     def _assemble(self, before: StampedState, after: StampedState):

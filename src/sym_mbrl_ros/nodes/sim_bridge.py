@@ -1,19 +1,30 @@
 """sim_bridge: a task's MuJoCo model behind the same topics a real robot driver publishes.
 
 Subscribes to the command topic, publishes the state (``/joint_states`` or ``odom``), the
-target, ``/clock`` (simulated time), markers and episode events; ``~/reset`` starts a new
-episode. States are stamped with the system clock, like a driver's (see docs/ros.md).
+target, markers and episode events; ``~/reset`` starts a new episode.
+
+Time: the bridge's stamps are the time the nodes of its graph read, one time base or the
+other, never a mix (docs/ros.md, *Time*):
+* ``use_sim_time:=false`` (default): states are stamped with the system clock, like a
+  driver's, and no ``/clock`` is published (nothing would follow it).
+* ``use_sim_time:=true``: the bridge is the clock. Every published state advances simulated
+  time by one control period (a reset too), ``/clock`` carries it, published before the state
+  it stamps, and again every 0.1 s of wall time while the world waits (lockstep), so nodes
+  that start late learn the time. Every node of the graph must then run with
+  ``use_sim_time:=true``.
 
 Modes:
 * ``lockstep``: each command advances one control period, then the new state is published:
   deterministic for a given command sequence, and as fast as the controller sends. A command
-  published before the current state (so computed from an older one: a duplicate, or one in
-  flight across a reset) is skipped, which keeps exactly one command per state. After the
+  published before the current state (its DDS source timestamp against the moment the state
+  went out, so in either time base; a duplicate, or one in flight across a reset) is skipped,
+  which keeps exactly one command per state. After the
   last state of an episode, the next command starts the new episode instead of stepping.
   Nothing is published until a command arrives: the controller's watchdog sends a zero
   command when it has no state, which starts the exchange.
-* ``realtime``: a wall-clock timer advances one control period per tick holding the last
-  command (zero before the first), like a robot that keeps executing its last setpoint.
+* ``realtime``: a wall-clock timer (steady, whatever ``use_sim_time`` says) advances one
+  control period per tick holding the last command (zero before the first), like a robot
+  that keeps executing its last setpoint.
 
 Episodes: as soon as an episode ends (or ``~/reset`` is called, or at start-up) the bridge
 publishes an event on ``/sym_mbrl/episode`` (JSON ``{"episode", "boundary_ns", "stamp",
@@ -30,6 +41,8 @@ import time
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped
 from nav_msgs.msg import Odometry
+from rclpy.clock import Clock as NodeClock
+from rclpy.clock import ClockType
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
@@ -65,9 +78,7 @@ class SimBridge(Node):
         self.seed = declare(self, "seed", 0, "seed of the first env.reset (episodes follow it)")
         self.marker_rate = declare(self, "marker_rate_hz", 10.0,
                                    "markers per wall-clock second (0 disables them)")
-        self.frame = declare(self, "world_frame", "base_link",
-                             "frame of the markers and the target (the simulator's world): "
-                             "the URDF root for fixed-base robots, odom for a mobile base")
+        self.frame = self.p.world_frame  # of the markers, the target and the odometry
         if self.mode not in ("lockstep", "realtime"):
             raise SystemExit(f"sim_bridge: mode must be lockstep or realtime, not {self.mode!r}")
         task = self.p.task
@@ -84,7 +95,8 @@ class SimBridge(Node):
         self.target_pub = (self.create_publisher(PointStamped, TARGET_TOPIC, QOS_LATCHED)
                            if self.layout.needs_target else None)
         self.episode_pub = self.create_publisher(String, EPISODE_TOPIC, QOS_EVENTS)
-        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.sim_time else None
         self.marker_pub = self.create_publisher(MarkerArray, MARKER_TOPIC, 10)
         self.create_subscription(self.codec.msg_type, self.p.command_topic, self.on_command,
                                  QOS_STREAM)
@@ -93,20 +105,27 @@ class SimBridge(Node):
         self.tf = (_tf_broadcaster(self) if self.layout.uses_odom and self.frame != "base_link"
                    else None)
 
-        self.sim_time = 0.0
+        self.dt_ns = int(round(task.dt * 1e9))
+        self.ticks = 0  # control periods of simulated time so far
         self.episode = 0
         self.episode_return = 0.0
         self.held = np.clip(np.zeros(task.action_dim), task.action_low, task.action_high)
         self._last_marker = 0.0
-        self.state_ns = time.time_ns()
+        self.state_ns = 0 if self.sim_time else time.time_ns()  # stamp of the newest state
+        self.state_sys_ns = 0  # system time at which it was published
         self.done = False
         self._announce("start")
         self.state = self._reset(seed=self.seed)
+        # wall-clock timers: under use_sim_time the node's own clock follows this bridge
+        wall = NodeClock(clock_type=ClockType.STEADY_TIME)
         if self.mode == "realtime":
-            self.create_timer(task.dt, self.on_tick)
+            self.create_timer(task.dt, self.on_tick, clock=wall)
+        if self.sim_time:
+            self.create_timer(0.1, self._publish_clock, clock=wall)
         self.get_logger().info(
             f"{task.name} in {self.mode} mode: commands on {self.p.command_topic}, state on "
-            f"{self.p.state_topic}, dt={task.dt:g}s")
+            f"{self.p.state_topic}, dt={task.dt:g}s, stamps in "
+            f"{'simulated time (/clock)' if self.sim_time else 'system time'}")
 
     # ------------------------------------------------------------------ episodes
     def _announce(self, reason: str) -> None:
@@ -122,7 +141,7 @@ class SimBridge(Node):
         state = np.asarray(info["state"], dtype=np.float64)
         self.episode_return = 0.0
         self.done = False
-        ns = time.time_ns()
+        ns = self._advance()
         if self.target_pub is not None:
             self.target_pub.publish(self.layout.target(state, ns, self.frame))
         self._publish_state(state, ns)
@@ -141,11 +160,9 @@ class SimBridge(Node):
         a = check_action(action, task.action_low, task.action_high)
         _, reward, terminated, truncated, info = self.env.step(a)
         self.state = np.asarray(info["state"], dtype=np.float64)
-        self.sim_time += task.dt
         self.episode_return += float(reward)
         self.diag.count("steps")
-        self._publish_state(self.state)
-        self.clock_pub.publish(self._clock_msg())
+        self._publish_state(self.state, self._advance())
         if terminated or truncated:
             self.diag.set("last_return", float(self.episode_return))
             self.diag.count("episodes")
@@ -153,8 +170,9 @@ class SimBridge(Node):
             self._announce("terminated" if terminated else "truncated")
 
     def on_command(self, msg, info: dict) -> None:
+        source_ns = info.get("source_timestamp")
         try:
-            action, ns = self.codec.from_msg(msg, info.get("source_timestamp"))
+            action, _ = self.codec.from_msg(msg, source_ns)
         except BadMessage as exc:
             self.diag.drop(exc.reason, str(exc))
             return
@@ -162,7 +180,7 @@ class SimBridge(Node):
         self.held = action
         if self.mode != "lockstep":
             return
-        if ns is not None and ns <= self.state_ns:
+        if source_ns is not None and source_ns <= self.state_sys_ns:
             self.diag.count("skipped/stale_command")
             return
         if self.done:
@@ -176,21 +194,30 @@ class SimBridge(Node):
             self.state = self._reset()
 
     # ------------------------------------------------------------------ output
-    def _clock_msg(self) -> Clock:
-        msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = divmod(int(round(self.sim_time * 1e9)), 1_000_000_000)
-        return msg
+    def _advance(self) -> int:
+        """The stamp of the next state: the system clock, or (``use_sim_time``) one control
+        period more of simulated time, announced on /clock before the state goes out."""
+        if not self.sim_time:
+            return time.time_ns()
+        self.ticks += 1
+        self._publish_clock()
+        return self.ticks * self.dt_ns
 
-    def _publish_state(self, state: np.ndarray, ns: int | None = None) -> None:
-        ns = time.time_ns() if ns is None else ns
+    def _publish_clock(self) -> None:
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = divmod(self.ticks * self.dt_ns, 1_000_000_000)
+        self.clock_pub.publish(msg)
+
+    def _publish_state(self, state: np.ndarray, ns: int) -> None:
+        self.state_sys_ns = time.time_ns()
         if self.layout.uses_odom:
-            self.joint_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
+            self.joint_pub.publish(self.layout.joint_state(state, self.p.published_joints, ns))
             odom = self.layout.odometry(state, ns, frame=self.frame)
             self.state_pub.publish(odom)
             if self.tf is not None:  # odom -> base_link for rviz, where tf2 is installed
                 self.tf.sendTransform(self.layout.odom_transform(odom))
         else:
-            self.state_pub.publish(self.layout.joint_state(state, self.p.known_joints, ns))
+            self.state_pub.publish(self.layout.joint_state(state, self.p.published_joints, ns))
         self.state_ns = ns
         if self.marker_rate > 0 and time.monotonic() - self._last_marker >= 1 / self.marker_rate:
             self._last_marker = time.monotonic()

@@ -9,7 +9,16 @@ parameter, one entry per state coordinate, in state order:
   The target is not part of the robot's state message: it belongs to the episode, is latched
   for late joiners, and on a real robot comes from whoever sets goals (rviz's *Publish Point*
   tool, a perception node). Receivers pair a state with the newest target stamped at or
-  before it.
+  before it. A target must be in ``world_frame``; one in another frame is transformed with
+  tf2 where tf2_ros is installed and a transform exists, and dropped (``wrong_frame``)
+  otherwise.
+
+A JointState may name any joints (joint_state_broadcaster publishes every joint of the robot):
+the joints the state reads are picked by name, the others are ignored.
+
+Times are the node's ROS time: a state's stamp is checked against the node's own clock, which
+follows ``/clock`` when the node runs with ``use_sim_time`` (a replayed bag, a simulator that
+stamps simulated time), and a command without a header is timed by :class:`CommandInput`.
 
 The action is published as std_msgs/Float64MultiArray (one value per joint, in the order of
 ``joint_names``, as ros2_control's forward_command_controller expects) or, for a mobile base,
@@ -22,7 +31,6 @@ Validation raises :class:`BadMessage` with a short reason (the /diagnostics coun
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,10 +38,17 @@ from dataclasses import dataclass
 import numpy as np
 from geometry_msgs.msg import PointStamped, TwistStamped
 from nav_msgs.msg import Odometry
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
 from .common import QOS_LATCHED, QOS_STREAM, TARGET_TOPIC, stamp_ns
+
+# A /clock reader that takes any publisher: the sim bridge's (reliable) and rosbag2's
+# (best effort). A deep queue: every tick matters for timing commands (CommandInput).
+QOS_CLOCK = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                       reliability=ReliabilityPolicy.BEST_EFFORT)
 
 ODOM_KEYS = ("x", "y", "yaw", "vx", "vy", "wz")
 TARGET_KEYS = ("x", "y", "z")
@@ -97,17 +112,18 @@ class StateLayout:
         return [i for i, f in enumerate(self.fields) if f.startswith("target.")]
 
     # -------------------------------------------------------------- messages -> values
-    def joint_values(self, msg: JointState, known: frozenset[str]) -> dict[str, float]:
-        """Validated ``{field: value}`` for the joint fields of a JointState."""
+    def joint_values(self, msg: JointState) -> dict[str, float]:
+        """Validated ``{field: value}`` for the joint fields of a JointState; joints the state
+        does not read may be there too (a robot publishes all of its joints)."""
         n = len(msg.name)
         if len(msg.position) != n or (len(msg.velocity) not in (0, n)):
             raise BadMessage("wrong_length", f"JointState has {n} names, {len(msg.position)} "
                              f"positions and {len(msg.velocity)} velocities")
-        unknown = [j for j in msg.name if j not in known]
-        if unknown:
-            raise BadMessage("unknown_joint", f"JointState names unknown joints {unknown}; "
-                             f"expected a subset of {sorted(known)}")
-        index = {j: i for i, j in enumerate(msg.name)}
+        names = list(msg.name)
+        twice = [j for j in self.joints if names.count(j) > 1]
+        if twice:
+            raise BadMessage("duplicate_joint", f"JointState names {twice} more than once")
+        index = {j: i for i, j in enumerate(names)}
         out: dict[str, float] = {}
         for f in self.fields:
             source, _, joint = f.partition(".")
@@ -262,19 +278,28 @@ class CommandCodec:
 
 
 class StampCheck:
-    """Drops stale and out-of-order stamps of one stream (``max_age_s`` ≤ 0 disables age)."""
+    """Drops stale and out-of-order stamps of one stream (``max_age_s`` ≤ 0 disables age).
+
+    ``now_ns`` is the receiving node's ROS time: the system clock, or ``/clock`` under
+    ``use_sim_time`` (0 until the first ``/clock`` message has arrived).
+    """
 
     def __init__(self, max_age_s: float):
         self.max_age_ns = int(max_age_s * 1e9)
         self.last_ns = 0
 
     def check(self, ns: int, now_ns: int) -> None:
+        """Raise :class:`BadMessage` unless ``ns`` is newer than the last and recent."""
         if ns <= self.last_ns:
             raise BadMessage("out_of_order", f"stamp {ns * 1e-9:.6f} is not newer than the "
                              f"previous one ({self.last_ns * 1e-9:.6f})")
+        if self.max_age_ns > 0 and now_ns <= 0:
+            raise BadMessage("no_clock", "use_sim_time is set but no /clock message has "
+                             "arrived yet; start the clock source (sim bridge, bag play --clock)")
         if self.max_age_ns > 0 and abs(now_ns - ns) > self.max_age_ns:
             raise BadMessage("stale", f"stamp {ns * 1e-9:.3f} is {(now_ns - ns) * 1e-9:+.3f} s "
-                             f"from now; is the publisher's clock the system clock?")
+                             f"from this node's clock; does the publisher stamp with the clock "
+                             f"the nodes use (system time, or /clock with use_sim_time)?")
         self.last_ns = ns
 
     def reset(self) -> None:
@@ -290,13 +315,16 @@ class StateInput:
     their stamps; :meth:`joints_at` and :meth:`target_at` give the newest at or before a stamp.
     An Odometry is passed on once a secondary joint state stamped at or after it has arrived
     (or when the next Odometry comes), so the two topics' delivery order does not matter.
-    Invalid messages go to ``diag.drop``.
+    Stamps are checked against the node's clock (ROS time). Targets are brought into
+    ``params.world_frame`` (:class:`TargetFrame`). Invalid messages go to ``diag.drop``.
     """
 
     def __init__(self, node, params, diag, on_state: Callable[[int, dict[str, float]], None],
                  max_age_s: float, qos=QOS_STREAM):
         self.layout, self.diag, self.on_state = params.layout, diag, on_state
-        self.known = frozenset(params.known_joints)
+        self.clock = node.get_clock()
+        self.target_frame = TargetFrame(node, params.world_frame) if (
+            self.layout.needs_target) else None
         self.stamps, self.joint_stamps = StampCheck(max_age_s), StampCheck(max_age_s)
         self.joints: deque[tuple[int, dict[str, float]]] = deque(maxlen=200)
         self.targets: deque[tuple[int, dict[str, float]]] = deque(maxlen=20)
@@ -318,15 +346,14 @@ class StateInput:
         try:
             values = values_of(msg)
             ns = stamp_ns(msg.header.stamp)
-            check.check(ns, time.time_ns())
+            check.check(ns, self.clock.now().nanoseconds)
         except BadMessage as exc:
             self.diag.drop(exc.reason, f"{what}: {exc}")
             return None
         return ns, values
 
     def _joint_state(self, msg: JointState) -> None:
-        got = self._check(self.stamps, msg, lambda m: self.layout.joint_values(m, self.known),
-                          "JointState")
+        got = self._check(self.stamps, msg, self.layout.joint_values, "JointState")
         if got:
             self.diag.count("states")
             self.on_state(*got)
@@ -354,8 +381,7 @@ class StateInput:
         self.on_state(*pending)
 
     def _secondary(self, msg: JointState) -> None:
-        got = self._check(self.joint_stamps, msg,
-                          lambda m: self.layout.joint_values(m, self.known), "JointState")
+        got = self._check(self.joint_stamps, msg, self.layout.joint_values, "JointState")
         if got:
             self.joints.append(got)
             if self._pending is not None and got[0] >= self._pending[0]:
@@ -363,11 +389,11 @@ class StateInput:
 
     def _target(self, msg: PointStamped) -> None:
         try:
-            values = self.layout.target_values(msg)
+            values = self.layout.target_values(self.target_frame(msg))
         except BadMessage as exc:
             self.diag.drop(exc.reason, f"target: {exc}")
             return
-        ns = stamp_ns(msg.header.stamp) or time.time_ns()
+        ns = stamp_ns(msg.header.stamp) or self.clock.now().nanoseconds
         while self.targets and self.targets[-1][0] >= ns:
             self.targets.pop()
         self.targets.append((ns, values))
@@ -386,3 +412,117 @@ class StateInput:
     def target_at(self, ns: int | None = None) -> dict[str, float]:
         """The target stamped at or before ``ns`` (None: the newest)."""
         return self._at(self.targets, ns)
+
+
+def transform_point(msg: PointStamped, tf) -> PointStamped:
+    """``msg`` moved by a geometry_msgs/TransformStamped (rotation, then translation) into the
+    transform's ``header.frame_id``."""
+    q, t, p = tf.transform.rotation, tf.transform.translation, msg.point
+    u, v = np.array([q.x, q.y, q.z]), np.array([p.x, p.y, p.z])
+    c = np.cross(u, v)
+    moved = v + 2.0 * q.w * c + 2.0 * np.cross(u, c) + np.array([t.x, t.y, t.z])
+    out = PointStamped()
+    out.header.stamp = msg.header.stamp
+    out.header.frame_id = tf.header.frame_id
+    out.point.x, out.point.y, out.point.z = (float(x) for x in moved)
+    return out
+
+
+class TargetFrame:
+    """Brings a target into the frame the task's coordinates are in (``world_frame``).
+
+    A target in another frame is transformed with the newest transform tf2 knows, where tf2_ros
+    is installed (a full ROS 2 install); without tf2 (the pip-only set-up), or without a
+    transform, it is a :class:`BadMessage` (``wrong_frame``): a point in an unknown frame would
+    silently be a different goal.
+    """
+
+    def __init__(self, node, frame: str):
+        self.frame = frame
+        self.buffer = _tf_buffer(node)
+
+    def __call__(self, msg: PointStamped) -> PointStamped:
+        source = msg.header.frame_id
+        if source == self.frame:
+            return msg
+        if self.buffer is None:
+            raise BadMessage("wrong_frame", f"target is in frame {source!r}, not {self.frame!r}, "
+                             f"and tf2_ros is not installed to transform it")
+        try:
+            from rclpy.time import Time
+
+            tf = self.buffer.lookup_transform(self.frame, source, Time())
+        except Exception as exc:  # tf2's Lookup/Connectivity/Extrapolation exceptions
+            raise BadMessage("wrong_frame", f"target is in frame {source!r}, not {self.frame!r}, "
+                             f"and tf2 has no transform between them ({exc})") from None
+        return transform_point(msg, tf)
+
+
+def _tf_buffer(node):
+    """A tf2 buffer filled by a listener on ``node``; None where tf2_ros is not installed."""
+    try:
+        from tf2_ros import Buffer, TransformListener
+    except ImportError:
+        return None
+    buffer = Buffer()
+    buffer.listener = TransformListener(buffer, node)  # kept alive with the buffer
+    return buffer
+
+
+class CommandInput:
+    """The command topic of a node: each valid command as ``on_command(ns, action)``, with its
+    time ``ns`` in the node's clock (ROS time).
+
+    A TwistStamped's time is its header stamp. A Float64MultiArray has no header: its time is
+    the moment it was published, the DDS source timestamp, which is system time. On a node
+    that follows ``/clock`` (``use_sim_time``) that moment is converted to ROS time: the value
+    of the newest ``/clock`` published at or before it (by the clock messages' own source
+    timestamps). The command is held until a ``/clock`` published after it has arrived, so the
+    result does not depend on which of the two topics is delivered first.
+    """
+
+    def __init__(self, node, params, diag, on_command: Callable[[int, np.ndarray], None],
+                 qos=QOS_STREAM):
+        self.codec, self.diag, self.on_command = params.codec, diag, on_command
+        self.clock = node.get_clock()
+        self.clocks: deque[tuple[int, int]] = deque(maxlen=1000)  # (source ns, clock ns)
+        self.held: deque[tuple[int, np.ndarray]] = deque(maxlen=200)  # (source ns, action)
+        self.subscriptions = [node.create_subscription(
+            self.codec.msg_type, params.command_topic, self._command, qos)]
+        self.sim_time = bool(node.get_parameter("use_sim_time").value)
+        if self.sim_time and self.codec.kind == "array":
+            self.subscriptions.append(node.create_subscription(Clock, "/clock", self._clock,
+                                                               QOS_CLOCK))
+
+    def _command(self, msg, info: dict) -> None:
+        source_ns = info.get("source_timestamp")
+        try:
+            action, ns = self.codec.from_msg(msg, source_ns)
+        except BadMessage as exc:
+            self.diag.drop(exc.reason, f"command: {exc}")
+            return
+        if self.codec.kind == "array" and self.sim_time:
+            self.held.append((int(source_ns), action))
+            self._release()
+            return
+        self.on_command(ns or self.clock.now().nanoseconds, action)
+
+    def _clock(self, msg: Clock, info: dict) -> None:
+        ns = stamp_ns(msg.clock)
+        if self.clocks and ns < self.clocks[-1][1]:
+            self.clocks.clear()  # the clock went back (a bag played again): a new timeline
+        self.clocks.append((int(info.get("source_timestamp", 0)), ns))
+        self._release()
+
+    def _release(self) -> None:
+        """Pass on the held commands that a later /clock has covered, oldest first."""
+        if not self.clocks:
+            return
+        newest_source = self.clocks[-1][0]
+        while self.held and self.held[0][0] <= newest_source:
+            source_ns, action = self.held.popleft()
+            ns = next((c for s, c in reversed(self.clocks) if s <= source_ns), None)
+            if ns is None:
+                self.diag.drop("no_clock", "command published before the first /clock")
+                continue
+            self.on_command(ns, action)
