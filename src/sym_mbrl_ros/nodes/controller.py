@@ -21,8 +21,9 @@ Loop: a wall-clock timer at the control period (``rate_hz``, default 1/dt). With
 keeps watch.
 
 Safety. Every fallback sends the *safe action* of the ``command_interface``: zero for
-``effort`` and ``velocity`` (a twist: zero twist), the last measured position of each
-commanded joint for ``position`` (nothing at all before a position was measured). In order:
+``effort`` and ``velocity`` (a twist: zero twist); for ``position`` the position of each
+commanded joint measured when the fallback began, held until normal acting resumes (nothing
+at all before a position was measured). In order:
 
 1. e-stop: engaged by ``~/estop`` (std_srvs/SetBool) or a Bool on ``/sym_mbrl/estop``
    (any publisher: volatile or latched); the safe action every tick until an explicit
@@ -228,6 +229,7 @@ class Controller(LifecycleNode):
         self.training: dict | None = None
         self.values: dict[str, float] | None = None
         self.measured: np.ndarray | None = None  # position of each commanded joint
+        self._hold: np.ndarray | None = None  # what position control holds in a fallback
         self.violations: list = []
         self.state_seq = 0
         self.acted_seq = 0
@@ -515,17 +517,21 @@ class Controller(LifecycleNode):
                            f"action")
             self._publish_safe()
             return
+        self._hold = None  # acting normally again: a later fallback holds where it begins
         self._publish(np.clip(action, self.low, self.high))
         self._compute.append(time.perf_counter() - t0)
 
     def safe_action(self) -> np.ndarray | None:
-        """The command of the fallbacks: zero (effort, velocity), or the last measured
-        position of each commanded joint (position; None before one was measured)."""
+        """The command of the fallbacks: zero (effort, velocity), or, for position, the
+        position of each commanded joint measured when the fallback began (None before any
+        was measured)."""
         if self.interface != "position":
             return self.zero
-        if self.measured is None:
-            return None
-        return np.clip(self.measured, self.low, self.high)
+        if self._hold is None and self.measured is not None:
+            # Latched, not re-read every tick: an arm that sags under gravity while held
+            # would otherwise be commanded lower and lower.
+            self._hold = np.clip(self.measured, self.low, self.high)
+        return self._hold
 
     def _publish_safe(self) -> None:
         action = self.safe_action()
