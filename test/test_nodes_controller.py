@@ -453,3 +453,21 @@ def test_one_loader_thread_and_the_newest_message_wins(graph, probe, tmp_path):
     assert ctl.diag.get("superseded/model") == len(messages) - len(built)
     assert ctl.diag.get("models") == len(built)
     graph.remove(ctl)
+
+
+def test_position_control_sends_nothing_before_a_measurement_unless_kicking_a_lockstep_sim(
+        graph, tmp_path):
+    from sym_mbrl_ros.nodes.sim_bridge import SimBridge
+
+    p = graph.add(Probe("probe_kick"))
+    cmds = p.listen(Float64MultiArray, "/position_controller/commands")
+    ctl = graph.add(Controller(**node_args("reacher", tmp_path, lockstep_kick=False)))
+    time.sleep(1.0)  # the watchdog (3 periods, 0.12 s) fires all along: still nothing sent
+    assert len(cmds) == 0
+    graph.remove(ctl)
+    bridge = graph.add(SimBridge(**node_args("reacher", tmp_path)))  # lockstep: waits for us
+    ctl = graph.add(Controller(**node_args("reacher", tmp_path)))  # the sim config kicks
+    assert wait_for(lambda: bridge.diag.get("steps") >= 20, 20)  # the exchange runs
+    graph.remove(ctl)
+    graph.remove(bridge)
+    graph.remove(p)

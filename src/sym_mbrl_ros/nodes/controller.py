@@ -124,6 +124,11 @@ class Controller(LifecycleNode):
                             "JSON object of envelope bounds over the URDF's, field: [low, "
                             "high] (null: open), e.g. {\"velocity.hinge\": [-20, 20]}; fields "
                             "as in state_fields, plus effort.<joint> for commands")
+        self.lockstep_kick = declare(
+            self, "lockstep_kick", False,
+            "simulation only: until the first state arrives the watchdog sends the task's zero "
+            "action even under position control (a lockstep sim bridge publishes nothing "
+            "before a command). Never on a robot: it would drive an arm to its zero pose.")
         diag_period = declare(self, "diagnostics_period_s", 1.0,
                               "publish /diagnostics this often")
         autostart = declare(self, "autostart", True,
@@ -147,6 +152,7 @@ class Controller(LifecycleNode):
         self.low, self.high = self._command_bounds()
         self.zero = np.clip(np.zeros(task.action_dim), self.low, self.high)
         self._bounded = [f for f in self.p.layout.fields if f in self.envelope.limits]
+        self._bounds = self.envelope.bounds(self._bounded)
         self._position_fields = [f"position.{j}" for j in self.p.joint_names]
         self.diag = Diagnostics(self, period_s=diag_period)
 
@@ -320,7 +326,11 @@ class Controller(LifecycleNode):
 
     def _check_envelope(self, measured: dict[str, float]) -> None:
         fields = [f for f in self._bounded if f in measured]
-        violations = self.envelope.violations(fields, [measured[f] for f in fields])
+        x = np.array([measured[f] for f in fields])
+        if len(fields) == len(self._bounded) and not self.violations and np.all(
+                (x >= self._bounds[0]) & (x <= self._bounds[1])):
+            return  # the common case, without building a report
+        violations = self.envelope.violations(fields, x)
         if violations:
             text = "outside the safety envelope: " + ", ".join(map(str, violations))
             if not self.violations:
@@ -470,7 +480,10 @@ class Controller(LifecycleNode):
                     f"{self.p.state_topic}: safe action")
             self.diag.condition("watchdog", ERROR, text)
             self.diag.warn("watchdog", text)
-            self._publish_safe()
+            if self.lockstep_kick and self.state_seq == 0 and self.safe_action() is None:
+                self._publish(self.zero)  # start a lockstep simulation's exchange
+            else:
+                self._publish_safe()
             return
         self.diag.condition("watchdog", OK)
         if self.violations:
