@@ -370,11 +370,11 @@ class Controller(LifecycleNode):
         self.diag.condition("estop", WARN if engaged else OK,
                             "e-stop engaged: safe action" if engaged else "")
         if engaged:
-            self.diag.count("estop")
             self._publish_safe()  # now, not at the next tick
         if changed:
             # (one call site per severity: rclpy refuses to change it between calls)
             if engaged:
+                self.diag.count("estop")
                 self.get_logger().warning(f"EMERGENCY STOP engaged ({source}): safe action")
             else:
                 self.get_logger().info(f"e-stop released ({source})")
