@@ -46,6 +46,7 @@ import time
 from collections import deque
 
 import numpy as np
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
@@ -164,8 +165,12 @@ class Controller(LifecycleNode):
         self._estop_subs = [
             # volatile: matches every publisher, `ros2 topic pub` and latched ones alike
             self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_STREAM),
-            # transient-local: a stop latched before this node started still reaches it
-            self.create_subscription(Bool, ESTOP_TOPIC, self.on_latched_estop, QOS_LATCHED),
+            # transient-local: a stop latched before this node started still reaches it. A
+            # volatile publisher cannot match it; rclpy's warning about that would read as if
+            # the stop were lost (the subscription above receives it), so it is silenced.
+            self.create_subscription(
+                Bool, ESTOP_TOPIC, self.on_latched_estop, QOS_LATCHED,
+                event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
         ]
 
         self._loading = threading.Lock()
