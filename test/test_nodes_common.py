@@ -148,11 +148,21 @@ class Probe(Node):
 
     def diagnostics(self, node_name: str) -> dict[str, str]:
         """The newest key/values a node put on /diagnostics."""
+        status = self.status(node_name)
+        return {} if status is None else {kv.key: kv.value for kv in status.values}
+
+    def status(self, node_name: str):
+        """The newest DiagnosticStatus a node put on /diagnostics (None: none yet)."""
         for m, _, _ in reversed(self.got.get("/diagnostics", [])):
             for status in m.status:
                 if status.name == f"sym_mbrl/{node_name}":
-                    return {kv.key: kv.value for kv in status.values}
-        return {}
+                    return status
+        return None
+
+    def level(self, node_name: str) -> int | None:
+        """The newest /diagnostics level of a node as an int (0 OK, 1 WARN, 2 ERROR)."""
+        status = self.status(node_name)
+        return None if status is None else ord(status.level)
 
 
 def joint_state(names, positions, velocities=None, ns: int | None = None) -> JointState:
@@ -248,6 +258,29 @@ def test_command_codec_and_stamp_check():
         with pytest.raises(BadMessage) as err:
             check.check(ns, now)
         assert err.value.reason == reason
+
+
+def test_exploration_amplitude_bounds_the_exploratory_actions():
+    reacher = get_task("reacher")
+    for kind in ("uniform", "gaussian"):
+        explore = Exploration(reacher, kind, scale=2.0, seed=3, amplitude=0.25)
+        xs = np.array([explore(np.zeros(6)) for _ in range(500)])
+        limit = 0.25 * reacher.action_high  # the box is symmetric about 0
+        assert np.all(np.abs(xs) <= limit)
+        # the bound is used, not just respected: actions reach within 10% of it
+        assert np.all(np.abs(xs).max(axis=0) > 0.9 * limit)
+    with pytest.raises(PolicyError, match="between 0 and 1"):
+        Exploration(reacher, "uniform", amplitude=1.5)
+
+
+def test_formula_policies_keep_non_finite_actions():
+    """NaN and inf stay non-finite (the controller's guard decides), finite ones are clipped."""
+    nan, _ = load_policy(constant_formula(PENDULUM, [1.0]).replace('"1.0"', '"sqrt(-1 - o2*o2)"'),
+                         PENDULUM)
+    inf, _ = load_policy(constant_formula(PENDULUM, [1.0]).replace('"1.0"', '"exp(1000 + o2)"'),
+                         PENDULUM)
+    assert np.isnan(nan(np.array([0.3, 0.1]))).all()
+    assert np.isposinf(inf(np.array([0.3, 0.1]))).all()
 
 
 def test_exploration_is_seeded_and_within_limits():

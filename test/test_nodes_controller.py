@@ -1,4 +1,5 @@
-"""controller over real DDS: lifecycle, watchdog, e-stop, policies, the NaN guard and sync mode."""
+"""controller over real DDS: lifecycle, watchdog, e-stop, safe actions, the safety envelope,
+diagnostic levels, policies, the NaN guard, the loader thread and sync mode."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     ROOT,
     Probe,
@@ -32,11 +35,15 @@ from test_nodes_common import (  # noqa: E402
 
 from sym_mbrl_ros.envs import get_task  # noqa: E402
 from sym_mbrl_ros.nodes.common import (  # noqa: E402
+    ERROR,
     ESTOP_TOPIC,
     MODEL_TOPIC,
+    OK,
     POLICY_TOPIC,
     QOS_LATCHED,
+    TARGET_TOPIC,
     TRAINING_TOPIC,
+    WARN,
 )
 from sym_mbrl_ros.nodes.controller import Controller  # noqa: E402
 
@@ -70,12 +77,13 @@ def graph():
 
 
 class Feeder:
-    """Publishes pendulum JointStates at 50 Hz while ``on``."""
+    """Publishes JointStates of ``names`` at 50 Hz while ``on``; ``values`` holds the
+    positions then the velocities (the pendulum's by default)."""
 
-    def __init__(self, probe: Probe):
+    def __init__(self, probe: Probe, names=("hinge",), values=(0.3, -0.1)):
         self.pub = probe.publisher(JointState, "/joint_states")
         self.on = True
-        self.values = [0.3, -0.1]
+        self.names, self.values = list(names), list(values)
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -83,7 +91,8 @@ class Feeder:
     def _run(self) -> None:
         while not self._stop:
             if self.on:
-                self.pub.publish(joint_state(["hinge"], [self.values[0]], [self.values[1]]))
+                n, values = len(self.names), list(self.values)
+                self.pub.publish(joint_state(self.names, values[:n], values[n:]))
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -265,3 +274,200 @@ def test_sigterm_ends_the_controller_process_cleanly_with_a_zero_command(graph, 
     assert proc.returncode == 0
     assert wait_for(lambda: list(cmds[-1][0].data) == [0.0], 3)  # the goodbye command
     assert "Traceback" not in err and "FATAL" not in err, err
+
+
+# ----------------------------------------------------------------------------- safety
+def _estop_service(probe, engage: bool) -> None:
+    client = probe.create_client(SetBool, "/controller/estop")
+    assert client.wait_for_service(timeout_sec=5)
+    future = client.call_async(SetBool.Request(data=engage))
+    assert wait_for(future.done) and future.result().success
+
+
+def _since(box, after_s: float = 0.15) -> int:
+    """An index into ``box`` past every message already under way (DDS delivery is prompt
+    here; 0.15 s is dozens of times its latency on a loaded machine)."""
+    time.sleep(after_s)
+    return len(box)
+
+
+def test_reacher_safe_action_holds_the_measured_position(graph, tmp_path):
+    """Position control: e-stop and deactivate hold where the arm is, not at zero."""
+    p = graph.add(Probe("probe_reacher"))
+    cmds = p.listen(Float64MultiArray, "/position_controller/commands")
+    p.listen(DiagnosticArray, "/diagnostics")
+    feeder = Feeder(p, ["shoulder", "elbow"], [0.7, -1.2, 0.0, 0.0])
+    target = PointStamped()
+    target.header.stamp.sec = int(time.time()) - 1
+    target.point.x, target.point.y = 0.1, 0.05
+    p.publisher(PointStamped, TARGET_TOPIC, QOS_LATCHED).publish(target)
+    ctl = graph.add(Controller(**node_args("reacher", tmp_path, policy_noise=0.0)))
+    try:
+        assert wait_for(lambda: len(cmds) >= 10)
+        explored = np.array([m.data for m, *_ in cmds])
+        assert np.std(explored, axis=0).min() > 0.1  # exploring: the arm is moving
+        _estop_service(p, True)
+        n = _since(cmds)
+        assert wait_for(lambda: len(cmds) >= n + 5)
+        held = np.array([m.data for m, *_ in cmds[n:]])
+        # the measured positions, copied (not computed), so exactly equal
+        assert np.all(held == [0.7, -1.2]), held[:3]
+        feeder.values = [0.5, 0.4, 0.0, 0.0]  # pushed while held: the hold does not follow
+        n = _since(cmds, 0.3)
+        assert wait_for(lambda: len(cmds) >= n + 5)
+        assert np.all(np.array([m.data for m, *_ in cmds[n:]]) == [0.7, -1.2])
+        _estop_service(p, False)
+        n = _since(cmds)
+        assert wait_for(lambda: len(cmds) >= n + 5)
+        assert np.any(np.array([m.data for m, *_ in cmds[n:]]) != [0.5, 0.4])  # exploring
+        assert _lifecycle(p, Transition.TRANSITION_DEACTIVATE) == "inactive"
+        time.sleep(0.2)
+        assert list(cmds[-1][0].data) == [0.5, 0.4]  # left holding its measured position
+    finally:
+        feeder.stop()
+        graph.remove(ctl)
+        graph.remove(p)
+
+
+def test_estop_from_any_publisher_survives_reconfigure(graph, probe, tmp_path):
+    probe._pubs[ESTOP_TOPIC].publish(Bool(data=True))  # latched before the controller exists
+    ctl = graph.add(Controller(**node_args("pendulum", tmp_path, diagnostics_period_s=0.2)))
+    cmds = probe.got[CMD]
+    mode = lambda: probe.diagnostics("controller").get("mode")  # noqa: E731
+    assert wait_for(lambda: mode() == "estop" and len(cmds) >= 5)
+    assert np.all(_commands(probe) == 0.0)
+    assert wait_for(lambda: probe.level("controller") == WARN)
+    probe._pubs[ESTOP_TOPIC].publish(Bool(data=False))  # the latched publisher releases it
+    n = _since(cmds)
+    assert wait_for(lambda: np.count_nonzero(_commands(probe, n)) >= 3)
+
+    # `ros2 topic pub` style: reliable, volatile (no transient-local durability)
+    plain = probe.create_publisher(Bool, ESTOP_TOPIC, 10)
+    assert wait_for(lambda: plain.get_subscription_count() >= 1, 5)
+    plain.publish(Bool(data=True))
+    assert wait_for(lambda: mode() == "estop")
+    n = _since(cmds)
+    assert wait_for(lambda: len(cmds) >= n + 5) and np.all(_commands(probe, n) == 0.0)
+
+    # cleanup -> configure -> activate: still stopped (the latched publisher still holds a
+    # stale false; it must not release the stop)
+    for transition, label in ((Transition.TRANSITION_DEACTIVATE, "inactive"),
+                              (Transition.TRANSITION_CLEANUP, "unconfigured"),
+                              (Transition.TRANSITION_CONFIGURE, "inactive"),
+                              (Transition.TRANSITION_ACTIVATE, "active")):
+        assert _lifecycle(probe, transition) == label
+    n = _since(cmds, 0.5)
+    assert wait_for(lambda: len(cmds) >= n + 8) and np.all(_commands(probe, n) == 0.0)
+    assert mode() == "estop"
+    plain.publish(Bool(data=False))  # only an explicit release releases it
+    n = _since(cmds)
+    assert wait_for(lambda: np.count_nonzero(_commands(probe, n)) >= 3)
+    probe.destroy_publisher(plain)
+    graph.remove(ctl)
+
+
+def test_envelope_watchdog_and_estop_set_the_diagnostic_level(graph, probe, tmp_path):
+    ctl = graph.add(Controller(**node_args("pendulum", tmp_path, policy_noise=0.0,
+                                           diagnostics_period_s=0.2)))
+    cmds = probe.got[CMD]
+    message = lambda: probe.status("controller").message  # noqa: E731
+    assert wait_for(lambda: probe.level("controller") == OK and len(cmds) > 5)
+    probe.feeder.values = [0.3, 25.0]  # spinning faster than the envelope's 20 rad/s
+    assert wait_for(lambda: probe.level("controller") == ERROR, 5)
+    assert "velocity.hinge = 25 outside [-20, 20]" in message()
+    n = _since(cmds)
+    assert wait_for(lambda: len(cmds) >= n + 5) and np.all(_commands(probe, n) == 0.0)
+    probe.feeder.values = [0.3, -0.1]  # back inside: exploring again, OK again
+    assert wait_for(lambda: probe.level("controller") == OK, 5)
+    n = _since(cmds)
+    assert wait_for(lambda: np.count_nonzero(_commands(probe, n)) >= 3)
+    assert int(probe.diagnostics("controller")["envelope_violations"]) == 1
+
+    probe.feeder.on = False
+    assert wait_for(lambda: probe.level("controller") == ERROR, 5)
+    assert "no fresh state" in message()
+    probe.feeder.on = True
+    assert wait_for(lambda: probe.level("controller") == OK, 5)
+    _estop_service(probe, True)
+    assert wait_for(lambda: probe.level("controller") == WARN, 5)
+    assert "e-stop engaged" in message()
+    _estop_service(probe, False)
+    assert wait_for(lambda: probe.level("controller") == OK, 5)
+    graph.remove(ctl)
+
+
+def _formula_policy(expression: str) -> str:
+    return constant_formula(TASK, [1.0]).replace('"1.0"', json.dumps(expression))
+
+
+def test_non_finite_formulas_get_the_safe_action(graph, probe, tmp_path):
+    """A formula that yields NaN, then one that yields inf: the guard counts them and sends
+    zero torque (not 0-by-accident for NaN, not full torque for inf)."""
+    ctl = graph.add(Controller(**node_args("pendulum", tmp_path, policy_noise=0.0,
+                                           diagnostics_period_s=0.2)))
+    cmds = probe.got[CMD]
+
+    def count(key: str) -> int:
+        return int(probe.diagnostics("controller").get(key, 0))
+
+    def guarded(expression: str, k: int) -> None:
+        probe._pubs[POLICY_TOPIC].publish(String(data=_formula_policy(expression)))
+        assert wait_for(lambda: count("policies") == k, 5)
+        before = count("dropped/nan_action")
+        assert wait_for(lambda: count("dropped/nan_action") >= before + 5, 5)
+        n = _since(cmds)
+        assert wait_for(lambda: len(cmds) >= n + 5) and np.all(_commands(probe, n) == 0.0)
+
+    guarded("sqrt(-1 - o2*o2)", 1)
+    guarded("exp(1000 + o2)", 2)
+    graph.remove(ctl)
+
+
+LOADS: dict = {"running": 0, "most": 0, "built": []}
+_LOADS_LOCK = threading.Lock()
+
+
+def slow_planner(task, model, **options):
+    """A planner whose set-up takes 0.15 s and records how many set-ups run at once."""
+    with _LOADS_LOCK:
+        LOADS["running"] += 1
+        LOADS["most"] = max(LOADS["most"], LOADS["running"])
+    time.sleep(0.15)
+    with _LOADS_LOCK:
+        LOADS["running"] -= 1
+        LOADS["built"].append(model.expression_strings()[1])
+    return lambda state: np.zeros(1)
+
+
+def test_one_loader_thread_and_the_newest_message_wins(graph, probe, tmp_path):
+    ctl = graph.add(Controller(**node_args("pendulum", tmp_path, autostart=False,
+                                           planner="test_nodes_controller:slow_planner")))
+    messages = [model_message().replace("0.15*torque", f"0.{k + 10}*torque") for k in range(8)]
+    for text in messages:  # as the subscription would deliver them, faster than they load
+        ctl.on_model(String(data=text))
+        time.sleep(0.01)
+    assert wait_for(lambda: not ctl._loader_busy, 10)
+    built = LOADS["built"]
+    assert LOADS["most"] == 1
+    assert "0.17*torque" in built[-1] and len(built) < len(messages)  # the newest one won
+    assert ctl.diag.get("superseded/model") == len(messages) - len(built)
+    assert ctl.diag.get("models") == len(built)
+    graph.remove(ctl)
+
+
+def test_position_control_sends_nothing_before_a_measurement_unless_kicking_a_lockstep_sim(
+        graph, tmp_path):
+    from sym_mbrl_ros.nodes.sim_bridge import SimBridge
+
+    p = graph.add(Probe("probe_kick"))
+    cmds = p.listen(Float64MultiArray, "/position_controller/commands")
+    ctl = graph.add(Controller(**node_args("reacher", tmp_path, lockstep_kick=False)))
+    time.sleep(1.0)  # the watchdog (3 periods, 0.12 s) fires all along: still nothing sent
+    assert len(cmds) == 0
+    graph.remove(ctl)
+    bridge = graph.add(SimBridge(**node_args("reacher", tmp_path)))  # lockstep: waits for us
+    ctl = graph.add(Controller(**node_args("reacher", tmp_path)))  # the sim config kicks
+    assert wait_for(lambda: bridge.diag.get("steps") >= 20, 20)  # the exchange runs
+    graph.remove(ctl)
+    graph.remove(bridge)
+    graph.remove(p)

@@ -892,6 +892,9 @@ class FormulaPolicy:
     def predict(self, obs, deterministic: bool = True) -> np.ndarray:
         """Action(s) for one observation (o,) or a batch (B, o), float64, clipped to bounds.
 
+        A coordinate whose formula is not finite there (NaN, +-inf) is returned as it is, not
+        clipped: no bound is a safe stand-in for it, so the caller (the controller's guard)
+        must decide.
         ``deterministic`` is accepted for the policy interface; a formula always is.
         """
         x = np.asarray(obs, dtype=np.float64)
@@ -909,7 +912,7 @@ class FormulaPolicy:
         if self.input_indices is not None:
             x = x[:, self.input_indices]
         a = np.stack([c.numpy(x) for c in self._compiled], axis=-1)
-        a = np.clip(np.nan_to_num(a, nan=0.0), self.action_low, self.action_high)
+        a = np.where(np.isfinite(a), np.clip(a, self.action_low, self.action_high), a)
         return a[0] if single else a
 
     __call__ = predict

@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-
-import mujoco
+from typing import TYPE_CHECKING
 
 from .base import TaskError
+
+if TYPE_CHECKING:
+    import mujoco
 
 PACKAGE = "sym_mbrl_ros"
 URDF_DIR_ENV = "SYM_MBRL_URDF_DIR"
@@ -70,6 +72,8 @@ def urdf_path(robot: str) -> Path:
 
 def load_urdf_spec(robot: str) -> mujoco.MjSpec:
     """Parse ``<robot>.urdf`` into an editable :class:`mujoco.MjSpec`."""
+    import mujoco  # here, so that finding a URDF (the controller's envelope) needs no MuJoCo
+
     path = urdf_path(robot)
     try:
         return mujoco.MjSpec.from_file(str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -99,20 +100,33 @@ def declare(node: Node, name: str, default: Any, description: str) -> Any:
     return value
 
 
+OK, WARN, ERROR = 0, 1, 2
+"""Diagnostic levels (diagnostic_msgs/DiagnosticStatus), as ints that compare."""
+
+
 class Diagnostics:
-    """Counters and values of one node, published on /diagnostics once a period.
+    """Counters, values and conditions of one node, published on /diagnostics once a period.
 
     ``drop(reason, text)`` is the single path for bad input: it counts ``dropped/<reason>``
-    and logs a warning at most once every ``warn_every_s`` per reason.
+    and logs a warning at most once every ``warn_every_s`` per reason. ``condition(name,
+    level, text)`` raises a named condition (``WARN`` or ``ERROR``) until it is cleared with
+    ``condition(name, OK)``. The level published is the worst of: WARN while a message was
+    dropped within the last ``drop_window_s``, and every active condition; OK otherwise.
+
+    Thread-safe: worker threads count while the timer publishes a snapshot taken under a lock.
     """
 
     def __init__(self, node: Node, period_s: float = 1.0, warn_every_s: float = 5.0,
-                 callback_group=None):
+                 callback_group=None, drop_window_s: float = 10.0):
         self.node = node
         self.counts: dict[str, int] = {}
         self.values: dict[str, str] = {}
+        self.conditions: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+        self._last_drop = -math.inf
         self._warned: dict[str, float] = {}
         self._warn_every = warn_every_s
+        self._drop_window = drop_window_s
         self._pub = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._timer = node.create_timer(period_s, self.publish, callback_group=callback_group)
 
@@ -121,35 +135,79 @@ class Diagnostics:
         self.node.destroy_publisher(self._pub)
 
     def count(self, key: str, n: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + n
+        """Add ``n`` to a counter."""
+        with self._lock:
+            self.counts[key] = self.counts.get(key, 0) + n
+
+    def get(self, key: str) -> int:
+        """A counter's value (0 if never counted)."""
+        with self._lock:
+            return self.counts.get(key, 0)
 
     def set(self, key: str, value: Any) -> None:
-        self.values[key] = value if isinstance(value, str) else f"{value:.6g}" if isinstance(
+        """Set a value shown next to the counters (floats with 6 significant digits)."""
+        text = value if isinstance(value, str) else f"{value:.6g}" if isinstance(
             value, float) else str(value)
+        with self._lock:
+            self.values[key] = text
 
     def drop(self, reason: str, text: str) -> None:
-        self.count(f"dropped/{reason}")
+        """Count a dropped input under ``dropped/<reason>`` and log it (rate-limited)."""
+        with self._lock:
+            key = f"dropped/{reason}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self._last_drop = time.monotonic()
         self.warn(reason, f"dropped: {text}")
 
     def warn(self, key: str, text: str) -> None:
+        """Log a warning at most once every ``warn_every_s`` per key."""
         now = time.monotonic()
-        if now - self._warned.get(key, -1e9) >= self._warn_every:
+        with self._lock:
+            if now - self._warned.get(key, -1e9) < self._warn_every:
+                return
             self._warned[key] = now
             n = self.counts.get(f"dropped/{key}")
-            self.node.get_logger().warning(text + (f" ({n} so far)" if n else ""))
+        self.node.get_logger().warning(text + (f" ({n} so far)" if n else ""))
+
+    def condition(self, name: str, level: int, text: str = "") -> None:
+        """Raise condition ``name`` at ``level`` (WARN or ERROR) with ``text``; OK clears it."""
+        with self._lock:
+            if level == OK:
+                self.conditions.pop(name, None)
+            else:
+                self.conditions[name] = (int(level), text or name)
 
     @property
     def dropped(self) -> int:
-        return sum(v for k, v in self.counts.items() if k.startswith("dropped/"))
+        """Messages dropped since start, over all reasons."""
+        with self._lock:
+            return sum(v for k, v in self.counts.items() if k.startswith("dropped/"))
+
+    def snapshot(self) -> tuple[int, str, dict[str, int], dict[str, str]]:
+        """``(level, message, counts, values)``, consistent with each other at one instant."""
+        with self._lock:
+            counts, values = dict(self.counts), dict(self.values)
+            conditions = sorted(self.conditions.values(), key=lambda c: -c[0])
+            since_drop = time.monotonic() - self._last_drop
+        dropped = sum(v for k, v in counts.items() if k.startswith("dropped/"))
+        level, parts = OK, [text for _, text in conditions]
+        if conditions:
+            level = conditions[0][0]
+        if since_drop <= self._drop_window:
+            level = max(level, WARN)
+            parts.append(f"{dropped} dropped, the last {since_drop:.1f} s ago")
+        return level, "; ".join(parts) or "ok", counts, values
 
     def publish(self) -> None:
+        """Publish the current snapshot on /diagnostics."""
+        level, message, counts, values = self.snapshot()
         status = DiagnosticStatus()
         status.name = f"sym_mbrl/{self.node.get_name()}"
         status.hardware_id = "sym_mbrl_ros"
-        status.level = DiagnosticStatus.WARN if self.dropped else DiagnosticStatus.OK
-        status.message = f"{self.dropped} dropped" if self.dropped else "ok"
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(self.counts.items())]
-        status.values += [KeyValue(key=k, value=v) for k, v in sorted(self.values.items())]
+        status.level = bytes([level])
+        status.message = message
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]
+        status.values += [KeyValue(key=k, value=v) for k, v in sorted(values.items())]
         msg = DiagnosticArray()
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.status = [status]

@@ -1,22 +1,41 @@
 """controller: a lifecycle node that turns the newest state into a clipped command.
 
-Lifecycle: *configure* creates the (lifecycle) command publisher and the subscriptions,
-*activate* starts the fixed-rate loop, *deactivate* sends one zero command and stops it,
-*cleanup* releases everything. ``autostart: true`` configures and activates at start-up (what
-``sym-mbrl up`` and the launch files use); otherwise drive it with the standard lifecycle
-services (``ros2 lifecycle set /controller activate``).
+Lifecycle: *configure* creates the (lifecycle) command publisher and the state
+subscriptions, *activate* starts the fixed-rate loop, *deactivate* sends one safe command and
+stops it, *cleanup* releases them. ``autostart: true`` configures and activates at start-up
+(what ``sym-mbrl up`` and the launch files use in simulation); with ``false`` the node stays
+unconfigured and sends nothing until the standard lifecycle services configure and activate
+it (``ros2 lifecycle set /controller activate``).
 
-Acting: until a policy message arrives the controller explores (``exploration``); then it
-uses the newest valid policy (a malformed one is dropped and the previous one kept, so a
-dead learner or trainer leaves the robot on its last policy). With ``planner`` set (the
-sym-mpc hook) it plans with the newest world model instead.
+Acting: until a policy message arrives the controller explores (``exploration``, bounded to
+``exploration_amplitude`` of the action range); then it uses the newest valid policy (a
+malformed one is dropped and the previous one kept, so a dead learner or trainer leaves the
+robot on its last policy). With ``planner`` set (the sym-mpc hook) it plans with the newest
+world model instead. Policy and model messages are loaded by one loader thread beside the
+loop; a message that arrives while another of its kind waits replaces it (counted as
+``superseded/<kind>``).
 
 Loop: a wall-clock timer at the control period (``rate_hz``, default 1/dt). With
 ``trigger: timer`` each tick acts on the newest state if it has not acted on it yet; with
 ``trigger: state`` it acts as soon as a new state arrives (lowest latency) and the timer only
-keeps watch. Safety, in order: e-stop (``/sym_mbrl/estop`` Bool true → zero commands until
-false), watchdog (no fresh state for ``watchdog_periods`` periods → zero command + warning),
-NaN guard (a non-finite action → zero command), and clipping to the task's limits.
+keeps watch.
+
+Safety. Every fallback sends the *safe action* of the ``command_interface``: zero for
+``effort`` and ``velocity`` (a twist: zero twist); for ``position`` the position of each
+commanded joint measured when the fallback began, held until normal acting resumes (nothing
+at all before a position was measured). In order:
+
+1. e-stop: engaged by ``~/estop`` (std_srvs/SetBool) or a Bool on ``/sym_mbrl/estop``
+   (any publisher: volatile or latched); the safe action every tick until an explicit
+   release (SetBool false, Bool false). It survives deactivate, cleanup and configure.
+2. watchdog: no fresh state for ``watchdog_periods`` periods;
+3. safety envelope: a measured state outside the robot's joint ``<limit>`` (the URDF,
+   ``urdf``) or the ``envelope`` overrides, until it is back inside;
+4. NaN guard: a non-finite or mis-shaped action, or a policy that raises;
+5. clipping to the task's action limits and the envelope's command limits.
+
+/diagnostics: WARN while the e-stop is engaged (or messages were dropped recently), ERROR
+while the watchdog fires or the envelope is violated, OK again when the cause ends.
 """
 
 from __future__ import annotations
@@ -27,17 +46,23 @@ import time
 from collections import deque
 
 import numpy as np
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool
 
+from ..envs.envelope import EnvelopeError, SafetyEnvelope
 from .common import (
+    ERROR,
     ESTOP_TOPIC,
     MODEL_TOPIC,
+    OK,
     POLICY_TOPIC,
     QOS_LATCHED,
     QOS_NEWEST,
     QOS_STREAM,
     TRAINING_TOPIC,
+    WARN,
     Diagnostics,
     declare,
     run,
@@ -45,6 +70,8 @@ from .common import (
 from .params import TaskParams
 from .policies import Exploration, PolicyError, load_planner, load_policy
 from .topics import BadMessage, StateInput
+
+INTERFACES = ("effort", "velocity", "position")
 
 
 class Controller(LifecycleNode):
@@ -59,17 +86,18 @@ class Controller(LifecycleNode):
         self.trigger = declare(self, "trigger", "timer",
                                "timer: act on each tick; state: act when a new state arrives")
         self.watchdog_periods = declare(self, "watchdog_periods", 3.0,
-                                        "zero command after this many periods without a fresh "
+                                        "safe action after this many periods without a fresh "
                                         "state")
-        self.exploration = Exploration(
-            task,
-            declare(self, "exploration", "uniform",
-                    "actions before a policy exists: uniform, gaussian or zero"),
-            declare(self, "exploration_hold_steps", 1,
-                    "repeat each exploratory action this many ticks"),
-            declare(self, "exploration_scale", 0.5,
-                    "gaussian exploration: std as a fraction of the half-range"),
-            declare(self, "seed", 0, "seed of the exploration noise"))
+        exploration = declare(self, "exploration", "uniform",
+                              "actions before a policy exists: uniform, gaussian or zero")
+        hold = declare(self, "exploration_hold_steps", 1,
+                       "repeat each exploratory action this many ticks")
+        scale = declare(self, "exploration_scale", 0.5,
+                        "gaussian exploration: std as a fraction of the half-range")
+        amplitude = declare(self, "exploration_amplitude", 1.0,
+                            "exploratory actions stay within this fraction of the half-range "
+                            "around the middle of the action box (1: the whole box)")
+        seed = declare(self, "seed", 0, "seed of the exploration noise")
         self.policy_noise = declare(self, "policy_noise", 0.0,
                                     "gaussian noise added to policy actions, as a fraction of "
                                     "the half-range (exploration while learning)")
@@ -79,42 +107,146 @@ class Controller(LifecycleNode):
                                     "empty: use the published policy")
         planner_options = declare(self, "planner_options", "{}",
                                   "JSON object of keyword arguments for the planner factory")
-        try:
-            self.planner_options = json.loads(planner_options)
-            if not isinstance(self.planner_options, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            raise SystemExit(f"controller: planner_options must be a JSON object ({exc})") from None
         self.sync = declare(self, "sync_updates_per_step", 0.0,
                             "simulation only: send nothing (the lockstep world waits) while "
                             "the policy trainer has done fewer SAC updates than this per real "
                             "step since its first model; 0 never waits. Never on a robot.")
         self.stamp_age = declare(self, "max_stamp_age_s", 2.0,
                                  "drop states whose stamp is further than this from now")
-        autostart = declare(self, "autostart", True, "configure and activate at start-up")
+        interface = declare(self, "command_interface", "",
+                            "effort, velocity or position: what the commands drive, and so "
+                            "the safe action (zero; zero; the last measured position); empty: "
+                            "velocity for twist commands, else the one of the three words in "
+                            "the command topic")
+        urdf = declare(self, "urdf", "",
+                       "robot description whose joint <limit>s bound states and commands; "
+                       "empty: <task>.urdf from the package, none: no URDF")
+        overrides = declare(self, "envelope", "{}",
+                            "JSON object of envelope bounds over the URDF's, field: [low, "
+                            "high] (null: open), e.g. {\"velocity.hinge\": [-20, 20]}; fields "
+                            "as in state_fields, plus effort.<joint> for commands")
+        self.lockstep_kick = declare(
+            self, "lockstep_kick", False,
+            "simulation only: until the first state arrives the watchdog sends the task's zero "
+            "action even under position control (a lockstep sim bridge publishes nothing "
+            "before a command). Never on a robot: it would drive an arm to its zero pose.")
+        diag_period = declare(self, "diagnostics_period_s", 1.0,
+                              "publish /diagnostics this often")
+        autostart = declare(self, "autostart", True,
+                            "configure and activate at start-up; false: wait for the "
+                            "lifecycle services (a robot)")
+        try:
+            self.planner_options = json.loads(planner_options)
+            if not isinstance(self.planner_options, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise SystemExit(f"controller: planner_options must be a JSON object ({exc})") from None
         if self.trigger not in ("timer", "state"):
             raise SystemExit(f"controller: trigger must be timer or state, not {self.trigger!r}")
+        try:
+            self.exploration = Exploration(task, exploration, hold, scale, seed, amplitude)
+        except PolicyError as exc:
+            raise SystemExit(f"controller: {exc}") from None
+        self.interface = self._command_interface(interface)
+        self.envelope = self._envelope(urdf, overrides)
         self.rng = np.random.default_rng(self.exploration.rng.integers(1 << 31))
-        self.low, self.high = task.action_low.astype(float), task.action_high.astype(float)
+        self.low, self.high = self._command_bounds()
         self.zero = np.clip(np.zeros(task.action_dim), self.low, self.high)
+        self._bounded = [f for f in self.p.layout.fields if f in self.envelope.limits]
+        self._bounds = self.envelope.bounds(self._bounded)
+        self._position_fields = [f"position.{j}" for j in self.p.joint_names]
+        self.diag = Diagnostics(self, period_s=diag_period)
+
+        # The e-stop lives as long as the node, not a lifecycle: an engaged e-stop survives
+        # deactivate/cleanup/configure, and a robot can be stopped before it is activated.
+        self.estop = False
+        self._released_ns = 0  # source stamp of the last release (stale latched stops lose)
+        self._estop_srv = self.create_service(SetBool, "~/estop", self.on_estop_service)
+        self._estop_subs = [
+            # volatile: matches every publisher, `ros2 topic pub` and latched ones alike
+            self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_STREAM),
+            # transient-local: a stop latched before this node started still reaches it. A
+            # volatile publisher cannot match it; rclpy's warning about that would read as if
+            # the stop were lost (the subscription above receives it), so it is silenced.
+            self.create_subscription(
+                Bool, ESTOP_TOPIC, self.on_latched_estop, QOS_LATCHED,
+                event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
+        ]
+
         self._loading = threading.Lock()
-        self._requests = self._installed = 0
+        self._pending: dict[str, tuple] = {}
+        self._loader_busy = False
         self._reset_runtime()
+        self.policy = None
+        self.policy_version = None
         if autostart:
             self.trigger_configure()
             self.trigger_activate()
 
+    def _command_interface(self, name: str) -> str:
+        if not name:
+            if self.p.codec.kind == "twist":
+                return "velocity"
+            found = [i for i in INTERFACES if i in self.p.command_topic]
+            if len(found) != 1:
+                raise SystemExit(f"controller: set command_interface (effort, velocity or "
+                                 f"position) for {self.p.command_topic}; it decides the safe "
+                                 f"command")
+            name = found[0]
+        if name not in INTERFACES:
+            raise SystemExit(f"controller: command_interface must be effort, velocity or "
+                             f"position, not {name!r}")
+        if name == "position":
+            if self.p.codec.kind != "array":
+                raise SystemExit("controller: command_interface position needs array commands")
+            missing = [j for j in self.p.joint_names
+                       if f"position.{j}" not in self.p.layout.fields]
+            if missing:
+                raise SystemExit(f"controller: position commands hold the measured position "
+                                 f"when stopping; add position.{missing[0]} to state_fields")
+        return name
+
+    def _envelope(self, urdf: str, overrides: str) -> SafetyEnvelope:
+        try:
+            extra = json.loads(overrides)
+            if not isinstance(extra, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise SystemExit(f"controller: envelope must be a JSON object ({exc})") from None
+        try:
+            if urdf.lower() == "none":
+                return SafetyEnvelope().with_overrides(extra)
+            if not urdf:
+                from ..envs.assets import urdf_path
+
+                urdf = str(urdf_path(self.p.task.name))
+            return SafetyEnvelope.from_urdf(urdf, extra)
+        except (EnvelopeError, ValueError) as exc:  # TaskError (no URDF found) is a ValueError
+            raise SystemExit(f"controller: {exc}") from None
+
+    def _command_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The task's action box, narrowed by the envelope's limits of the commanded joints."""
+        low = self.p.task.action_low.astype(float)
+        high = self.p.task.action_high.astype(float)
+        if self.p.codec.kind == "array":
+            e_low, e_high = self.envelope.command_bounds(self.interface, self.p.joint_names)
+            low, high = np.maximum(low, e_low), np.minimum(high, e_high)
+            if np.any(low > high):
+                raise SystemExit(f"controller: the envelope's {self.interface} limits of "
+                                 f"{self.p.joint_names} exclude the task's whole action box")
+        return low, high
+
     def _reset_runtime(self) -> None:
-        self.policy = None
-        self.policy_version = None
         self.training: dict | None = None
-        self.estop = False
         self.values: dict[str, float] | None = None
+        self.measured: np.ndarray | None = None  # position of each commanded joint
+        self._hold: np.ndarray | None = None  # what position control holds in a fallback
+        self.violations: list = []
         self.state_seq = 0
         self.acted_seq = 0
         self.state_time = -1e9
         self.mode = "idle"
-        self.pub = self.timer = self.diag = None
+        self.pub = self.timer = None
         self._subs: list = []
         self._tick_times: deque[float] = deque(maxlen=500)
         self._compute: deque[float] = deque(maxlen=500)
@@ -124,11 +256,9 @@ class Controller(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.pub = self.create_lifecycle_publisher(self.p.codec.msg_type, self.p.command_topic,
                                                    QOS_STREAM)
-        self.diag = Diagnostics(self)
         self.input = StateInput(self, self.p, self.diag, self.on_state, self.stamp_age,
                                 QOS_NEWEST)
         subs = self.input.subscriptions + [
-            self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_LATCHED),
             self.create_subscription(String, POLICY_TOPIC, self.on_policy, QOS_LATCHED),
         ]
         if self.sync > 0:
@@ -139,8 +269,9 @@ class Controller(LifecycleNode):
         self._subs = subs
         self.mode = "inactive"
         self.get_logger().info(
-            f"configured: {self.p.task.name}, commands on {self.p.command_topic} every "
-            f"{self.period * 1e3:.1f} ms ({self.trigger}-triggered)")
+            f"configured: {self.p.task.name}, {self.interface} commands on "
+            f"{self.p.command_topic} every {self.period * 1e3:.1f} ms ({self.trigger}-triggered)"
+            + (" - E-STOP ENGAGED" if self.estop else ""))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -150,9 +281,10 @@ class Controller(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._publish(self.zero)  # leave the robot with a zero command, not the last one
+        self._publish_safe()  # leave the robot with the safe command, not the last one
         self._stop_timer()
         self.mode = "inactive"
+        self.diag.condition("watchdog", OK)
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -161,14 +293,14 @@ class Controller(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.timer is not None:
-            self._publish(self.zero)
+            self._publish_safe()
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
     def close(self) -> None:
-        """On process exit: a zero command if the loop was running."""
+        """On process exit: the safe command if the loop was running."""
         if self.timer is not None:
-            self._publish(self.zero)
+            self._publish_safe()
 
     def _stop_timer(self) -> None:
         if self.timer is not None:
@@ -181,62 +313,123 @@ class Controller(LifecycleNode):
             self.destroy_subscription(s)
         if self.pub is not None:
             self.destroy_lifecycle_publisher(self.pub)
-        if self.diag is not None:
-            self.diag.close()
-        policy = self.policy
-        self._reset_runtime()
-        self.policy = policy  # a learned policy survives cleanup; data does not
+        self._reset_runtime()  # a learned policy and the e-stop survive cleanup; data does not
+        for name in ("watchdog", "envelope"):
+            self.diag.condition(name, OK)
 
     # ------------------------------------------------------------------ inputs
     def on_state(self, ns: int, values: dict[str, float]) -> None:
         self.values = values
         self.state_seq += 1
         self.state_time = time.monotonic()
+        measured = {**self.input.joints_at(), **values}
+        if self.interface == "position":
+            self.measured = np.array([measured[f] for f in self._position_fields])
+        self._check_envelope(measured)
         if self.trigger == "state" and self.timer is not None:
             self._act()
 
-    def on_estop(self, msg: Bool) -> None:
-        if bool(msg.data) != self.estop:
-            self.estop = bool(msg.data)
+    def _check_envelope(self, measured: dict[str, float]) -> None:
+        fields = [f for f in self._bounded if f in measured]
+        x = np.array([measured[f] for f in fields])
+        if len(fields) == len(self._bounded) and not self.violations and np.all(
+                (x >= self._bounds[0]) & (x <= self._bounds[1])):
+            return  # the common case, without building a report
+        violations = self.envelope.violations(fields, x)
+        if violations:
+            text = "outside the safety envelope: " + ", ".join(map(str, violations))
+            if not self.violations:
+                self.diag.count("envelope_violations")
+            self.diag.condition("envelope", ERROR, text + ": safe action")
+            self.diag.warn("envelope", text + ": safe action")
+        elif self.violations:
+            self.diag.condition("envelope", OK)
+            self.get_logger().info("state back inside the safety envelope")
+        self.violations = violations
+
+    def on_estop_service(self, request: SetBool.Request, response: SetBool.Response
+                         ) -> SetBool.Response:
+        """``~/estop``: true engages the e-stop, false releases it."""
+        if not request.data:
+            self._released_ns = time.time_ns()
+        self._set_estop(bool(request.data), "service")
+        response.success = True
+        response.message = "e-stop engaged" if self.estop else "e-stop released"
+        return response
+
+    def on_estop(self, msg: Bool, info) -> None:
+        """A live Bool (any publisher): true engages, false releases."""
+        if not msg.data:
+            self._released_ns = _source_ns(info) or time.time_ns()
+        self._set_estop(bool(msg.data), "topic")
+
+    def on_latched_estop(self, msg: Bool, info) -> None:
+        """The transient-local copy: only engages (releases arrive live on the other one), and
+        never with a stop older than the last release."""
+        if msg.data and _source_ns(info) > self._released_ns:
+            self._set_estop(True, "latched topic")
+
+    def _set_estop(self, engaged: bool, source: str) -> None:
+        changed = engaged != self.estop
+        self.estop = engaged
+        self.diag.condition("estop", WARN if engaged else OK,
+                            "e-stop engaged: safe action" if engaged else "")
+        if engaged:
+            self._publish_safe()  # now, not at the next tick
+        if changed:
             # (one call site per severity: rclpy refuses to change it between calls)
-            if self.estop:
-                self.get_logger().warning("EMERGENCY STOP engaged: zero commands")
+            if engaged:
+                self.diag.count("estop")
+                self.get_logger().warning(f"EMERGENCY STOP engaged ({source}): safe action")
             else:
-                self.get_logger().info("e-stop released")
+                self.get_logger().info(f"e-stop released ({source})")
 
     def on_policy(self, msg: String) -> None:
-        self._load_beside_loop(self._policy_from, msg.data)
+        self._load_beside_loop("policy", self._policy_from, msg.data)
 
     def on_model(self, msg: String) -> None:
-        self._load_beside_loop(self._planner_from, msg.data)
+        self._load_beside_loop("model", self._planner_from, msg.data)
 
-    def _load_beside_loop(self, build, text: str) -> None:
-        """Loading (file read, hash, weights, planner set-up) runs in a thread beside the
-        loop; the newest message wins and the swap is one assignment."""
-        self._requests += 1
-        threading.Thread(target=build, args=(text, self._requests), daemon=True).start()
-
-    def _install(self, seq: int, policy) -> bool:
+    def _load_beside_loop(self, kind: str, build, text: str) -> None:
+        """Loading (file read, hash, weights, planner set-up) runs in one thread beside the
+        loop; a message waiting there is replaced by a newer one of its kind."""
         with self._loading:
-            if seq <= self._installed:
-                return False  # a newer message was installed meanwhile
-            self._installed, self.policy = seq, policy
-            return True
+            superseded = kind in self._pending
+            self._pending[kind] = (build, text)
+            start, self._loader_busy = not self._loader_busy, True
+        if superseded:
+            self.diag.count(f"superseded/{kind}")
+        if start:
+            threading.Thread(target=self._loader, name="controller-loader", daemon=True).start()
 
-    def _policy_from(self, text: str, seq: int) -> None:
+    def _loader(self) -> None:
+        while True:
+            with self._loading:
+                if not self._pending:
+                    self._loader_busy = False
+                    return
+                kind = next(iter(self._pending))
+                build, text = self._pending.pop(kind)
+            try:
+                build(text)
+            except Exception as exc:  # a bug in loading must not end the loader for good
+                self.diag.drop(f"bad_{kind}", f"loading a {kind} failed: "
+                               f"{type(exc).__name__}: {exc}")
+
+    def _policy_from(self, text: str) -> None:
         try:
             policy, info = load_policy(text, self.p.task)
         except PolicyError as exc:
             self.diag.drop("bad_policy", f"policy message: {exc}")
             return
-        if self.planner_spec or not self._install(seq, policy):
+        if self.planner_spec:
             return  # with a planner, the planner is in charge
-        self.policy_version = info.get("version")
+        self.policy, self.policy_version = policy, info.get("version")
         self.diag.count("policies")
         self.diag.set("policy_version", str(self.policy_version))
         self.get_logger().info(f"using policy {info['kind']} v{self.policy_version}")
 
-    def _planner_from(self, text: str, seq: int) -> None:
+    def _planner_from(self, text: str) -> None:
         try:
             planner = load_planner(self.planner_spec, self.p.task, text, self.planner_options)
         except PolicyError as exc:
@@ -245,8 +438,8 @@ class Controller(LifecycleNode):
         except Exception as exc:  # the factory (set-up, warm-up plan) failed: keep the old one
             self.diag.drop("bad_model", f"planner set-up failed: {type(exc).__name__}: {exc}")
             return
-        if self._install(seq, planner):
-            self.diag.count("models")
+        self.policy = planner
+        self.diag.count("models")
 
     def on_training(self, msg: String) -> None:
         try:
@@ -278,7 +471,7 @@ class Controller(LifecycleNode):
         self._last_tick = now
         if self.estop:
             self.mode = "estop"
-            self._publish(self.zero)
+            self._publish_safe()
             return
         if self._waiting_for_training():
             self.mode = "sync"
@@ -288,9 +481,19 @@ class Controller(LifecycleNode):
         if now - self.state_time > self.watchdog_periods * self.period:
             self.mode = "watchdog"
             self.diag.count("watchdog")
-            self.diag.warn("watchdog", f"no fresh state for {now - self.state_time:.2f} s on "
-                           f"{self.p.state_topic}: zero command")
-            self._publish(self.zero)
+            text = (f"no fresh state for {now - self.state_time:.2f} s on "
+                    f"{self.p.state_topic}: safe action")
+            self.diag.condition("watchdog", ERROR, text)
+            self.diag.warn("watchdog", text)
+            if self.lockstep_kick and self.state_seq == 0 and self.safe_action() is None:
+                self._publish(self.zero)  # start a lockstep simulation's exchange
+            else:
+                self._publish_safe()
+            return
+        self.diag.condition("watchdog", OK)
+        if self.violations:
+            self.mode = "envelope"
+            self._publish_safe()
             return
         if self.trigger == "timer":
             self._act()
@@ -299,6 +502,11 @@ class Controller(LifecycleNode):
         if self.estop or self.values is None or self.acted_seq == self.state_seq:
             return
         if self._waiting_for_training():
+            return
+        if self.violations:
+            self.acted_seq = self.state_seq
+            self.mode = "envelope"
+            self._publish_safe()
             return
         t0 = time.perf_counter()
         try:
@@ -317,36 +525,66 @@ class Controller(LifecycleNode):
                 action = np.asarray(self.policy(state), dtype=np.float64).reshape(-1)
             except Exception as exc:  # a policy must never take the loop down
                 self.diag.drop("policy_error", f"policy raised {type(exc).__name__}: {exc}")
-                action = self.zero
+                self._publish_safe()
+                return
             if self.policy_noise > 0 and action.shape == self.low.shape:
                 action = action + self.policy_noise * (self.high - self.low) / 2 * \
                     self.rng.standard_normal(action.shape)
         if action.shape != self.low.shape or not np.all(np.isfinite(action)):
-            self.diag.drop("nan_action", f"non-finite or mis-shaped action {action}: zero command")
-            action = self.zero
+            self.diag.drop("nan_action", f"non-finite or mis-shaped action {action}: safe "
+                           f"action")
+            self._publish_safe()
+            return
+        self._hold = None  # acting normally again: a later fallback holds where it begins
         self._publish(np.clip(action, self.low, self.high))
         self._compute.append(time.perf_counter() - t0)
 
+    def safe_action(self) -> np.ndarray | None:
+        """The command of the fallbacks: zero (effort, velocity), or, for position, the
+        position of each commanded joint measured when the fallback began (None before any
+        was measured)."""
+        if self.interface != "position":
+            return self.zero
+        if self._hold is None and self.measured is not None:
+            # Latched, not re-read every tick: an arm that sags under gravity while held
+            # would otherwise be commanded lower and lower.
+            self._hold = np.clip(self.measured, self.low, self.high)
+        return self._hold
+
+    def _publish_safe(self) -> None:
+        action = self.safe_action()
+        if action is not None:  # position control with no measurement yet: send nothing
+            self._publish(action)
+
     def _publish(self, action: np.ndarray) -> None:
-        if self.pub is None:
-            return
+        if self.pub is None or self.timer is None:
+            return  # not active: a lifecycle publisher would drop it anyway
         self.pub.publish(self.p.codec.to_msg(action, time.time_ns()))
         self.diag.count("commands")
         self._loop_stats()
 
     def _loop_stats(self) -> None:
-        if len(self._tick_times) >= 10 and self.diag.counts["commands"] % 20 == 0:
+        n = self.diag.get("commands")
+        if len(self._tick_times) >= 10 and n % 20 == 0:
             ticks = np.asarray(self._tick_times)
             jitter = np.abs(ticks - self.period) * 1e3
             self.diag.set("period_ms_mean", float(ticks.mean() * 1e3))
             self.diag.set("jitter_ms_p50", float(np.percentile(jitter, 50)))
             self.diag.set("jitter_ms_p99", float(np.percentile(jitter, 99)))
-        if self._compute and self.diag.counts["commands"] % 20 == 0:
+        if self._compute and n % 20 == 0:
             c = np.asarray(self._compute) * 1e3
             self.diag.set("compute_ms_p50", float(np.percentile(c, 50)))
             self.diag.set("compute_ms_p99", float(np.percentile(c, 99)))
             self.diag.set("compute_ms_max", float(c.max()))
         self.diag.set("mode", self.mode)
+
+
+def _source_ns(info) -> int:
+    """The publisher's stamp of a message (rclpy's MessageInfo), 0 where absent."""
+    try:
+        return int(info["source_timestamp"])
+    except (TypeError, KeyError, ValueError):
+        return 0
 
 
 def main(args=None) -> int:

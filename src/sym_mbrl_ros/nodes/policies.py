@@ -56,21 +56,27 @@ class Exploration:
 
     ``hold_steps`` repeats each random action that many ticks (smoother, more informative
     data for a world model than white noise); ``scale`` is the gaussian std as a fraction of
-    the half-range.
+    the half-range; ``amplitude`` bounds every exploratory action to that fraction of the
+    half-range around the middle of the action box (1: the whole box).
     """
 
     KINDS = ("uniform", "gaussian", "zero")
 
     def __init__(self, task: TaskSpec, kind: str = "uniform", hold_steps: int = 1,
-                 scale: float = 0.5, seed: int = 0):
+                 scale: float = 0.5, seed: int = 0, amplitude: float = 1.0):
         if kind not in self.KINDS:
             raise PolicyError(f"exploration must be one of {', '.join(self.KINDS)}, not {kind!r}")
-        self.low, self.high = np.asarray(task.action_low, float), np.asarray(task.action_high,
-                                                                              float)
+        if not 0.0 <= amplitude <= 1.0:
+            raise PolicyError(f"exploration_amplitude must be between 0 and 1 (a fraction of the "
+                              f"action range), not {amplitude}")
+        low, high = np.asarray(task.action_low, float), np.asarray(task.action_high, float)
+        mid, half = (high + low) / 2, (high - low) / 2
+        self.low, self.high = mid - amplitude * half, mid + amplitude * half
+        self._mid, self._half = mid, half
         self.kind, self.hold, self.scale = kind, max(1, int(hold_steps)), float(scale)
         self.rng = np.random.default_rng(seed)
         self._n = 0
-        self._last = np.clip(np.zeros_like(self.low), self.low, self.high)
+        self._last = np.clip(np.zeros_like(low), low, high)
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
         if self.kind == "zero":
@@ -79,8 +85,8 @@ class Exploration:
             if self.kind == "uniform":
                 self._last = self.rng.uniform(self.low, self.high)
             else:
-                mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
-                self._last = mid + self.scale * half * self.rng.standard_normal(self.low.shape)
+                noise = self.scale * self._half * self.rng.standard_normal(self.low.shape)
+                self._last = np.clip(self._mid + noise, self.low, self.high)
         self._n += 1
         return self._last
 
