@@ -152,6 +152,8 @@ def test_launch_file_and_up_start_the_same_graph(task, hardware, tmp_path, monke
     if hardware:  # inactive until activated, never waits for the trainer, hold pairing
         assert controller["autostart"] is False and controller["sync_updates_per_step"] == 0
         assert from_up["recorder"]["params"]["pairing"] == "hold"
+        # a robot with no state yet is never kicked with a zero command (Reacher: zero pose)
+        assert controller["lockstep_kick"] is False
     else:  # the trainer sync the launch route used to lack (3,747 steps to solve vs ~1,005)
         assert controller["autostart"] is True and controller["sync_updates_per_step"] >= 1
         assert from_up["sim_bridge"]["params"]["mode"] == "lockstep"

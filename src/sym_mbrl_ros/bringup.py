@@ -248,6 +248,8 @@ def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, di
     else:
         params["recorder"]["pairing"] = "hold"
     controller = params["controller"]
+    if not settings.use_sim:  # the kick commands zero before any state: never on a robot
+        controller["lockstep_kick"] = False
     controller["rate_hz"] = float(settings.rate_hz)
     controller["sync_updates_per_step"] = sync
     controller["autostart"] = (settings.use_sim if settings.activate is None
