@@ -3,8 +3,10 @@
 ``TASKS`` maps a task name to its :class:`~sym_mbrl_ros.envs.base.TaskSpec` (observer, reward,
 termination, success, action box); ``register_all()`` registers the gymnasium ids
 ``SymMbrl/Pendulum-v0``, ``SymMbrl/Reacher-v0`` and ``SymMbrl/Car2d-v0``; ``make_env(name)``
-creates an environment by task name. The environments live in ``pendulum``, ``reacher`` and
-``car2d``; docs/tasks.md describes their physics and observers.
+creates an environment by task name. Each task's spec (``pendulum``, ``reacher``, ``car2d``) is
+plain numpy/torch; its MuJoCo environment lives beside it (``pendulum_sim``, ...), so that the
+nodes on a robot computer import neither MuJoCo nor gymnasium. docs/tasks.md describes their
+physics and observers.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from .reacher import TASK as REACHER  # noqa: E402
 TASKS: dict[str, TaskSpec] = {"pendulum": PENDULUM, "reacher": REACHER, "car2d": CAR2D}
 
 _ENTRY_POINTS = {
-    "pendulum": "sym_mbrl_ros.envs.pendulum:PendulumEnv",
-    "reacher": "sym_mbrl_ros.envs.reacher:ReacherEnv",
-    "car2d": "sym_mbrl_ros.envs.car2d:Car2dEnv",
+    "pendulum": "sym_mbrl_ros.envs.pendulum_sim:PendulumEnv",
+    "reacher": "sym_mbrl_ros.envs.reacher_sim:ReacherEnv",
+    "car2d": "sym_mbrl_ros.envs.car2d_sim:Car2dEnv",
 }
 
 
