@@ -42,6 +42,11 @@ def add_arguments(parser) -> None:
              "mobile base on a flat floor: no expression may use them",
     )
     parser.add_argument(
+        "--time", default="discrete", choices=("discrete", "continuous"),
+        help="discrete: next value per coordinate (default); continuous: its time derivative, "
+             "integrated over the file's dt",
+    )
+    parser.add_argument(
         "--quiet", "-q", action="store_true", help="print only the equations and R²"
     )
 
@@ -66,6 +71,9 @@ def run(args) -> int:
     n_test = int(round(args.holdout * n))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     config = {} if args.gp_time is None else {"gp_time": args.gp_time}
+    config["time"] = args.time
+    if args.time == "continuous" and data.dt is None:
+        raise UserError(f"--time continuous needs the step length, and {args.data} has no dt")
     invariant = []
     for name in (x.strip() for x in args.invariant.split(",")):
         if not name:
@@ -84,6 +92,7 @@ def run(args) -> int:
         backend=args.backend,
         seed=args.seed,
         invariant_coords=invariant,
+        dt=data.dt,
         **config,
     )
     for old, new in model.renamed.items():

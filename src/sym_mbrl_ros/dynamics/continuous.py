@@ -189,9 +189,13 @@ def fit_continuous(
         if not pool:
             pool = [(Num(float(np.mean(data.y_train))), "fallback: mean derivative")]
             rep["search"] += "; no candidate could be evaluated, kept the mean derivative"
-        pools[i] = pool
+        best, front = _midpoint_front(pool, data, cfg.validation_folds, floor)
+        keep = {to_string(t) for t in front}
+        # the integrator refines the midpoint front, plus every warm start and kinematic law
+        pools[i] = [(t, s) for t, s in pool
+                    if to_string(t) in keep or s.startswith(("init", "kinematic"))]
         reports[i] = rep
-        current.append(_best_midpoint(pool, data, cfg.validation_folds, floor))
+        current.append(best)
 
     # 2. substeps
     laws = LawSet(current, variables, n)
@@ -321,7 +325,8 @@ def _midpoint_pool(
     return pool, rejected, note
 
 
-def _best_midpoint(pool, data: FitData, n_folds: int, floor: float) -> Node:
+def _midpoint_front(pool, data: FitData, n_folds: int, floor: float) -> tuple[Node, list[Node]]:
+    """The pick on the midpoint targets and the Pareto front it was picked from."""
     cands = []
     for tree, source in pool:
         expr = CompiledExpression(tree, data.variables)
@@ -331,8 +336,9 @@ def _best_midpoint(pool, data: FitData, n_folds: int, floor: float) -> Node:
         if cand is not None:
             cands.append(cand)
     if not cands:
-        return pool[0][0]
-    return select(cands, floor).chosen.tree
+        return pool[0][0], [t for t, _ in pool]
+    sel = select(cands, floor)
+    return sel.chosen.tree, [c.tree for c in sel.front]
 
 
 # --- step 2: substeps -----------------------------------------------------------------------------

@@ -428,15 +428,14 @@ def fold_like_terms(node: Node) -> Node:
         if not factors:
             out.append((1, Num(coef)))
             continue
-        prod = factors[0]
-        for f in factors[1:]:
-            prod = BinOp("*", prod, f)
-        if coef == 1.0:
-            out.append((1, prod))
-        elif coef == -1.0:
-            out.append((-1, prod))
+        if coef in (1.0, -1.0):
+            chain = factors
         else:
-            out.append((1, BinOp("*", Num(coef), prod)))
+            chain = [Num(coef)] + factors
+        prod = chain[0]
+        for f in chain[1:]:
+            prod = BinOp("*", prod, f)
+        out.append((-1 if coef == -1.0 else 1, prod))
     return build_sum(out) if out else Num(0.0)
 
 

@@ -244,13 +244,18 @@ def backward_elimination(
     candidates: Sequence[Candidate],
     consider: Callable[[Node, str], Candidate | None],
     floor: float = 1e-8,
+    max_terms: int = 6,
 ) -> Selection:
     """Drop the chosen expression's terms one at a time (the least harmful first) while the
     result stays within the rule's threshold; ``consider`` refines and assesses a challenger.
 
     This is what lets a refit shrink a model: a warm start's terms are challenged every time.
+    A searched expression of more than ``max_terms`` terms is left as it is: the search's own
+    Pareto front already offered its simpler neighbours, and each trial costs a refinement.
     """
     chosen, pool, dropped = sel.chosen, list(candidates), 0
+    if len(sum_terms(chosen.tree)) > max_terms and not chosen.source.startswith("init"):
+        return sel
     while True:
         terms = sum_terms(chosen.tree)
         if len(terms) < 2:
