@@ -430,7 +430,7 @@ def test_train_sym_mpc_writes_the_model_and_eval_replans_with_it(tmp_path, capsy
                "--set", "cem.population=150", "--set", "cem.horizon=20"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "theta_dot' =" in printed  # the equations of the world model it planned with
+    assert "theta_ddot =" in printed  # the law of the world model it planned with
     for name in ("config.json", "curve.csv", "curve.png", "model.json", "mpc.json",
                  "transitions.npz", "summary.json"):
         assert (out / name).exists(), name

@@ -150,7 +150,8 @@ def test_gradient_planner_improves_on_its_initial_plan():
 
 def test_fused_model_equals_predict_torch():
     s, a, s2 = pendulum_transitions(300)
-    model = SymbolicDynamics.for_task(PENDULUM).fit(s, a, s2)
+    # the fused compiler takes next-value trees: a discrete-time model
+    model = SymbolicDynamics.for_task(PENDULUM, time="discrete").fit(s, a, s2)
     fused = FusedSymbolicModel(model)
     st = torch.tensor(np.random.default_rng(1).uniform([-3, -8], [3, 8], (500, 2)))
     at = torch.tensor(np.random.default_rng(2).uniform(-2, 2, (500, 1)))
@@ -210,7 +211,7 @@ def test_make_planner_warms_up_and_plans_single_threaded_in_the_calling_thread()
     runs torch on ``num_threads`` threads (with two, a small matrix product on a busy
     machine waits milliseconds for the second core)."""
     s, a, s2 = pendulum_transitions(200)
-    model = SymbolicDynamics.for_task(PENDULUM).fit(s, a, s2)
+    model = SymbolicDynamics.for_task(PENDULUM, time="discrete").fit(s, a, s2)  # fused
     built: dict = {}
     loader = threading.Thread(
         target=lambda: built.update(act=make_planner(PENDULUM, model, cem={"population": 100}))

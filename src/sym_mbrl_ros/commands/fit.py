@@ -101,6 +101,11 @@ def add_arguments(parser) -> None:
              "mobile base on a flat floor: no expression may use them",
     )
     parser.add_argument(
+        "--time", default="discrete", choices=("discrete", "continuous"),
+        help="discrete: next value per coordinate (default); continuous: its time derivative, "
+             "integrated over the file's dt",
+    )
+    parser.add_argument(
         "--quiet", "-q", action="store_true", help="print only the equations and R²"
     )
 
@@ -120,6 +125,9 @@ def run(args) -> int:
     train, test = heldout_newest(len(data), args.holdout)
     n_test = len(test)
     config = {} if args.gp_time is None else {"gp_time": args.gp_time}
+    config["time"] = args.time
+    if args.time == "continuous" and data.dt is None:
+        raise UserError(f"--time continuous needs the step length, and {args.data} has no dt")
     invariant = []
     for name in (x.strip() for x in args.invariant.split(",")):
         if not name:
@@ -138,6 +146,7 @@ def run(args) -> int:
         backend=args.backend,
         seed=args.seed,
         invariant_coords=invariant,
+        dt=data.dt,
         **config,
     )
     for old, new in model.renamed.items():

@@ -25,6 +25,12 @@ def run(args) -> int:
         f"{args.model}: {model.state_dim} state and {model.action_dim} action coordinates, "
         f"{model.backend} backend"
     )
+    if model.is_continuous and model.integrator is not None:
+        k = model.integrator.substeps
+        print(
+            f"continuous time: the laws below are integrated over dt = {model.dt:g} s by "
+            f"{model.integrator.method.upper()} in {k} substep{'s' if k != 1 else ''}"
+        )
     print()
     for line in model.equations(args.precision):
         print(f"  {line}")

@@ -386,6 +386,66 @@ def simplify(node: Node) -> Node:
     return BinOp(op, left, right)
 
 
+def split_coefficient(node: Node) -> tuple[float, list[Node]]:
+    """A product as (constant factor, the other factors in order): ``-2*x*3`` is (-6, [x])."""
+    if isinstance(node, Num):
+        return float(node.value), []
+    if isinstance(node, Neg):
+        c, f = split_coefficient(node.arg)
+        return -c, f
+    if isinstance(node, BinOp) and node.op == "*":
+        c1, f1 = split_coefficient(node.left)
+        c2, f2 = split_coefficient(node.right)
+        return c1 * c2, f1 + f2
+    if isinstance(node, BinOp) and node.op == "/" and isinstance(node.right, Num):
+        if node.right.value != 0.0:
+            c, f = split_coefficient(node.left)
+            return c / node.right.value, f
+    return 1.0, [node]
+
+
+def fold_like_terms(node: Node) -> Node:
+    """Add up the terms of a sum that differ only in their constant: ``2*x + 3*x`` is ``5*x``.
+
+    Factors are compared up to order (``x*sin(q)`` and ``sin(q)*x`` are alike); a sum with no
+    like terms comes back unchanged.
+    """
+    groups: dict[str, list] = {}
+    terms = sum_terms(node)
+    for sign, term in terms:
+        coef, factors = split_coefficient(term)
+        key = " * ".join(sorted(to_string(f) for f in factors))
+        if key in groups:
+            groups[key][0] += sign * coef
+        else:
+            groups[key] = [sign * coef, factors]
+    if len(groups) == len(terms):
+        return node
+    out: list[tuple[int, Node]] = []
+    for coef, factors in groups.values():
+        if coef == 0.0:
+            continue
+        if not factors:
+            out.append((1, Num(coef)))
+            continue
+        if coef in (1.0, -1.0):
+            chain = factors
+        else:
+            chain = [Num(coef)] + factors
+        prod = chain[0]
+        for f in chain[1:]:
+            prod = BinOp("*", prod, f)
+        out.append((-1 if coef == -1.0 else 1, prod))
+    return build_sum(out) if out else Num(0.0)
+
+
+def count_terms(node: Node) -> int:
+    """Number of additive terms of an expression, constants included (``0`` has none)."""
+    if node == Num(0.0):
+        return 0
+    return len(sum_terms(node))
+
+
 def replace_constants(node: Node, values: Iterable[float]) -> Node:
     """A copy of the tree with its parameters (see :class:`CompiledExpression`) replaced."""
     it = iter(values)

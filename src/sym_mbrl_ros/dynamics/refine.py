@@ -9,7 +9,7 @@ the root-mean-square of its Jacobian column, so that a coefficient of ``x**3`` a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,17 +92,32 @@ def snap_constants(
     so that an exact model prints as one; the tree is then simplified.
     """
     expr = CompiledExpression(tree, variables)
-    if expr.n_params == 0 or expr.n_params > max_params:
-        return tree
     var = float(np.var(y)) or float(np.mean(y * y)) or 1.0
 
     def loss(p: np.ndarray) -> float:
         r = expr.numpy(X, p) - y
-        value = float(np.mean(r * r) / var)
+        return float(np.mean(r * r) / var)
+
+    return snap_with_loss(expr, loss, floor, max_params)
+
+
+def snap_with_loss(
+    expr: CompiledExpression,
+    loss: Callable[[np.ndarray], float],
+    floor: float = 1e-12,
+    max_params: int = 40,
+) -> Node:
+    """:func:`snap_constants` for any loss of the parameters (e.g. through an integrator)."""
+    tree = expr.tree
+    if expr.n_params == 0 or expr.n_params > max_params:
+        return tree
+
+    def safe(p: np.ndarray) -> float:
+        value = loss(p)
         return value if np.isfinite(value) else np.inf
 
     p = expr.params.copy()
-    base = loss(p)
+    base = safe(p)
     if not np.isfinite(base):
         return tree
     for k in np.argsort(np.abs(p)):
@@ -116,7 +131,7 @@ def snap_constants(
                 break
             trial = p.copy()
             trial[k] = value
-            new = loss(trial)
+            new = safe(trial)
             if new <= base * (1 + 1e-6) + floor:
                 p, base = trial, new
                 break

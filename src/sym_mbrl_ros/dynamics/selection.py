@@ -5,21 +5,26 @@ A candidate expression for one coordinate's increment is
 * **dropped** when it gives NaN or inf, or a value far outside the target's range, on the
   training inputs or on a margin around them (the data box expanded on each side): such an
   expression "cannot be evaluated" and the search generates again;
-* otherwise **scored** by ``log(validation relative MSE + floor) + penalty * complexity``, where
-  the relative MSE is the held-out mean squared error divided by the training target's variance
-  (so ``1 - relative MSE`` is the held-out R²) and the complexity is the number of tree nodes.
-  The lowest score wins. The floor keeps round-off from deciding between exact models, so among
-  equally exact candidates the simplest is chosen.
+* otherwise **assessed** by its validation relative MSE (the held-out mean squared error divided
+  by the training target's variance, so ``1 - relative MSE`` is the held-out R²), computed on
+  each of a few validation folds, and by its complexity (the number of tree nodes).
+
+**Selection** (:func:`select`) keeps the Pareto front of error against size and applies the
+one-standard-error rule: the simplest candidate whose validation error is within one standard
+error (over the folds) of the best one's. A gain smaller than the spread of the error between
+folds is noise, and a term that buys only that is not worth its place. Errors below ``floor``
+(a relative MSE of 1e-8 by default, R² = 1 - 1e-8) count as exact: between exact models the
+simplest wins, so round-off and integrator error never buy terms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .expression import CompiledExpression, Node, node_count, to_string
+from .expression import CompiledExpression, Node, build_sum, node_count, sum_terms, to_string
 
 
 @dataclass
@@ -41,31 +46,42 @@ class FitData:
 
 @dataclass
 class Candidate:
-    """One assessed candidate expression for a coordinate's increment."""
+    """One assessed candidate expression for a coordinate (its increment or its derivative)."""
 
     tree: Node
     source: str
     train_rel_mse: float
     val_rel_mse: float
     complexity: int
-    score: float
+    val_folds: tuple[float, ...] = ()
+    """Validation relative MSE on each fold (their mean is ``val_rel_mse``)."""
     notes: dict = field(default_factory=dict)
 
     @property
     def val_r2(self) -> float:
         return 1.0 - self.val_rel_mse
 
-    def summary(self, name: str, precision: int = 4) -> dict:
-        """A JSON-friendly record for the selection report."""
+    @property
+    def val_se(self) -> float:
+        """Standard error of the validation error over the folds (0 with fewer than 2)."""
+        k = len(self.val_folds)
+        if k < 2:
+            return 0.0
+        return float(np.std(self.val_folds, ddof=1) / np.sqrt(k))
+
+    def summary(self, name: str, precision: int = 4, text: str | None = None) -> dict:
+        """A JSON-friendly record for the selection report (``text``: how to print the tree)."""
         from .expression import next_value_tree
 
         return {
-            "expression": to_string(next_value_tree(name, self.tree), precision),
+            "expression": text
+            if text is not None
+            else to_string(next_value_tree(name, self.tree), precision),
             "source": self.source,
             "validation_r2": _finite_or_none(self.val_r2),
+            "validation_se": _finite_or_none(self.val_se),
             "train_r2": _finite_or_none(1.0 - self.train_rel_mse),
             "complexity": self.complexity,
-            "score": _finite_or_none(self.score),
         }
 
 
@@ -124,33 +140,146 @@ def evaluable(tree: Node, data: FitData) -> bool:
     return bool(np.all(np.isfinite(values)) and np.max(np.abs(values), initial=0.0) <= data.bound)
 
 
-def assess(
-    tree: Node, data: FitData, source: str, penalty: float, floor: float, notes: dict | None = None
+def fold_errors(sq_err: np.ndarray, n_folds: int) -> tuple[float, ...]:
+    """Mean of ``sq_err`` on each of ``n_folds`` interleaved folds (rows k, k + n_folds, ...)."""
+    n_folds = max(1, min(int(n_folds), len(sq_err)))
+    return tuple(float(np.mean(sq_err[k::n_folds])) for k in range(n_folds))
+
+
+def candidate_from_errors(
+    tree: Node,
+    source: str,
+    train_sq: np.ndarray,
+    val_sq: np.ndarray,
+    y_var: float,
+    n_folds: int,
+    notes: dict | None = None,
 ) -> Candidate | None:
-    """Score a candidate, or ``None`` if it cannot be evaluated (see the module docstring)."""
+    """A candidate from its squared errors on the training and validation rows; ``None`` if
+    they are not finite. Without validation rows the training error stands in."""
+    train = float(np.mean(train_sq) / y_var)
+    if len(val_sq):
+        folds = tuple(v / y_var for v in fold_errors(val_sq, n_folds))
+        val = float(np.mean(val_sq) / y_var)
+    else:
+        folds, val = (train,), train
+    if not (np.isfinite(train) and np.isfinite(val) and np.all(np.isfinite(folds))):
+        return None
+    return Candidate(tree, source, train, val, node_count(tree), folds, dict(notes or {}))
+
+
+def assess(
+    tree: Node, data: FitData, source: str, n_folds: int = 5, notes: dict | None = None
+) -> Candidate | None:
+    """Assess a candidate on ``data``, or ``None`` if it cannot be evaluated (module docstring)."""
     if not evaluable(tree, data):
         return None
     expr = CompiledExpression(tree, data.variables)
-    train = float(np.mean((expr.numpy(data.X_train) - data.y_train) ** 2) / data.y_var)
-    if data.X_val.shape[0]:
-        val = float(np.mean((expr.numpy(data.X_val) - data.y_val) ** 2) / data.y_var)
-    else:
-        val = train
-    if not (np.isfinite(train) and np.isfinite(val)):
-        return None
-    complexity = node_count(tree)
-    score = float(np.log(val + floor) + penalty * complexity)
-    return Candidate(tree, source, train, val, complexity, score, dict(notes or {}))
+    train_sq = (expr.numpy(data.X_train) - data.y_train) ** 2
+    val_sq = (expr.numpy(data.X_val) - data.y_val) ** 2 if data.X_val.shape[0] else train_sq[:0]
+    return candidate_from_errors(tree, source, train_sq, val_sq, data.y_var, n_folds, notes)
 
 
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Candidates best first (lowest score; ties go to the simpler one), duplicates removed."""
+    """Candidates most accurate first (ties go to the simpler one), duplicates removed."""
     seen: set[str] = set()
     out: list[Candidate] = []
-    for cand in sorted(candidates, key=lambda c: (c.score, c.complexity)):
+    for cand in sorted(candidates, key=lambda c: (c.val_rel_mse, c.complexity)):
         key = to_string(cand.tree)
         if key in seen:
             continue
         seen.add(key)
         out.append(cand)
     return out
+
+
+def pareto_front(candidates: Sequence[Candidate], floor: float = 0.0) -> list[Candidate]:
+    """The candidates no other one beats in both size and validation error, simplest first.
+
+    Errors below ``floor`` count as equal (exact), so one exact candidate ends the front.
+    """
+    front: list[Candidate] = []
+    for cand in sorted(candidates, key=lambda c: (c.complexity, c.val_rel_mse)):
+        err = max(cand.val_rel_mse, floor)
+        if not front or err < max(front[-1].val_rel_mse, floor):
+            front.append(cand)
+    return front
+
+
+@dataclass
+class Selection:
+    """The outcome of :func:`select`: the chosen candidate and why."""
+
+    chosen: Candidate
+    front: list[Candidate]
+    """Pareto front of error against size, simplest first."""
+    threshold: float
+    """Largest validation error the rule accepted."""
+    reason: str
+
+
+def select(candidates: Sequence[Candidate], floor: float = 1e-8) -> Selection:
+    """The simplest candidate within one standard error of the best (module docstring)."""
+    if not candidates:
+        raise ValueError("select needs at least one candidate")
+    front = pareto_front(rank(candidates), floor)
+    best = min(front, key=lambda c: (c.val_rel_mse, c.complexity))
+    threshold = max(best.val_rel_mse + best.val_se, floor)
+    chosen = next(c for c in front if c.val_rel_mse <= threshold)
+    if chosen is best:
+        why = "the most accurate candidate, and no simpler one is within one standard error"
+    elif best.val_rel_mse <= floor:
+        why = f"the simplest candidate with validation error below {floor:g} (exact)"
+    else:
+        why = (
+            f"the simplest candidate within one standard error of the best "
+            f"(validation R² {1 - best.val_rel_mse:.6f} at complexity {best.complexity})"
+        )
+    reason = f"{why}; Pareto front of {len(front)} among {len(candidates)} candidates"
+    return Selection(chosen, front, threshold, reason)
+
+
+def backward_elimination(
+    sel: Selection,
+    candidates: Sequence[Candidate],
+    consider: Callable[[Node, str], Candidate | None],
+    floor: float = 1e-8,
+    max_terms: int = 6,
+) -> Selection:
+    """Drop the chosen expression's terms one at a time (the least harmful first) while the
+    result stays within the rule's threshold; ``consider`` refines and assesses a challenger.
+
+    This is what lets a refit shrink a model: a warm start's terms are challenged every time.
+    A searched expression of more than ``max_terms`` terms is left as it is: the search's own
+    Pareto front already offered its simpler neighbours, and each trial costs a refinement.
+    """
+    chosen, pool, dropped = sel.chosen, list(candidates), 0
+    if len(sum_terms(chosen.tree)) > max_terms and not chosen.source.startswith("init"):
+        return sel
+    while True:
+        terms = sum_terms(chosen.tree)
+        if len(terms) < 2:
+            break
+        base = chosen.source.split(", less ")[0]
+        trials = []
+        for k in range(len(terms)):
+            cand = consider(
+                build_sum(terms[:k] + terms[k + 1 :]),
+                f"{base}, less {dropped + 1} term{'s' if dropped else ''}",
+            )
+            if cand is not None:
+                trials.append(cand)
+        pool += trials
+        if not trials:
+            break
+        best = min(trials, key=lambda c: (c.val_rel_mse, c.complexity))
+        if best.val_rel_mse > sel.threshold:
+            break
+        chosen, dropped = best, dropped + 1
+    if not dropped:
+        return sel
+    front = pareto_front(rank(pool), floor)
+    if chosen not in front:
+        front = sorted(front + [chosen], key=lambda c: c.complexity)
+    reason = sel.reason + f"; backward elimination then dropped {dropped} term(s) within it"
+    return Selection(chosen, front, sel.threshold, reason)

@@ -2,9 +2,10 @@
 
 For one coordinate's increment it builds the library matrix (columns scaled to unit RMS, the
 target to unit variance), runs STLSQ for a path of thresholds, and returns the distinct supports
-it finds, each with its least-squares coefficients, best first by validation error plus a
-complexity penalty. The best few go on to BFGS refinement, both as they are and with a
-frequency and phase inside each ``sin``/``cos`` (``c*sin(w*q + p)``, started at w=1, p=0).
+it finds, each with its least-squares coefficients. The Pareto front of those supports
+(validation error against size) goes on to BFGS refinement, both as they are and with a
+frequency and phase inside each ``sin``/``cos`` (``c*sin(w*q + p)``, started at w=1, p=0); the
+final pick among the refined ones is :func:`~sym_mbrl_ros.dynamics.selection.select`'s.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ class SparseSettings:
     spec: LibrarySpec
     n_thresholds: int = 50
     max_iterations: int = 10
-    n_refine: int = 4
+    n_refine: int = 8
     refine_inner: bool = True
     max_inner_calls: int = 8
-    penalty: float = 0.01
-    floor: float = 1e-12
+    floor: float = 1e-8
 
 
 def stlsq_supports(
@@ -108,6 +108,14 @@ class LibraryMatrix:
         terms = build_library(poly_inputs, angle_inputs, spec)
         theta = evaluate_library(terms, variables, X_train)
         theta_val = evaluate_library(terms, variables, X_val)
+        return cls.from_values(terms, theta, theta_val)
+
+    @classmethod
+    def from_values(
+        cls, terms: list[Node | None], theta: np.ndarray, theta_val: np.ndarray
+    ) -> LibraryMatrix:
+        """A library from term values computed elsewhere (e.g. averaged over a step's two ends);
+        columns that are zero or not finite are left out."""
         with np.errstate(all="ignore"):
             rms = np.sqrt(np.mean(theta * theta, axis=0))
         usable = (
@@ -158,16 +166,33 @@ def sparse_candidates(
             continue
         # node count of the tree c_1*t_1 + c_2*t_2 + ...: the terms plus one '+' between each two
         size = int(library.sizes[idx].sum()) + max(len(idx) - 1, 0) if idx else 1
-        score = float(np.log(val + settings.floor) + settings.penalty * size)
-        scored.append((score, lam, len(idx), coefs))
-    scored.sort(key=lambda t: (t[0], t[2]))
+        scored.append((size, val, lam, len(idx), coefs))
+    front = support_front(scored, settings.floor, settings.n_refine)
 
     out: list[tuple[Node, str]] = []
-    for _score, lam, k, coefs in scored[: settings.n_refine]:
+    for _size, _val, lam, k, coefs in front:
         tree = linear_combination(terms, coefs)
         source = f"sparse: STLSQ threshold {lam:.2g}, {k} term{'s' if k != 1 else ''}"
         out.append((tree, source))
         if settings.refine_inner and 0 < count_trig_calls(tree) <= settings.max_inner_calls:
             out.append((with_inner_constants(tree), source + ", with frequencies and phases"))
-    info = {"library_terms": len(terms), "supports": len(supports)}
+    info = {"library_terms": len(terms), "supports": len(supports), "front": len(front)}
     return out, info
+
+
+def support_front(scored: list[tuple], floor: float, limit: int) -> list[tuple]:
+    """The Pareto front of ``(size, error, ...)`` rows (errors below ``floor`` tie), simplest
+    first. When it is longer than ``limit``: the most accurate member, and the members from two
+    below the simplest one within 10x of the best error upwards (where the rule will pick)."""
+    front: list[tuple] = []
+    for row in sorted(scored, key=lambda r: (r[0], r[1])):
+        if not front or max(row[1], floor) < max(front[-1][1], floor):
+            front.append(row)
+    if len(front) > limit > 0:
+        best = min(front, key=lambda r: r[1])
+        band = next(k for k, r in enumerate(front) if r[1] <= 10.0 * (best[1] + floor))
+        start = max(0, band - 2)
+        front = front[start : start + limit - 1]
+        if not any(r is best for r in front):
+            front.append(best)
+    return front

@@ -1,14 +1,25 @@
 """SymbolicDynamics: the symbolic world model, one expression per state coordinate.
 
-The method follows Gorodetskiy, Mironov and Panov (2024, arXiv 2407.13518). For each coordinate
-``s'_i = f_i(s, a)``:
+The method follows Gorodetskiy, Mironov and Panov (2024, arXiv 2407.13518). A model is either
+
+* **discrete-time** (``time="discrete"``): one expression per coordinate for its next value,
+  ``s'_i = f_i(s, a)``, learned on the *increment* ``s'_i - s_i``; or
+* **continuous-time** (``time="continuous"``): one expression per coordinate for its time
+  derivative, ``x'_i = f_i(x, u)``, stepped over ``dt`` (one per sample if the stamps jitter)
+  by the model's own integrator (RK4 with substeps, :mod:`.integrate`). This is the law as a
+  roboticist writes it (``theta_ddot = 15*sin(theta) + 3*torque``), not the Taylor series of
+  a simulator's one-step map; fitting is in :mod:`.continuous`.
+
+For each coordinate:
 
 1. a search backend (``sparse``: STLSQ over a term library; ``gp``: pyoperon genetic
-   programming) generates candidate expressions for the *increment* ``s'_i - s_i``;
-2. BFGS refines each candidate's constants on the training rows;
-3. candidates are ranked by held-out error (an internal validation split) plus a complexity
-   penalty, and the best is kept. A candidate that is NaN/inf (or blows up) on the data or on a
-   margin around it is dropped, and the search generates again.
+   programming; ``transformer``) generates candidate expressions;
+2. their constants are refined (BFGS; through the integrator for continuous time);
+3. the pick is the simplest candidate on the Pareto front of error against size whose
+   validation error is within one standard error of the best (:func:`.selection.select`),
+   then terms are dropped while that still holds, so a refit can shrink a warm start. A
+   candidate that is NaN/inf (or blows up) on the data or on a margin around it is dropped, and
+   the search generates again.
 
 Angle coordinates are learned on their wrapped increment ``wrap(s' - s)`` and predicted in
 [-pi, pi). Static coordinates (a target) are copied through.
@@ -38,6 +49,7 @@ import numpy as np
 from .. import __version__
 from ..data.transitions import check_transition_arrays, warn_dropped
 from ..errors import UserError
+from .continuous import StepRows, fit_continuous, law_name, law_text
 from .expression import (
     FUNCTIONS,
     CompiledExpression,
@@ -45,6 +57,7 @@ from .expression import (
     Name,
     Node,
     Num,
+    fold_like_terms,
     increment_tree,
     is_identifier,
     next_value_tree,
@@ -54,19 +67,50 @@ from .expression import (
     to_sympy,
 )
 from .gp import GPSettings, gp_candidates
+from .integrate import METHODS, Integrator
 from .library import LibrarySpec, library_size
 from .refine import refine_constants, snap_constants
-from .selection import Candidate, assess, evaluable, make_fit_data, margin_points, rank
+from .selection import (
+    Candidate,
+    assess,
+    backward_elimination,
+    evaluable,
+    make_fit_data,
+    margin_points,
+    rank,
+    select,
+)
 from .sparse import LibraryMatrix, SparseSettings, sparse_candidates
 
 FORMAT = "sym-mbrl/dynamics-v1"
+FORMAT_V2 = "sym-mbrl/dynamics-v2"
+FORMATS = (FORMAT, FORMAT_V2)
 BACKENDS = ("sparse", "gp", "transformer")
+TIMES = ("discrete", "continuous")
+CONTINUOUS_TASKS = ("pendulum",)
+"""Tasks whose world model is continuous-time by default (:meth:`SymbolicDynamics.for_task`):
+where the law is both smaller and as accurate, and the fit stays fast (docs/world_model.md has
+the measurements; Reacher's and Car2d's continuous fits were smaller but slower)."""
 
 
 @dataclass
 class SymbolicDynamicsConfig:
     """Settings of :class:`SymbolicDynamics`; each one can be passed as a keyword argument."""
 
+    # --- time ---
+    time: str = "discrete"
+    """``"discrete"`` (next value per coordinate) or ``"continuous"`` (time derivative per
+    coordinate, integrated over dt; needs the step length)."""
+    integrator: str = "rk4"
+    """Continuous time: ``"rk4"`` or ``"euler"``."""
+    substeps: int = 0
+    """Continuous time: integrator substeps per step (0: the fewest that resolve the data)."""
+    integrator_tol: float = 1e-4
+    """Continuous time, ``substeps=0``: halving the substep may change the one-step prediction
+    by at most this share of each increment's standard deviation."""
+    lm_max_evaluations: int = 30
+    """Continuous time: Levenberg-Marquardt evaluations per constant when refining through the
+    integrator."""
     # --- sparse library ---
     degree: int = 3
     """Highest total degree of the polynomial terms in the state and action coordinates."""
@@ -86,8 +130,8 @@ class SymbolicDynamicsConfig:
     """Upper bound on the library size; product and polynomial degrees are lowered to fit."""
     n_thresholds: int = 50
     """Number of STLSQ thresholds on the path (log-spaced)."""
-    n_refine: int = 4
-    """Best STLSQ supports per coordinate passed on to BFGS refinement."""
+    n_refine: int = 8
+    """Members of the STLSQ Pareto front (error against size) passed on to refinement."""
     refine_inner: bool = True
     """Also refine a frequency and a phase inside each sin/cos (``c*sin(w*q + p)``)."""
     max_inner_calls: int = 8
@@ -97,10 +141,14 @@ class SymbolicDynamicsConfig:
     """Iterations of BFGS per candidate."""
     validation_fraction: float = 0.2
     """Share of the fit data held out (seeded) to rank candidates."""
-    complexity_penalty: float = 0.01
-    """Added to log(relative validation error) per tree node of a candidate."""
+    validation_folds: int = 5
+    """Folds of the validation rows; the spread of the error over them is the standard error
+    of the one-standard-error rule."""
+    selection_floor: float = 1e-8
+    """Relative validation errors (1 - R²) below this count as exact: between such candidates
+    the simplest wins, so round-off and integrator error never buy terms."""
     error_floor: float = 1e-12
-    """Relative errors below this count as exact when ranking (round-off does not pick)."""
+    """Snapping a constant (to 0, an integer, 12 digits) may raise the relative error by this."""
     margin: float = 0.25
     """A candidate must evaluate on the data box expanded by this fraction on each side."""
     margin_samples: int = 256
@@ -165,6 +213,14 @@ class SymbolicDynamicsConfig:
         cfg = cls(**kwargs)
         if not 0.0 <= cfg.validation_fraction < 0.9:
             raise UserError("validation_fraction must be in [0, 0.9)")
+        if cfg.time not in TIMES:
+            raise UserError(f"time must be one of {', '.join(TIMES)}, got {cfg.time!r}")
+        if cfg.integrator not in METHODS:
+            raise UserError(f"integrator must be one of {', '.join(METHODS)}, got "
+                            f"{cfg.integrator!r}")
+        if not 0 <= int(cfg.substeps) <= 1000:
+            raise UserError(f"substeps must be in [0, 1000] (0: chosen from the data), got "
+                            f"{cfg.substeps}")
         return cfg
 
 
@@ -210,7 +266,10 @@ class SymbolicDynamics:
             expression may use them, so nothing is fitted to where the data happened to be.
         backend: ``"sparse"`` (library + STLSQ, fast, default) or ``"gp"`` (pyoperon).
         seed: seed of the validation split, the margin samples and the GP runs.
-        **config: any field of :class:`SymbolicDynamicsConfig`.
+        dt: the step length in seconds (a continuous-time model's default step; ``fit`` and
+            ``predict`` also take one per sample).
+        **config: any field of :class:`SymbolicDynamicsConfig` (``time="continuous"`` for a
+            continuous-time model).
 
     A name that cannot appear in an expression is replaced (see :func:`expression_names`): an
     action named like a state (Car2d's ``steer``) becomes ``steer_cmd``, ``x.pos`` becomes
@@ -227,6 +286,7 @@ class SymbolicDynamics:
         backend: str = "sparse",
         seed: int = 0,
         invariant_coords: Sequence[int] = (),
+        dt: float | None = None,
         **config: Any,
     ):
         states = _check_names(state_names, "state")
@@ -243,6 +303,9 @@ class SymbolicDynamics:
         self.backend = backend
         self.seed = int(seed)
         self.config = SymbolicDynamicsConfig.from_kwargs(config)
+        self.dt = _check_dt(dt)
+        self.integrator: Integrator | None = None
+        self._derivatives: list[Node] | None = None
         self.metrics: dict[str, Any] = {}
         self._report: list[dict[str, Any]] = []
         self._trees: list[Node] | None = None
@@ -252,13 +315,21 @@ class SymbolicDynamics:
 
     @classmethod
     def for_task(cls, task, **kwargs: Any) -> SymbolicDynamics:
-        """A model for a :class:`~sym_mbrl_ros.envs.base.TaskSpec` (its names and coordinates)."""
+        """A model for a :class:`~sym_mbrl_ros.envs.base.TaskSpec` (its names, coordinates and
+        dt); continuous time for the tasks in :data:`CONTINUOUS_TASKS` unless ``time=`` says
+        otherwise."""
+        continuous = getattr(task, "name", None) in CONTINUOUS_TASKS and getattr(task, "dt", None)
+        defaults = {
+            "invariant_coords": getattr(task, "invariant_coords", ()),
+            "dt": getattr(task, "dt", None),
+            "time": "continuous" if continuous else "discrete",
+        }
         return cls(
             task.state_names,
             task.action_names,
             task.angle_coords,
             task.static_coords,
-            **{"invariant_coords": getattr(task, "invariant_coords", ()), **kwargs},
+            **{**defaults, **kwargs},
         )
 
     # --- shape ---------------------------------------------------------------------------------
@@ -273,7 +344,16 @@ class SymbolicDynamics:
 
     @property
     def is_fitted(self) -> bool:
-        return self._trees is not None
+        return self._trees is not None or self._derivatives is not None
+
+    @property
+    def time(self) -> str:
+        """``"discrete"`` or ``"continuous"``."""
+        return self.config.time
+
+    @property
+    def is_continuous(self) -> bool:
+        return self.config.time == "continuous"
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -281,18 +361,27 @@ class SymbolicDynamics:
 
     # --- fitting -------------------------------------------------------------------------------
 
-    def fit(self, states, actions, next_states, init: SymbolicDynamics | str | Path | None = None):
+    def fit(
+        self,
+        states,
+        actions,
+        next_states,
+        init: SymbolicDynamics | str | Path | None = None,
+        dt=None,
+    ):
         """Learn one expression per state coordinate; returns ``self``.
 
         Rows with NaN or inf are dropped, counted in ``metrics["n_dropped_nonfinite"]`` and
         reported with a warning. ``init`` (a model or a model file) makes its expressions
-        candidates and warm starts: their constants are refined on the new data, and a
-        coordinate they still explain well is not searched again.
+        candidates and warm starts: their constants are refined on the new data, a coordinate
+        they still explain well is not searched again, and simpler challengers (the same law
+        less a term) are tried. ``dt`` (a number, or one per transition) is the step length of
+        a continuous-time fit (default: the model's ``dt``).
         """
         with _single_threaded_blas():
-            return self._fit(states, actions, next_states, init)
+            return self._fit(states, actions, next_states, init, dt)
 
-    def _fit(self, states, actions, next_states, init) -> SymbolicDynamics:
+    def _fit(self, states, actions, next_states, init, dt=None) -> SymbolicDynamics:
         t_start = time.perf_counter()
         cfg = self.config
         s, a, s2, finite = check_transition_arrays(
@@ -306,7 +395,12 @@ class SymbolicDynamics:
         n_total = s.shape[0]
         n_dropped = int((~finite).sum())
         warn_dropped(n_dropped, n_total, "SymbolicDynamics.fit")
+        dt_rows = self._dt_rows(dt, n_total, "fit") if self.is_continuous else None
         s, a, s2 = s[finite], a[finite], s2[finite]
+        if dt_rows is not None:
+            dt_rows = dt_rows[finite]
+            if self.dt is None:
+                self.dt = float(np.median(dt_rows))
         n = s.shape[0]
         if n < cfg.min_samples:
             raise UserError(
@@ -327,9 +421,17 @@ class SymbolicDynamics:
         X_margin = margin_points(X, cfg.margin, cfg.margin_samples, rng)
 
         self._library_cache: dict = {}
+        if self.is_continuous:
+            assert dt_rows is not None
+            return self._fit_continuous(
+                s, a, s2, increments, dt_rows, train_idx, val_idx, X_margin, init, t_start,
+                n_total, n_dropped,
+            )
         trees: list[Node] = []
         report: list[dict[str, Any]] = []
         val_r2: dict[str, float | None] = {}
+        if init_trees is not None and init_metrics.get("__time") == "continuous":
+            init_trees = None  # a law is not a one-step map: search afresh
         for i, name in enumerate(self.state_names):
             t0 = time.perf_counter()
             if i in self.static_coords:
@@ -358,14 +460,38 @@ class SymbolicDynamics:
         self._library_cache = {}
         self._set_trees(trees)
         self._report = report
-        pred = self.predict(s, a)
+        self._finish_metrics(s, a, s2, None, n_total, n_dropped, train_idx, val_idx, val_r2,
+                             t_start, init)
+        return self
+
+    def _fit_continuous(self, s, a, s2, increments, dt_rows, train_idx, val_idx, X_margin,
+                        init, t_start, n_total, n_dropped) -> SymbolicDynamics:
+        init_derivs, init_metrics = self._init_trees(init)
+        note = ""
+        if init_derivs is not None and init_metrics.get("__time") != "continuous":
+            init_derivs, note = None, "the warm start is a discrete-time model: searched afresh"
+        rows = StepRows(np.hstack([s, a]), increments, dt_rows, self.state_dim)
+        result = fit_continuous(
+            self, rows, train_idx, val_idx, X_margin, init_derivs,
+            init_metrics.get("validation_r2") or {}, note,
+        )
+        self._library_cache = {}
+        self._set_derivatives(result.derivatives, result.integrator)
+        self._report = result.report
+        self._finish_metrics(s, a, s2, dt_rows, n_total, n_dropped, train_idx, val_idx,
+                             result.validation_r2, t_start, init)
+        return self
+
+    def _finish_metrics(self, s, a, s2, dt_rows, n_total, n_dropped, train_idx, val_idx, val_r2,
+                        t_start, init) -> None:
+        pred = self.predict(s, a, dt=dt_rows) if dt_rows is not None else self.predict(s, a)
         fit_r2 = {
             name: increment_r2(s[:, i], s2[:, i], pred[:, i], i in self.angle_coords)
             for i, name in enumerate(self.state_names)
         }
         self.metrics = {
             "n_samples": n_total,
-            "n_used": n,
+            "n_used": int(s.shape[0]),
             "n_dropped_nonfinite": n_dropped,
             "n_train": int(len(train_idx)),
             "n_validation": int(len(val_idx)),
@@ -374,7 +500,25 @@ class SymbolicDynamics:
             "fit_seconds": round(time.perf_counter() - t_start, 4),
             "warm_start": init is not None,
         }
-        return self
+
+    def _dt_rows(self, dt, n: int, what: str) -> np.ndarray:
+        """One positive step length per row, from ``dt`` or the model's own."""
+        if dt is None:
+            if self.dt is None:
+                raise UserError(
+                    f"{what} of a continuous-time model needs the step length: pass dt= "
+                    "(seconds, one number or one per transition) or build the model with dt="
+                )
+            return np.full(n, self.dt)
+        arr = np.asarray(dt, dtype=np.float64)
+        if arr.ndim == 0:
+            arr = np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise UserError(f"{what}: dt must be one number or one per transition ({n}), got "
+                            f"shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise UserError(f"{what}: dt must be positive and finite in every row")
+        return arr
 
     def _init_trees(self, init) -> tuple[list[Node] | None, dict]:
         if init is None:
@@ -387,6 +531,8 @@ class SymbolicDynamics:
             )
         if not init.is_fitted:
             raise UserError("init model is not fitted; fit or load it first")
+        if init.is_continuous:
+            return list(init._derivatives or []), {**init.metrics, "__time": "continuous"}
         if init.state_names != self.state_names or init.action_names != self.action_names:
             raise UserError(
                 f"init model has state names {list(init.state_names)} and action names "
@@ -397,7 +543,7 @@ class SymbolicDynamics:
             raise UserError(
                 "init model has different angle coordinates; a warm start needs the same ones"
             )
-        return list(init._trees or []), dict(init.metrics)
+        return list(init._trees or []), {**init.metrics, "__time": "discrete"}
 
     def _fit_coordinate(
         self,
@@ -440,27 +586,34 @@ class SymbolicDynamics:
             X_margin,
             cfg.margin_bound,
         )
-        penalty, floor = cfg.complexity_penalty, cfg.error_floor
+        floor, folds = cfg.error_floor, cfg.validation_folds
         candidates: list[Candidate] = []
         rejected = 0
 
-        def consider(tree: Node, source: str) -> int:
-            """Refine and assess one generated candidate; returns how many were kept."""
+        def refine(tree: Node, source: str) -> Candidate | None:
+            """Refine and assess one candidate; ``None`` when it cannot be evaluated."""
             nonlocal rejected
+            tree = simplify(fold_like_terms(tree))
             if not evaluable(tree, data):
                 rejected += 1
-                return 0
+                return None
             res = refine_constants(tree, variables, data.X_train, data.y_train, cfg.bfgs_maxiter)
             refined = snap_constants(res.tree, variables, data.X_train, data.y_train, floor)
             note = {"bfgs_iterations": res.iterations, "constants": res.n_params}
-            cand = assess(refined, data, source + ", BFGS-refined", penalty, floor, note)
+            label = source if source.endswith("BFGS-refined") else source + ", BFGS-refined"
+            cand = assess(refined, data, label, folds, note)
             if cand is None:  # refinement walked into a singularity: keep the unrefined one
-                cand = assess(simplify(tree), data, source, penalty, floor)
+                cand = assess(tree, data, source, folds)
             if cand is None:
                 rejected += 1
-                return 0
-            candidates.append(cand)
-            return 1
+            return cand
+
+        def consider(tree: Node, source: str) -> int:
+            """Refine and assess one generated candidate; returns how many were kept."""
+            cand = refine(tree, source)
+            if cand is not None:
+                candidates.append(cand)
+            return int(cand is not None)
 
         search_note = ""
         skip_search = False
@@ -493,15 +646,17 @@ class SymbolicDynamics:
                 else ""
             )
         if not candidates:
-            cand = assess(
-                Num(float(np.mean(data.y_train))), data, "fallback: mean increment", penalty, floor
-            )
+            mean = Num(float(np.mean(data.y_train)))
+            cand = assess(mean, data, "fallback: mean increment", folds)
             assert cand is not None
             candidates.append(cand)
             search_note += "; no candidate could be evaluated, kept the mean increment"
 
-        ranked = rank(candidates)
-        best = ranked[0]
+        sel = backward_elimination(
+            select(candidates, cfg.selection_floor), candidates, refine, cfg.selection_floor
+        )
+        best = sel.chosen
+        ranked = [best] + [c for c in rank(sel.front) if c is not best]
         # final polish of the winner's constants on all fit data (train + validation)
         all_idx = np.concatenate([train_idx, val_idx])
         final = best.tree
@@ -510,12 +665,9 @@ class SymbolicDynamics:
             final = snap_constants(polish.tree, variables, X[all_idx], y[all_idx], floor)
         rep.update(
             chosen=best.summary(name),
-            reason=(
-                f"lowest score = log(validation error + {floor:g}) + {penalty:g} x complexity "
-                f"among {len(ranked)} distinct candidates"
-            ),
+            reason=sel.reason,
             runner_ups=[c.summary(name) for c in ranked[1 : 1 + cfg.runner_ups]],
-            n_candidates=len(ranked),
+            n_candidates=len(rank(candidates)),
             n_rejected=rejected,
             search=search_note,
             backend_info=backend_info,
@@ -542,8 +694,7 @@ class SymbolicDynamics:
                 n_refine=cfg.n_refine,
                 refine_inner=cfg.refine_inner,
                 max_inner_calls=cfg.max_inner_calls,
-                penalty=cfg.complexity_penalty,
-                floor=cfg.error_floor,
+                floor=cfg.selection_floor,
             )
             raw, info = sparse_candidates(data, library, settings)
             info["library"] = asdict(spec)
@@ -609,14 +760,78 @@ class SymbolicDynamics:
 
     def _set_trees(self, trees: Sequence[Node]) -> None:
         self._trees = list(trees)
+        self._derivatives = None
         self._compiled = [CompiledExpression(t, self.variables) for t in self._trees]
+
+    def _set_derivatives(self, derivatives: Sequence[Node], integrator: Integrator) -> None:
+        self._derivatives = list(derivatives)
+        self._trees = None
+        self.integrator = integrator
+        self._compiled = [CompiledExpression(t, self.variables) for t in self._derivatives]
+
+    def derivative_numpy(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Time derivatives (B, n) of a continuous-time model (numpy)."""
+        X = np.concatenate([states, actions], axis=1)
+        out = np.empty_like(states)
+        with np.errstate(all="ignore"):
+            for i, expr in enumerate(self._compiled):
+                out[:, i] = expr.numpy(X)
+        return out
+
+    def derivative_torch(self, states, actions):
+        """Time derivatives (B, n) of a continuous-time model (torch, differentiable)."""
+        import torch
+
+        X = torch.cat([states, actions], dim=-1)
+        return torch.stack([expr.torch(X) for expr in self._compiled], dim=-1)
+
+    def _step_dt(self, dt, batch: int, what: str, torch_like=None):
+        """The step length(s) of a prediction: a number, or one per row."""
+        if dt is None:
+            if self.dt is None:
+                raise UserError(f"{what}: this continuous-time model has no dt; pass dt=")
+            return self.dt
+        if torch_like is not None:
+            import torch
+
+            if isinstance(dt, torch.Tensor):
+                if dt.ndim == 0 or dt.numel() == 1:
+                    return float(dt.reshape(()))
+                if dt.shape != (batch,):
+                    raise UserError(f"{what}: dt must be one number or one per row ({batch})")
+                return dt.to(torch_like.dtype)
+        arr = np.asarray(dt, dtype=np.float64)
+        if arr.ndim == 0:
+            if not (np.isfinite(arr) and arr > 0):
+                raise UserError(f"{what}: dt must be positive and finite, got {float(arr)}")
+            return float(arr)
+        if arr.shape != (batch,):
+            raise UserError(f"{what}: dt must be one number or one per row ({batch}), got "
+                            f"shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise UserError(f"{what}: dt must be positive and finite in every row")
+        return arr
+
+    def _check_discrete_dt(self, dt, what: str) -> None:
+        if dt is None:
+            return
+        arr = np.asarray(dt.detach().cpu() if hasattr(dt, "detach") else dt, dtype=np.float64)
+        if self.dt is None or not np.allclose(arr, self.dt, rtol=1e-9, atol=0.0):
+            raise UserError(
+                f"{what}: a discrete-time model predicts one step of its own length "
+                f"({self.dt if self.dt is not None else 'unknown'} s); fit a continuous-time "
+                "model (time='continuous') to predict other steps"
+            )
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
             raise UserError("the model is not fitted yet; call fit() or SymbolicDynamics.load()")
 
-    def predict(self, states, actions) -> np.ndarray:
-        """Next states (B, n) for states (B, n) and actions (B, m); single rows work too."""
+    def predict(self, states, actions, dt=None) -> np.ndarray:
+        """Next states (B, n) for states (B, n) and actions (B, m); single rows work too.
+
+        A continuous-time model integrates over ``dt`` (a number or one per row; default the
+        model's ``dt``); a discrete-time one predicts its own step only."""
         self._require_fitted()
         s = np.asarray(states, dtype=np.float64)
         a = np.asarray(actions, dtype=np.float64)
@@ -634,18 +849,28 @@ class SymbolicDynamics:
             )
         if s2.shape[0] != a2.shape[0]:
             raise UserError(f"predict got {s2.shape[0]} states but {a2.shape[0]} actions")
-        X = np.hstack([s2, a2])
-        out = np.empty_like(s2)
-        for i, expr in enumerate(self._compiled):
-            out[:, i] = expr.numpy(X)
+        if self.is_continuous:
+            assert self.integrator is not None
+            step = self._step_dt(dt, s2.shape[0], "predict")
+            with np.errstate(all="ignore"):
+                out = self.integrator.step(self.derivative_numpy, s2, a2, step)
+            for i in self.static_coords:
+                out[:, i] = s2[:, i]
+        else:
+            self._check_discrete_dt(dt, "predict")
+            X = np.hstack([s2, a2])
+            out = np.empty_like(s2)
+            for i, expr in enumerate(self._compiled):
+                out[:, i] = expr.numpy(X)
         for i in self.angle_coords:
             out[:, i] = wrap_angle(out[:, i])
         return out[0] if single else out
 
-    def predict_torch(self, states, actions):
+    def predict_torch(self, states, actions, dt=None):
         """Next states for torch tensors (B, n), (B, m), in one vectorised call per coordinate.
 
         Same dtype and device in and out; agrees with :meth:`predict` to floating-point precision.
+        ``dt`` as in :meth:`predict` (a number, or a tensor or array with one per row).
         """
         import torch
 
@@ -655,6 +880,23 @@ class SymbolicDynamics:
                 f"predict_torch expects states (B, {self.state_dim}) and actions "
                 f"(B, {self.action_dim}), got {tuple(states.shape)} and {tuple(actions.shape)}"
             )
+        if self.is_continuous:
+            assert self.integrator is not None
+            step = self._step_dt(dt, states.shape[0], "predict_torch", torch_like=states)
+            if isinstance(step, np.ndarray):
+                step = torch.as_tensor(step, dtype=states.dtype, device=states.device)
+            out = self.integrator.step(
+                self.derivative_torch, states, actions.to(states.dtype), step
+            )
+            if self.angle_coords or self.static_coords:
+                cols = list(out.unbind(-1))
+                for i in self.angle_coords:
+                    cols[i] = torch.remainder(cols[i] + math.pi, 2 * math.pi) - math.pi
+                for i in self.static_coords:
+                    cols[i] = states[..., i]
+                out = torch.stack(cols, dim=-1)
+            return out
+        self._check_discrete_dt(dt, "predict_torch")
         X = torch.cat([states, actions.to(states.dtype)], dim=-1)
         cols = []
         for i, expr in enumerate(self._compiled):
@@ -664,11 +906,12 @@ class SymbolicDynamics:
             cols.append(col)
         return torch.stack(cols, dim=-1)
 
-    def score(self, states, actions, next_states) -> dict[str, float]:
+    def score(self, states, actions, next_states, dt=None) -> dict[str, float]:
         """R² per coordinate, on the increment (next - current; wrapped for angle coordinates).
 
         A coordinate whose true increment has ~zero variance scores 1.0 when predicted exactly
-        and 0.0 otherwise. Rows with NaN or inf are dropped (with a warning).
+        and 0.0 otherwise. Rows with NaN or inf are dropped (with a warning). ``dt`` as in
+        :meth:`predict`.
         """
         self._require_fitted()
         s, a, s2, finite = check_transition_arrays(
@@ -680,10 +923,16 @@ class SymbolicDynamics:
             what="score",
         )
         warn_dropped(int((~finite).sum()), s.shape[0], "SymbolicDynamics.score")
+        if dt is not None and np.ndim(dt):
+            dt = np.asarray(dt, dtype=np.float64)
+            if dt.shape != finite.shape:
+                raise UserError(f"score: dt must be one number or one per transition "
+                                f"({finite.shape[0]}), got shape {dt.shape}")
+            dt = dt[finite]
         s, a, s2 = s[finite], a[finite], s2[finite]
         if s.shape[0] == 0:
             raise UserError("score needs at least one transition without NaN or inf")
-        pred = self.predict(s, a)
+        pred = self.predict(s, a, dt=dt)
         return {
             name: increment_r2(s[:, i], s2[:, i], pred[:, i], i in self.angle_coords)
             for i, name in enumerate(self.state_names)
@@ -692,24 +941,60 @@ class SymbolicDynamics:
     # --- export --------------------------------------------------------------------------------
 
     def trees(self) -> list[Node]:
-        """The parsed expression trees (next value of each coordinate)."""
+        """The parsed expression trees (next value of each coordinate) of a discrete-time
+        model; a continuous-time model has :meth:`derivative_trees` instead."""
         self._require_fitted()
+        if self.is_continuous:
+            raise UserError(
+                "a continuous-time model has no next-value expressions; use derivative_trees() "
+                "(its laws) and predict() (the integrated step)"
+            )
         return list(self._trees or [])
 
+    def derivative_trees(self) -> list[Node]:
+        """The time derivative of each coordinate (continuous-time models)."""
+        self._require_fitted()
+        if not self.is_continuous:
+            raise UserError("a discrete-time model has no derivatives; use trees()")
+        return list(self._derivatives or [])
+
     def expression_strings(self, precision: int | None = None) -> list[str]:
-        """One string per coordinate for its next value; full precision unless ``precision``."""
-        return [to_string(t, precision) for t in self.trees()]
+        """One string per coordinate for its next value (discrete) or its time derivative
+        (continuous); full precision unless ``precision``."""
+        trees = self.derivative_trees() if self.is_continuous else self.trees()
+        return [to_string(t, precision) for t in trees]
 
     def expressions(self) -> list:
-        """sympy expressions for the next value of each state coordinate."""
-        return [to_sympy(t) for t in self.trees()]
+        """sympy expressions: the next value (discrete) or the time derivative (continuous) of
+        each state coordinate."""
+        trees = self.derivative_trees() if self.is_continuous else self.trees()
+        return [to_sympy(t) for t in trees]
 
     def equations(self, precision: int = 4) -> list[str]:
-        """Readable equations, ``theta' = theta + 0.05*theta_dot + ...``, constants rounded."""
+        """Readable equations, constants rounded: ``theta' = theta + 0.05*theta_dot + ...``
+        for a discrete-time model, :meth:`laws` for a continuous-time one."""
+        if self.is_continuous:
+            return self.laws(precision)
         return [
             f"{name}' = {text}"
             for name, text in zip(self.state_names, self.expression_strings(precision))
         ]
+
+    def laws(self, precision: int = 4) -> list[str]:
+        """The laws as a roboticist writes them, ``theta_ddot = 15*sin(theta) + 3*torque``.
+
+        Left out: static coordinates, and kinematic identities whose two sides read the same
+        (``theta_dot = theta_dot``: theta's derivative is the coordinate theta_dot). A
+        discrete-time model has no laws; its :meth:`equations` are returned.
+        """
+        if not self.is_continuous:
+            return self.equations(precision)
+        out = []
+        for i, (name, tree) in enumerate(zip(self.state_names, self.derivative_trees())):
+            if i in self.static_coords or tree == Name(law_name(name)):
+                continue
+            out.append(law_text(name, tree, precision))
+        return out
 
     def print(self, precision: int = 4) -> None:
         """Print the equations, one per line (like pysindy's ``model.print()``)."""
@@ -721,6 +1006,13 @@ class SymbolicDynamics:
         import sympy
 
         out = []
+        if self.is_continuous:
+            for i, (name, tree) in enumerate(zip(self.state_names, self.derivative_trees())):
+                if i in self.static_coords:
+                    continue
+                lhs = sympy.latex(sympy.Symbol(name))
+                out.append(rf"\dot{{{lhs}}} = {sympy.latex(to_sympy(tree, precision))}")
+            return out
         for name, tree in zip(self.state_names, self.trees()):
             lhs = sympy.latex(sympy.Symbol(name))
             out.append(f"{lhs}' = {sympy.latex(to_sympy(tree, precision))}")
@@ -769,14 +1061,25 @@ class SymbolicDynamics:
     # --- persistence ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready ``sym-mbrl/dynamics-v1`` document."""
+        """The JSON-ready document: ``sym-mbrl/dynamics-v1`` (discrete time, ``expressions``)
+        or ``sym-mbrl/dynamics-v2`` (continuous time, ``derivatives``, ``integrator``, ``dt``)."""
         self._require_fitted()
+        if self.is_continuous:
+            assert self.integrator is not None
+            body: dict[str, Any] = {
+                "format": FORMAT_V2,
+                "time": "continuous",
+                "derivatives": self.expression_strings(),
+                "integrator": self.integrator.to_dict(),
+                "dt": self.dt,
+            }
+        else:
+            body = {"format": FORMAT, "expressions": self.expression_strings(), "dt": self.dt}
         return _clean_json(
             {
-                "format": FORMAT,
+                **body,
                 "state_names": list(self.state_names),
                 "action_names": list(self.action_names),
-                "expressions": self.expression_strings(),
                 "metrics": self.metrics,
                 "backend": self.backend,
                 "angle_coords": list(self.angle_coords),
@@ -796,7 +1099,7 @@ class SymbolicDynamics:
         return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path: str | Path) -> Path:
-        """Write the model as JSON (``sym-mbrl/dynamics-v1``); returns the path."""
+        """Write the model as JSON (``sym-mbrl/dynamics-v1`` or ``-v2``); returns the path."""
         path = Path(path)
         if not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -810,27 +1113,36 @@ class SymbolicDynamics:
         """Rebuild a model from its JSON document; expressions go through the whitelisted parser."""
         if not isinstance(doc, dict):
             raise UserError(f"{source} is not a sym-mbrl dynamics model (expected a JSON object)")
-        if doc.get("format") != FORMAT:
+        if doc.get("format") not in FORMATS:
             raise UserError(
                 f"{source} is not a sym-mbrl dynamics model (format is {doc.get('format')!r}, "
-                f"expected {FORMAT!r})"
+                f"expected one of {', '.join(FORMATS)})"
             )
-        for key in ("state_names", "action_names", "expressions"):
+        continuous = doc["format"] == FORMAT_V2
+        key_expr = "derivatives" if continuous else "expressions"
+        for key in ("state_names", "action_names", key_expr):
             if not isinstance(doc.get(key), list):
                 raise UserError(f"{source} has no {key} list")
         state_names, action_names = doc["state_names"], doc["action_names"]
         if not all(isinstance(x, str) for x in state_names + action_names):
             raise UserError(f"{source}: state and action names must be strings")
-        if len(doc["expressions"]) != len(state_names):
+        if len(doc[key_expr]) != len(state_names):
             raise UserError(
-                f"{source} has {len(doc['expressions'])} expressions for {len(state_names)} "
+                f"{source} has {len(doc[key_expr])} {key_expr} for {len(state_names)} "
                 f"state coordinates; it needs one per coordinate"
             )
+        dt = doc.get("dt")
+        if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float))
+                               or not math.isfinite(dt) or dt <= 0):
+            raise UserError(f"{source}: dt must be a positive number of seconds, got {dt!r}")
+        if continuous and dt is None:
+            raise UserError(f"{source}: a continuous-time model needs its dt (seconds)")
         config = doc.get("config") or {}
         if not isinstance(config, dict):
             raise UserError(f"{source}: config must be a JSON object")
         known = {f.name for f in fields(SymbolicDynamicsConfig)}
         config = {k: v for k, v in config.items() if k in known}
+        config["time"] = "continuous" if continuous else "discrete"
         try:
             model = cls(
                 state_names,
@@ -842,17 +1154,22 @@ class SymbolicDynamics:
                 else "sparse",
                 seed=int(doc.get("seed", 0) or 0),
                 invariant_coords=doc.get("invariant_coords") or (),
+                dt=dt,
                 **config,
             )
         except (TypeError, ValueError) as exc:
             raise UserError(f"{source} is not a valid sym-mbrl dynamics model: {exc}") from None
         trees = []
-        for name, text in zip(state_names, doc["expressions"]):
+        for name, text in zip(state_names, doc[key_expr]):
             try:
                 trees.append(parse_expression(text, model.variables))
             except ExpressionError as exc:
-                raise UserError(f"{source}: the expression for {name} is invalid: {exc}") from None
-        model._set_trees(trees)
+                what = "derivative" if continuous else "expression"
+                raise UserError(f"{source}: the {what} of {name} is invalid: {exc}") from None
+        if continuous:
+            model._set_derivatives(trees, Integrator.from_dict(doc.get("integrator"), source))
+        else:
+            model._set_trees(trees)
         backend = doc.get("backend")
         if isinstance(backend, str) and is_identifier(backend):
             model.backend = backend  # the label of a backend this build may not have
@@ -925,6 +1242,16 @@ def expression_names(
     states = tuple(unique(n, "_") for n in state_names)
     actions = tuple(unique(n, "_cmd") for n in action_names)
     return states, actions, changed
+
+
+def _check_dt(dt) -> float | None:
+    if dt is None:
+        return None
+    if isinstance(dt, bool) or not isinstance(dt, (int, float, np.floating, np.integer)):
+        raise UserError(f"dt must be a number of seconds, got {dt!r}")
+    if not (math.isfinite(float(dt)) and float(dt) > 0):
+        raise UserError(f"dt must be positive and finite, got {dt}")
+    return float(dt)
 
 
 def _check_names(names: Sequence[str], kind: str) -> tuple[str, ...]:
