@@ -560,3 +560,33 @@ def test_gp_backend_recovers_a_simple_expression_on_a_small_budget():
     assert r2 > 0.99999
     assert rep["chosen"]["complexity"] <= 25
     assert math.isfinite(model.predict(np.array([3.0]), np.array([0.5]))[0])
+
+
+def test_candidates_are_ranked_on_the_newest_rows():
+    """The fit's validation rows are the newest 20 %: garbage there shows in the validation
+    score; the same garbage in the oldest rows does not (a random split sees it either way)."""
+    s, a, s2 = pendulum_data(500, seed=3)
+    noise = np.random.default_rng(0).normal(0, 5.0, 100)
+    scores = {}
+    for where, rows in (("newest", slice(400, 500)), ("oldest", slice(0, 100))):
+        bad = s2.copy()
+        bad[rows, 1] += noise
+        model = SymbolicDynamics(*NAMES, angle_coords=[0]).fit(s, a, bad)
+        scores[where] = model.metrics["validation_r2"]["theta_dot"]
+    assert scores["newest"] < 0.0  # noise of sd 5 against increments of sd ~0.6
+    assert scores["oldest"] > 0.5, scores
+
+
+def test_the_one_standard_error_rule_is_paired_over_folds():
+    """A candidate is as good as the best only if its excess error, fold by fold, is within
+    one standard error of that excess: a constant excess is never noise, however small."""
+    from sym_mbrl_ros.dynamics.expression import parse_expression
+    from sym_mbrl_ros.dynamics.selection import Candidate, within_noise
+
+    tree = parse_expression("x", ["x"])
+    best = Candidate(tree, "best", 0.0, 0.011, 5, (0.010, 0.020, 0.005, 0.012, 0.008))
+    steady = Candidate(tree, "steady", 0.0, 0.012, 3, (0.011, 0.021, 0.006, 0.013, 0.009))
+    noisy = Candidate(tree, "noisy", 0.0, 0.012, 3, (0.016, 0.015, 0.010, 0.007, 0.012))
+    assert not within_noise(steady, best)  # worse on every fold by the same 0.001
+    assert within_noise(noisy, best)  # better on some folds, worse on others
+    assert within_noise(steady, best, floor=0.05)  # both exact: the simpler one may win

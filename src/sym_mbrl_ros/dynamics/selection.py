@@ -10,11 +10,13 @@ A candidate expression for one coordinate's increment is
   each of a few validation folds, and by its complexity (the number of tree nodes).
 
 **Selection** (:func:`select`) keeps the Pareto front of error against size and applies the
-one-standard-error rule: the simplest candidate whose validation error is within one standard
-error (over the folds) of the best one's. A gain smaller than the spread of the error between
-folds is noise, and a term that buys only that is not worth its place. Errors below ``floor``
-(a relative MSE of 1e-8 by default, R² = 1 - 1e-8) count as exact: between exact models the
-simplest wins, so round-off and integrator error never buy terms.
+one-standard-error rule, paired over the validation folds: the simplest candidate whose excess
+error over the best one's, fold by fold, is within one standard error of that excess. A gain
+smaller than its own spread between folds is noise, and a term that buys only that is not worth
+its place. (Pairing matters: both candidates err on the same rows, so the unpaired spread of
+the best one's error, over folds of a few dozen rows, would let far worse candidates through.)
+Errors below ``floor`` (a relative MSE of 1e-8 by default, R² = 1 - 1e-8) count as exact:
+between exact models the simplest wins, so round-off and integrator error never buy terms.
 """
 
 from __future__ import annotations
@@ -206,6 +208,19 @@ def pareto_front(candidates: Sequence[Candidate], floor: float = 0.0) -> list[Ca
     return front
 
 
+def within_noise(cand: Candidate, best: Candidate, floor: float = 0.0) -> bool:
+    """Whether ``cand`` is as good as ``best`` up to noise: exact (below ``floor``), or its
+    excess validation error over ``best``'s, paired fold by fold, is at most one standard
+    error of that excess (without folds: no worse at all)."""
+    if cand.val_rel_mse <= max(best.val_rel_mse, floor):
+        return True
+    k = min(len(cand.val_folds), len(best.val_folds))
+    if k < 2:
+        return False
+    diff = np.asarray(cand.val_folds[:k]) - np.asarray(best.val_folds[:k])
+    return bool(diff.mean() <= np.std(diff, ddof=1) / np.sqrt(k))
+
+
 @dataclass
 class Selection:
     """The outcome of :func:`select`: the chosen candidate and why."""
@@ -213,8 +228,8 @@ class Selection:
     chosen: Candidate
     front: list[Candidate]
     """Pareto front of error against size, simplest first."""
-    threshold: float
-    """Largest validation error the rule accepted."""
+    best: Candidate
+    """The most accurate candidate, the reference of the rule."""
     reason: str
 
 
@@ -224,8 +239,7 @@ def select(candidates: Sequence[Candidate], floor: float = 1e-8) -> Selection:
         raise ValueError("select needs at least one candidate")
     front = pareto_front(rank(candidates), floor)
     best = min(front, key=lambda c: (c.val_rel_mse, c.complexity))
-    threshold = max(best.val_rel_mse + best.val_se, floor)
-    chosen = next(c for c in front if c.val_rel_mse <= threshold)
+    chosen = next(c for c in front if within_noise(c, best, floor))
     if chosen is best:
         why = "the most accurate candidate, and no simpler one is within one standard error"
     elif best.val_rel_mse <= floor:
@@ -236,7 +250,7 @@ def select(candidates: Sequence[Candidate], floor: float = 1e-8) -> Selection:
             f"(validation R² {1 - best.val_rel_mse:.6f} at complexity {best.complexity})"
         )
     reason = f"{why}; Pareto front of {len(front)} among {len(candidates)} candidates"
-    return Selection(chosen, front, threshold, reason)
+    return Selection(chosen, front, best, reason)
 
 
 def backward_elimination(
@@ -273,7 +287,7 @@ def backward_elimination(
         if not trials:
             break
         best = min(trials, key=lambda c: (c.val_rel_mse, c.complexity))
-        if best.val_rel_mse > sel.threshold:
+        if not within_noise(best, sel.best, floor):
             break
         chosen, dropped = best, dropped + 1
     if not dropped:
@@ -282,4 +296,4 @@ def backward_elimination(
     if chosen not in front:
         front = sorted(front + [chosen], key=lambda c: c.complexity)
     reason = sel.reason + f"; backward elimination then dropped {dropped} term(s) within it"
-    return Selection(chosen, front, sel.threshold, reason)
+    return Selection(chosen, front, sel.best, reason)
