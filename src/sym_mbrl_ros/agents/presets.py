@@ -34,6 +34,7 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     "pendulum": ("eval_return_mean", -200.0),
     "reacher": ("success_rate", 0.9),
     "car2d": ("success_rate", 0.9),
+    "cartpole": ("success_rate", 0.9),
 }
 """Per task, the curve column and the value that counts as solved."""
 
@@ -41,6 +42,7 @@ DEFAULT_STEPS: dict[str, dict[str, int]] = {
     "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sym-mpc": 300},
     "reacher": {"sym-mbpo": 2500, "mbpo": 2500, "sac": 30000, "sym-mpc": 1000},
     "car2d": {"sym-mbpo": 2500, "mbpo": 2500, "sac": 30000, "sym-mpc": 1000},
+    "cartpole": {"sym-mbpo": 3000, "mbpo": 3000, "sac": 30000, "sym-mpc": 500},
 }
 """Real steps a run takes when ``--steps`` is not given."""
 
