@@ -191,7 +191,7 @@ def build_model() -> mujoco.MjModel:
             spec.add_sensor(name=f"{name}_{suffix}", type=kind, objname=name,
                             objtype=mujoco.mjtObj.mjOBJ_JOINT)
     add_floor(spec, z=-0.75, half_size=4.0)
-    add_light_and_camera(spec, pos=[0.0, -5.5, 0.2], xyaxes=[1, 0, 0, 0, 0, 1])
+    add_light_and_camera(spec, pos=[0.0, -4.6, 0.1], xyaxes=[1, 0, 0, 0, 0, 1])
     return spec.compile()
 
 
