@@ -30,11 +30,13 @@ import numpy as np
 
 from sym_mbrl_ros.envs import TASKS, register_all
 from sym_mbrl_ros.envs.car2d import Car2dEnv
+from sym_mbrl_ros.envs.cartpole import CartPoleEnv
 from sym_mbrl_ros.envs.pendulum import PendulumEnv
 from sym_mbrl_ros.envs.reacher import ReacherEnv
 
-ENV_CLASSES = {"pendulum": PendulumEnv, "reacher": ReacherEnv, "car2d": Car2dEnv}
-TARGETS = {"pendulum": 10_000, "reacher": 5_000, "car2d": 5_000}
+ENV_CLASSES = {"pendulum": PendulumEnv, "reacher": ReacherEnv, "car2d": Car2dEnv,
+               "cartpole": CartPoleEnv}
+TARGETS = {"pendulum": 10_000, "reacher": 5_000, "car2d": 5_000, "cartpole": 5_000}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -183,7 +183,7 @@ def test_launch_defaults_and_bad_arguments(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="use_sim must be true or false"):
         bringup.launch_run({"use_sim": "maybe"}, ROOT)
     with pytest.raises(UserError, match="no node graph for task"):
-        bringup.launch_run({"task": "cartpole"}, ROOT)
+        bringup.launch_run({"task": "segway"}, ROOT)
     with pytest.raises(UserError, match="lockstep simulation"):
         bringup.launch_run({"use_sim": "false", "sync": "20", "run_dir": "/tmp/x"}, ROOT)
     with pytest.raises(UserError, match="absolute"):
@@ -223,7 +223,9 @@ def test_parameter_file_matches_the_task(task):
     t = get_task(task)
     assert common["task"] == task and len(common["state_fields"]) == t.state_dim
     if common.get("command_type", "array") == "array":
-        assert common["joint_names"] == list(t.joint_names)
+        # the commanded joints come first; every joint of the task is published
+        assert common["joint_names"] == list(t.joint_names)[: t.action_dim]
+        assert set(t.joint_names) <= set(common["joint_names"]) | set(common["other_joints"])
     for name in doc:
         assert set(doc[name]) == {"ros__parameters"}, name
 

@@ -34,6 +34,7 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     "pendulum": ("eval_return_mean", -200.0),
     "reacher": ("success_rate", 0.9),
     "car2d": ("success_rate", 0.9),
+    "cartpole": ("success_rate", 0.9),
 }
 """Per task, the curve column and the value that counts as solved."""
 
@@ -41,6 +42,11 @@ DEFAULT_STEPS: dict[str, dict[str, int]] = {
     "pendulum": {"sym-mbpo": 1500, "mbpo": 1500, "sac": 12000, "sym-mpc": 300},
     "reacher": {"sym-mbpo": 2500, "mbpo": 2500, "sac": 30000, "sym-mpc": 1000},
     "car2d": {"sym-mbpo": 2500, "mbpo": 2500, "sac": 30000, "sym-mpc": 1000},
+    # cartpole: sym-mpc (seeds 0, 1; 500-step runs) first reached 90% success after 350 / 400
+    # steps and held it from 500 / 400; sym-mbpo with MBPO's default settings (seed 0, 1500
+    # steps) had 0% at 1000 and 100% at 1250 and 1500. mbpo gets sym-mbpo's budget, SAC
+    # Car2d's; neither was run on the cart-pole yet.
+    "cartpole": {"sym-mbpo": 2000, "mbpo": 2000, "sac": 30000, "sym-mpc": 1000},
 }
 """Real steps a run takes when ``--steps`` is not given."""
 
@@ -81,6 +87,15 @@ _TASK_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                      "rollout_mix_static": 0.5},
         "mbpo": {"init_random_steps": 300, "rollout_horizon": 5, "action_repeat": 4,
                  "rollout_mix_static": 0.5},
+    },
+    # Cart-pole, tuned on seeds 0 and 1 (sym-mpc only). Random forces drive the cart off the
+    # rail within ~50 steps, so 100 random steps already hold two episodes of swinging; the
+    # first models (fitted near the hanging pole) are wrong upright, so refit every 50 steps
+    # as the planner brings the pole up. CEM executes the mean of the elites, not the single
+    # best sample: with the exact law the mean keeps the balanced pole within 0.09 rad, the
+    # best sample's noise lets it reach 0.2 rad (docs/tasks.md).
+    "cartpole": {
+        "sym-mpc": {"init_random_steps": 100, "refit_every": 50, "cem.execute": "mean"},
     },
 }
 

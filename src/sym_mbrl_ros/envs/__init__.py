@@ -1,12 +1,12 @@
-"""The shipped MuJoCo tasks: Pendulum, Reacher and Car2d.
+"""The shipped MuJoCo tasks: Pendulum, Reacher, Car2d and CartPole.
 
 ``TASKS`` maps a task name to its :class:`~sym_mbrl_ros.envs.base.TaskSpec` (observer, reward,
 termination, success, action box); ``register_all()`` registers the gymnasium ids
-``SymMbrl/Pendulum-v0``, ``SymMbrl/Reacher-v0`` and ``SymMbrl/Car2d-v0``; ``make_env(name)``
-creates an environment by task name. Each task's spec (``pendulum``, ``reacher``, ``car2d``) is
-plain numpy/torch; its MuJoCo environment lives beside it (``pendulum_sim``, ...), so that the
-nodes on a robot computer import neither MuJoCo nor gymnasium. docs/tasks.md describes their
-physics and observers.
+``SymMbrl/Pendulum-v0``, ``SymMbrl/Reacher-v0``, ``SymMbrl/Car2d-v0`` and
+``SymMbrl/CartPole-v0``; ``make_env(name)`` creates an environment by task name. Each task's
+spec (``pendulum``, ``reacher``, ``car2d``, ``cartpole``) is plain numpy/torch; its MuJoCo
+environment lives beside it (``pendulum_sim``, ...), so that the nodes on a robot computer
+import neither MuJoCo nor gymnasium. docs/tasks.md describes their physics and observers.
 """
 
 from __future__ import annotations
@@ -26,15 +26,19 @@ if (
 
 from .base import ArrayOps, TaskError, TaskSpec, check_action, wrap_angle  # noqa: E402
 from .car2d import TASK as CAR2D  # noqa: E402
+from .cartpole import TASK as CARTPOLE  # noqa: E402
 from .pendulum import TASK as PENDULUM  # noqa: E402
 from .reacher import TASK as REACHER  # noqa: E402
 
-TASKS: dict[str, TaskSpec] = {"pendulum": PENDULUM, "reacher": REACHER, "car2d": CAR2D}
+TASKS: dict[str, TaskSpec] = {
+    "pendulum": PENDULUM, "reacher": REACHER, "car2d": CAR2D, "cartpole": CARTPOLE,
+}
 
 _ENTRY_POINTS = {
     "pendulum": "sym_mbrl_ros.envs.pendulum_sim:PendulumEnv",
     "reacher": "sym_mbrl_ros.envs.reacher_sim:ReacherEnv",
     "car2d": "sym_mbrl_ros.envs.car2d_sim:Car2dEnv",
+    "cartpole": "sym_mbrl_ros.envs.cartpole_sim:CartPoleEnv",
 }
 
 
