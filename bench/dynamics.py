@@ -34,6 +34,10 @@ Methods (same training data for all):
 * ``ensemble``: :class:`EnsembleDynamics`, MBPO's probabilistic MLP ensemble (mean of elites).
 
     python bench/dynamics.py [--seed 0] [--quick] [--systems pendulum,cartpole] [--methods ...]
+    python bench/dynamics.py --suite [options of bench/world_model_suite.py]
+
+``--suite`` runs the world-model suite (systems with known laws, exact structure, noise);
+see bench/world_model_suite.py.
 
 Writes the tables to bench/results/dynamics.md and the configuration and every number to
 bench/results/dynamics.json (``--quick`` writes dynamics_quick.*, a subset of ``--systems``
@@ -576,7 +580,13 @@ def _check(what: str, ok: bool, value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if "--suite" in raw:  # the world-model suite: bench/world_model_suite.py takes the rest
+        import world_model_suite
+
+        return world_model_suite.main([a for a in raw if a != "--suite"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", action="store_true", help="run bench/world_model_suite.py")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small data and budgets (a smoke run)")
     parser.add_argument("--systems", default=",".join(SYSTEM_ORDER))
