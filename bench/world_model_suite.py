@@ -27,8 +27,10 @@ For each system (the MuJoCo tasks and the classic ODEs of ``classic_systems.SUIT
 Methods (all fit the same rows):
 
 * ``ours``: :class:`SymbolicDynamics` as the package makes it for a task
-  (``SymbolicDynamics.for_task``: its default backend and time mode), told the static and
-  invariant coordinates and ``dt`` but no angle; ``ours-gp``: the same with ``backend="gp"``.
+  (``SymbolicDynamics.for_task`` on a spec with the system's name, names, static and
+  invariant coordinates and ``dt``, no angle: the package's default backend and time mode);
+  ``ours-ct``: the same with ``time="continuous"`` (reported "not available" where the
+  package has no continuous-time mode); ``ours-gp``: the default with ``backend="gp"``.
 * ``sindy``: pysindy's continuous-time ``SINDy`` with control on the trajectory segments
   (forward differences: a central difference straddles two held actions), library: cubic
   polynomials of states and actions, sin/cos of every state coordinate, and those times each
@@ -84,7 +86,7 @@ from sym_mbrl_ros.dynamics.expression import (  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 MUJOCO = ("pendulum", "reacher", "car2d", "cartpole_mujoco")
 SYSTEM_ORDER = MUJOCO + tuple(CLASSIC)
-METHODS = ("ours", "ours-gp", "sindy", "sindy-ensemble", "sindy-weak", "operon")
+METHODS = ("ours", "ours-ct", "ours-gp", "sindy", "sindy-ensemble", "sindy-weak", "operon")
 NOISE_LEVELS = (0.0, 0.01, 0.05)
 N_TRAIN, N_TEST, N_POOL = 500, 1000, 6000
 INNER_SHARE = 0.6
@@ -314,9 +316,18 @@ def supports_continuous() -> bool:
     return "time" in {f.name for f in SymbolicDynamicsConfig.__dataclass_fields__.values()}
 
 
-def fit_ours(system: SuiteSystem, data: dict, seed: int, backend: str, gp_time: float):
-    """The package's model for a task that declares no angle."""
+def fit_ours(
+    system: SuiteSystem,
+    data: dict,
+    seed: int,
+    backend: str,
+    gp_time: float,
+    continuous: bool = False,
+):
+    """The package's model for a task that declares no angle (``continuous``: time forced to
+    continuous, where the package has that mode)."""
     spec = SimpleNamespace(
+        name=system.extra.get("task", system.name),
         state_names=system.state_names,
         action_names=system.action_names,
         angle_coords=(),
@@ -327,6 +338,10 @@ def fit_ours(system: SuiteSystem, data: dict, seed: int, backend: str, gp_time: 
     kwargs = {"seed": seed}
     if backend != "sparse":
         kwargs.update(backend=backend, gp_time=gp_time)
+    if continuous:
+        if not supports_continuous():
+            raise RuntimeError("not available: this SymbolicDynamics has no continuous-time mode")
+        kwargs["time"] = "continuous"
     model = SymbolicDynamics.for_task(spec, **kwargs)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -525,6 +540,8 @@ def fit_sindy_variant(system: SuiteSystem, data: dict, seed: int, variant: str) 
 def fit_suite_method(method: str, system: SuiteSystem, data: dict, seed: int, gp_time: float):
     if method == "ours":
         return fit_ours(system, data, seed, "sparse", gp_time)
+    if method == "ours-ct":
+        return fit_ours(system, data, seed, "sparse", gp_time, continuous=True)
     if method == "ours-gp":
         return fit_ours(system, data, seed, "gp", gp_time)
     if method == "operon":
@@ -831,9 +848,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [run_system(n, methods, noise, args_d) for n in systems]
     wall = time.perf_counter() - t0
-    label = "PARTIAL RUN (a subset of the suite; not the full benchmark)" if partial else "full run"
+    label = (
+        "SMOKE / PARTIAL RUN (a subset of systems, methods or noise levels; not the full benchmark)"
+        if partial
+        else "full run"
+    )
     md = [
-        "# World-model suite" + (" — partial run" if partial else ""),
+        "# World-model suite" + (" — smoke / partial run" if partial else ""),
         "",
         f"`{command.strip()}`: {label}; seed {args.seed}; {len(systems)} systems, "
         f"{args.workers} worker(s), {wall:.0f} s wall on {os.cpu_count()} CPUs shared with "
