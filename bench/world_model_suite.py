@@ -16,6 +16,10 @@ For each system (the MuJoCo tasks and the classic ODEs of ``classic_systems.SUIT
 * **extrapolation R²**: fitted on 500 transitions whose key coordinates (``EXTRAPOLATION``) all
   lie in the central 60 % of their range in a 6,000-transition pool (taken in order, so they
   stay trajectory segments), tested on 1,000 transitions with one key outside; minimum.
+  Random actions leave the box often, so these segments are short (mostly 1-5 rows): SINDy's
+  finite differences there are mostly one-step differences, and the weak form, which needs
+  windows of at least 12 steps, usually cannot fit (its extrapolation is then "nan" with the
+  reason in the notes).
 * **exact structure** (``structure.py``): per coordinate, the fitted expression has exactly the
   terms of the law; a system counts as exact when every coordinate is. Reported for every
   system with a law; the target applies to those whose law has at most 6 terms per
