@@ -34,6 +34,10 @@ Methods (same training data for all):
 * ``ensemble``: :class:`EnsembleDynamics`, MBPO's probabilistic MLP ensemble (mean of elites).
 
     python bench/dynamics.py [--seed 0] [--quick] [--systems pendulum,cartpole] [--methods ...]
+    python bench/dynamics.py --suite [options of bench/world_model_suite.py]
+
+``--suite`` runs the world-model suite (systems with known laws, exact structure, noise);
+see bench/world_model_suite.py.
 
 Writes the tables to bench/results/dynamics.md and the configuration and every number to
 bench/results/dynamics.json (``--quick`` writes dynamics_quick.*, a subset of ``--systems``
@@ -120,6 +124,9 @@ class Fitted:
     sizes: dict[int, int | None]
     weights: int | None = None
     notes: str = ""
+    expressions: dict[int, str] = field(default_factory=dict)
+    """Per dynamic coordinate, the increment in our grammar (in ``expression_names``)."""
+    expression_names: tuple[str, ...] = ()
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -311,7 +318,7 @@ def fit_operon(system: System, data: dict, seed: int, gp_time: float) -> Fitted:
     X = np.hstack([s[:, dyn], a])
     names = [f"v{k}" for k in range(X.shape[1])]  # any names a file may hold are fine here
     inc = _unwrapped_next(system, s, s2) - s
-    regs, sizes = {}, {}
+    regs, sizes, expressions = {}, {}, {}
     t0 = time.perf_counter()
     rows = np.arange(len(X))
     if len(rows) > 500:  # the same search subset size as the gp backend
@@ -334,9 +341,10 @@ def fit_operon(system: System, data: dict, seed: int, gp_time: float) -> Fitted:
             warnings.simplefilter("ignore")
             reg.fit(X[rows], inc[rows, i])
         regs[i] = reg
+        text = operon_to_grammar(reg.get_model_string(reg.model_, 17, names=names))
         try:
-            text = reg.get_model_string(reg.model_, 17, names=names)
-            sizes[i] = node_count(parse_expression(operon_to_grammar(text), names))
+            sizes[i] = node_count(parse_expression(text, names))
+            expressions[i] = text
         except ExpressionError:
             sizes[i] = int(reg.stats_["model_length"])
     seconds = time.perf_counter() - t0
@@ -346,7 +354,7 @@ def fit_operon(system: System, data: dict, seed: int, gp_time: float) -> Fitted:
         nxt = np.stack([s_in[:, i] + regs[i].predict(X_in) for i in dyn], axis=1)
         return _finish(system, s_in, nxt)
 
-    return Fitted(predict, seconds, sizes)
+    return Fitted(predict, seconds, sizes, expressions=expressions, expression_names=tuple(names))
 
 
 def fit_ensemble(system: System, data: dict, seed: int, hparams: dict) -> Fitted:
@@ -572,7 +580,13 @@ def _check(what: str, ok: bool, value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if "--suite" in raw:  # the world-model suite: bench/world_model_suite.py takes the rest
+        import world_model_suite
+
+        return world_model_suite.main([a for a in raw if a != "--suite"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", action="store_true", help="run bench/world_model_suite.py")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small data and budgets (a smoke run)")
     parser.add_argument("--systems", default=",".join(SYSTEM_ORDER))
