@@ -529,3 +529,21 @@ def test_model_free_sac_with_action_repeat_stores_one_transition_per_held_block(
     np.testing.assert_allclose(buf.rewards[:3].numpy(), [3.439, 3.439, 1.9], rtol=1e-6)
     with pytest.raises(UserError, match="action_repeat"):
         SAC(1, np.array([-1.0]), np.array([1.0]), SACConfig(action_repeat=0)).learn(1, _Counter())
+
+
+def test_mbpo_rollouts_never_leave_the_safety_envelope():
+    """The envelope bounds model rollouts whether or not the data give bounds, and narrows
+    the data's bounds where it is tighter (a spinning model is cut at the envelope)."""
+    task = get_task("pendulum")
+    _, s, _, _ = _pendulum_data(200)
+    for margin in (None, 10.0):
+        mbpo = MBPO(task, MBPOConfig(rollout_state_margin=margin))
+        mbpo.envelope_bounds = (np.array([-np.inf, -3.0]), np.array([np.inf, 3.0]))
+        mbpo.set_model(EnsembleDynamics(["theta", "theta_dot"], ["torque"]), s)
+        env = mbpo.model_env
+        np.testing.assert_array_equal(env.state_high, [np.inf, 3.0])  # copied, not computed
+        np.testing.assert_array_equal(env.state_low, [-np.inf, -3.0])
+    mbpo = MBPO(task, MBPOConfig(rollout_state_margin=0.0))
+    mbpo.envelope_bounds = (np.array([-np.inf, -100.0]), np.array([np.inf, 100.0]))
+    bounds = mbpo.state_bounds(s)
+    assert bounds["state_high"][1] == s[:, 1].max()  # the data's bound is the tighter one

@@ -171,6 +171,10 @@ class MBPO:
         self.model_buffer = ReplayBuffer(obs_dim, m, capacity, seed=seed + 2)
         self.model: Any = None
         self.model_env: ModelEnv | None = None
+        self.envelope_bounds: tuple[np.ndarray, np.ndarray] | None = None
+        """Per state coordinate, the robot's safety envelope ``(low, high)`` (inf: unbounded):
+        model rollouts that leave it are cut, so a policy cannot learn that a state the robot
+        must never reach pays (the policy trainer sets it from the controller's envelope)."""
         self.num_timesteps = 0
         self.num_model_fits = 0
         self.last_fit_step = 0
@@ -226,7 +230,17 @@ class MBPO:
         self.model, self.model_env = model, env
 
     def state_bounds(self, states: np.ndarray) -> dict[str, np.ndarray | None]:
-        """Bounds model rollouts must stay in: the data's range, widened by the margin."""
+        """Bounds model rollouts must stay in: the data's range, widened by the margin, and
+        never beyond the robot's safety envelope (:attr:`envelope_bounds`, where set)."""
+        data = self._data_bounds(states)
+        if self.envelope_bounds is None:
+            return data
+        low, high = (np.asarray(b, dtype=np.float64) for b in self.envelope_bounds)
+        if data["state_low"] is not None:
+            low, high = np.maximum(low, data["state_low"]), np.minimum(high, data["state_high"])
+        return {"state_low": low, "state_high": high}
+
+    def _data_bounds(self, states: np.ndarray) -> dict[str, np.ndarray | None]:
         margin = self.config.rollout_state_margin
         if margin is None or len(states) == 0:
             return {"state_low": None, "state_high": None}
