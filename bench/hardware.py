@@ -4,8 +4,9 @@ the learning simulator?
 For each robot variant this starts ``sym-mbrl fake-hardware pendulum`` (the URDF with scaled
 mass or added friction, 4096-count encoders, velocity noise, 5 ms actuator delay, 200 ms
 command timeout, an extra passive joint, 100 Hz free-running) and
-``sym-mbrl up pendulum --hardware --activate --other-joints passive_joint`` on a DDS domain of
-its own, and watches the topics from this process:
+``sym-mbrl up pendulum --hardware --activate`` (the extra joint is not declared: the nodes
+select the task's joints by name) on a DDS domain of its own, and watches the topics from this
+process:
 
 * solved: the mean return of the last 3 windows (200 steps each) >= -200 (`up`'s stop rule);
 * real steps and wall time until it stopped (`summary.json` of the run);
@@ -41,13 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SOLVED_RETURN = -200.0
 VELOCITY_NOISE = 0.08
+FRICTION = {"--friction": "0.05", "--damping": "0.02"}
 VARIANTS: dict[str, dict[str, str]] = {
-    "mass1.0": {"--mass-scale": "1.0"},
-    "mass1.2": {"--mass-scale": "1.2"},
-    "mass1.5": {"--mass-scale": "1.5"},
-    "friction": {"--friction": "0.05", "--damping": "0.02"},
+    "mass1.0": {"--mass-scale": "1.0", **FRICTION},
+    "mass1.2": {"--mass-scale": "1.2", **FRICTION},
+    "mass1.5": {"--mass-scale": "1.5", **FRICTION},
+    "mass1.2-nofriction": {"--mass-scale": "1.2"},
 }
-"""Robot variants: fake-hardware options over the common ones (``common_robot_options``)."""
+"""Robot variants: fake-hardware options over the common ones (``common_robot_options``).
+Every mass variant has joint friction (0.05 N m Coulomb, 0.02 N m s/rad viscous), which the
+learning simulator does not; the issue's target is the ×1.2 one."""
 
 
 def common_robot_options(seed: int) -> list[str]:
@@ -144,8 +148,8 @@ def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path)
                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         up = subprocess.run(
-            cli + ["up", "pendulum", "--hardware", "--activate", "--other-joints",
-                   "passive_joint", "--seed", str(seed), "--steps", str(max_steps),
+            cli + ["up", "pendulum", "--hardware", "--activate",
+                   "--seed", str(seed), "--steps", str(max_steps),
                    "--max-wall", str(max_wall), "--out", str(run_dir), "--quiet"],
             env=env, capture_output=True, text=True, timeout=max_wall + 120)
     finally:

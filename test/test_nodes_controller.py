@@ -181,8 +181,8 @@ def test_watchdog_estop_and_garbage_state(graph, probe, tmp_path):
     js = probe.publisher(JointState, "/joint_states")
     js.publish(joint_state(["hinge"], [float("nan")], [0.0]))
     time.sleep(0.2)
-    js.publish(joint_state(["hinge", "elbow"], [0.0, 0.0]))
-    assert wait_for(lambda: {"dropped/nan", "dropped/unknown_joint"}
+    js.publish(joint_state(["elbow"], [0.0]))  # none of the task's joints
+    assert wait_for(lambda: {"dropped/nan", "dropped/missing_joint"}
                     <= set(probe.diagnostics("controller")), 5)
     graph.remove(ctl)
 
@@ -299,6 +299,7 @@ def test_reacher_safe_action_holds_the_measured_position(graph, tmp_path):
     feeder = Feeder(p, ["shoulder", "elbow"], [0.7, -1.2, 0.0, 0.0])
     target = PointStamped()
     target.header.stamp.sec = int(time.time()) - 1
+    target.header.frame_id = "base_link"  # reacher's world_frame (another frame is dropped)
     target.point.x, target.point.y = 0.1, 0.05
     p.publisher(PointStamped, TARGET_TOPIC, QOS_LATCHED).publish(target)
     ctl = graph.add(Controller(**node_args("reacher", tmp_path, policy_noise=0.0)))

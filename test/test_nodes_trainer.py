@@ -82,9 +82,12 @@ def test_trainer_installs_models_with_the_bounds_of_its_real_data(graph, tmp_pat
     env = trainer.mbpo.model_env
     lo, hi = states[:, 1].min(), states[:, 1].max()
     assert hi - lo > 4.0  # random torques swing the pole: a real range to widen
-    # the same float64 operations on the same numbers (the store keeps float64)
+    # the same float64 operations on the same numbers (the store keeps float64), never beyond
+    # the robot's envelope (config/pendulum.yaml: |theta_dot| <= 20 rad/s)
     np.testing.assert_allclose([env.state_low[1], env.state_high[1]],
-                               [lo - (hi - lo), hi + (hi - lo)], rtol=1e-12)
+                               [max(lo - (hi - lo), -20.0), min(hi + (hi - lo), 20.0)],
+                               rtol=1e-12)
+    assert trainer.mbpo.envelope_bounds[1][1] == 20.0  # copied from the parameter file
     assert env.state_low[0] == -np.inf and env.state_high[0] == np.inf  # theta wraps
 
     # the trainer's own rollouts of the spinning model stop at the bound

@@ -51,7 +51,6 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
 
-from ..envs.envelope import EnvelopeError, SafetyEnvelope
 from .common import (
     ERROR,
     ESTOP_TOPIC,
@@ -118,13 +117,6 @@ class Controller(LifecycleNode):
                             "the safe action (zero; zero; the last measured position); empty: "
                             "velocity for twist commands, else the one of the three words in "
                             "the command topic")
-        urdf = declare(self, "urdf", "",
-                       "robot description whose joint <limit>s bound states and commands; "
-                       "empty: <task>.urdf from the package, none: no URDF")
-        overrides = declare(self, "envelope", "{}",
-                            "JSON object of envelope bounds over the URDF's, field: [low, "
-                            "high] (null: open), e.g. {\"velocity.hinge\": [-20, 20]}; fields "
-                            "as in state_fields, plus effort.<joint> for commands")
         self.lockstep_kick = declare(
             self, "lockstep_kick", False,
             "simulation only: until the first state arrives the watchdog sends the task's zero "
@@ -148,7 +140,7 @@ class Controller(LifecycleNode):
         except PolicyError as exc:
             raise SystemExit(f"controller: {exc}") from None
         self.interface = self._command_interface(interface)
-        self.envelope = self._envelope(urdf, overrides)
+        self.envelope = self.p.envelope
         self.rng = np.random.default_rng(self.exploration.rng.integers(1 << 31))
         self.low, self.high = self._command_bounds()
         self.zero = np.clip(np.zeros(task.action_dim), self.low, self.high)
@@ -205,24 +197,6 @@ class Controller(LifecycleNode):
                 raise SystemExit(f"controller: position commands hold the measured position "
                                  f"when stopping; add position.{missing[0]} to state_fields")
         return name
-
-    def _envelope(self, urdf: str, overrides: str) -> SafetyEnvelope:
-        try:
-            extra = json.loads(overrides)
-            if not isinstance(extra, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            raise SystemExit(f"controller: envelope must be a JSON object ({exc})") from None
-        try:
-            if urdf.lower() == "none":
-                return SafetyEnvelope().with_overrides(extra)
-            if not urdf:
-                from ..envs.assets import urdf_path
-
-                urdf = str(urdf_path(self.p.task.name))
-            return SafetyEnvelope.from_urdf(urdf, extra)
-        except (EnvelopeError, ValueError) as exc:  # TaskError (no URDF found) is a ValueError
-            raise SystemExit(f"controller: {exc}") from None
 
     def _command_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """The task's action box, narrowed by the envelope's limits of the commanded joints."""

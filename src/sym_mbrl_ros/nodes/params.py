@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from rclpy.node import Node
 
 from ..envs.base import TaskSpec
+from ..envs.envelope import EnvelopeError, SafetyEnvelope
 from .common import declare
 from .topics import CommandCodec, ConfigError, StateLayout
 
@@ -26,6 +28,9 @@ class TaskParams:
     command_topic: str
     world_frame: str
     run_dir: Path
+    envelope: SafetyEnvelope
+    """The robot's safety envelope (URDF ``<limit>``s and the ``envelope`` overrides): the
+    controller keeps states and commands inside it, the trainer's model rollouts too."""
 
     @classmethod
     def declare(cls, node: Node) -> TaskParams:
@@ -61,6 +66,13 @@ class TaskParams:
                         "odom when state_fields read odom.*, else base_link")
         run_dir = declare(node, "run_dir", "runs/default",
                           "run folder: the store, models, policies and logs go here")
+        urdf = declare(node, "urdf", "",
+                       "robot description whose joint <limit>s bound states and commands; "
+                       "empty: <task>.urdf from the package, none: no URDF")
+        overrides = declare(node, "envelope", "{}",
+                            "JSON object of envelope bounds over the URDF's, field: [low, "
+                            "high] (null: open), e.g. {\"velocity.hinge\": [-20, 20]}; fields "
+                            "as in state_fields, plus effort.<joint> for commands")
         from ..envs import get_task
 
         try:
@@ -70,6 +82,7 @@ class TaskParams:
             if command_type == "array" and joints and len(joints) != task.action_dim:
                 raise ConfigError(f"joint_names has {len(joints)} joints but {task.name} has "
                                   f"{task.action_dim} action coordinates")
+            envelope = _envelope(task, urdf, overrides)
         except (ConfigError, ValueError) as exc:
             node.get_logger().fatal(str(exc))
             raise SystemExit(f"{node.get_name()}: {exc}") from None
@@ -86,7 +99,28 @@ class TaskParams:
             command_topic=command_topic or f"/{controller}/commands",
             world_frame=frame or ("odom" if layout.uses_odom else "base_link"),
             run_dir=Path(run_dir),
+            envelope=envelope,
         )
+
+
+def _envelope(task: TaskSpec, urdf: str, overrides: str) -> SafetyEnvelope:
+    """The safety envelope the ``urdf`` and ``envelope`` parameters describe."""
+    try:
+        extra = json.loads(overrides)
+        if not isinstance(extra, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ConfigError(f"envelope must be a JSON object ({exc})") from None
+    try:
+        if urdf.lower() == "none":
+            return SafetyEnvelope().with_overrides(extra)
+        if not urdf:
+            from ..envs.assets import urdf_path
+
+            urdf = str(urdf_path(task.name))
+        return SafetyEnvelope.from_urdf(urdf, extra)
+    except EnvelopeError as exc:  # TaskError (no URDF found) is a ValueError: caught above
+        raise ConfigError(str(exc)) from None
 
 
 def _default_fields(task: TaskSpec) -> list[str]:

@@ -86,6 +86,9 @@ class PolicyTrainer(Node):
         except (ValueError, UserError) as exc:
             raise SystemExit(f"policy_trainer: {exc}") from None
         self.mbpo = MBPO(self.p.task, cfg, seed=self.seed)
+        # model rollouts stay inside the robot's envelope: a policy cannot learn that a state
+        # the controller would stop the robot in (80 rad/s) pays
+        self.mbpo.envelope_bounds = self.p.envelope.bounds(self.p.layout.fields)
         self.store_path = self.p.run_dir / store_name
         self.policy_dir = self.p.run_dir / "policies"
         self.version, last = latest_version(self.policy_dir, "policy_", ".pt")
