@@ -12,8 +12,9 @@ of the real states pulled so far, widened by ``rollout_state_margin``, exactly a
 benchmarks. The hand-off is a one-slot mailbox (newest model wins); the installed model and
 the reported ``model_version`` change together. SAC keeps learning across swaps.
 Every ``publish_every_s`` of training it writes ``<run_dir>/policies/policy_NNNN.pt`` (the
-whole agent, so a restart resumes from it) and publishes its path and sha256 on
-``/sym_mbrl/policy`` (transient-local). A malformed model message is dropped and counted.
+whole agent, so a restart resumes from it; the file is the trainer's own) and publishes the
+actor itself, encoded, sized and hashed, on ``sym_mbrl/policy`` (transient-local): the
+controller never opens a file of the trainer's. A malformed model message is dropped and counted.
 
 ``max_updates_per_transition`` stops training from racing far ahead of the data while the
 robot is slow to collect it (0: no limit). Progress (updates, transitions) goes out on
@@ -47,7 +48,7 @@ from .common import (
     run,
 )
 from .params import TaskParams
-from .policies import PolicyError, model_from_message, weights_message
+from .policies import MAX_MESSAGE_CHARS, PolicyError, model_from_message, weights_message
 
 
 class PolicyTrainer(Node):
@@ -237,8 +238,16 @@ class PolicyTrainer(Node):
                 "transitions": len(self.mbpo.real_buffer), "alpha": self.mbpo.agent.alpha}
         if losses is not None:
             info.update(critic_loss=float(losses.critic_loss), actor_loss=float(losses.actor_loss))
-        self.pub.publish(String(data=weights_message(
-            self.p.task, path, self.version, self.mbpo.config.sac.policy, info)))
+        text = weights_message(self.p.task, self.mbpo.agent, self.version,
+                               self.mbpo.config.sac.policy, info)
+        if len(text) > MAX_MESSAGE_CHARS:
+            self.diag.count("policy_too_large")
+            self.get_logger().error(f"policy v{self.version} is {len(text)} characters, over "
+                                    f"the {MAX_MESSAGE_CHARS} a controller accepts; not "
+                                    f"published (use a smaller actor)")
+            return
+        self.pub.publish(String(data=text))
+        self.diag.set("policy_message_bytes", len(text))
         self.diag.count("policies")
         self.diag.set("policy_version", self.version)
         self.diag.set("updates", self.updates)
