@@ -114,6 +114,10 @@ class Controller(LifecycleNode):
                             "simulation only: send nothing (the lockstep world waits) while "
                             "the policy trainer has done fewer SAC updates than this per real "
                             "step since its first model; 0 never waits. Never on a robot.")
+        self.fleet_size = max(1, declare(self, "fleet_size", 1,
+                                         "robots feeding the trainer (sym-mbrl up --robots): "
+                                         "sync counts SAC updates per step of each robot, the "
+                                         "trainer's pooled transitions divided by this"))
         self.stamp_age = declare(self, "max_stamp_age_s", 2.0,
                                  "drop states whose stamp is further than this from now")
         interface = declare(self, "command_interface", "",
@@ -464,7 +468,7 @@ class Controller(LifecycleNode):
             return False
         if time.monotonic() - t["received"] > 5.0:
             return False  # the trainer is gone: do not wait for it
-        owed = t["head_start"] + self.sync * (t["transitions"] - int(t["first"]))
+        owed = t["head_start"] + self.sync * (t["transitions"] - int(t["first"])) / self.fleet_size
         return t["updates"] < owed
 
     # ------------------------------------------------------------------ loop

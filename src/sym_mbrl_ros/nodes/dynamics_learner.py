@@ -1,7 +1,8 @@
 """dynamics_learner: refits the symbolic world model as transitions arrive, in its own process.
 
 Every ``refit_every`` new transitions in the store it fits :class:`SymbolicDynamics` on the
-stored transitions (at most the newest ``max_fit_transitions``), warm-started from the
+stored transitions (at most the newest ``max_fit_transitions``; in a fleet, of every robot's
+store, ``stores``, pooled in time order), warm-started from the
 previous model, holding out the newest ``holdout_fraction`` of them to report the error on
 data the model has not seen (a random split of a time series would score each held-out row
 next to its near-copy in the training rows).
@@ -27,9 +28,9 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from ..bringup import latest_version
-from ..data.store import TransitionStore
+from ..data.store import StoreGroup
 from ..errors import UserError
-from .common import MODEL_TOPIC, QOS_LATCHED, Diagnostics, declare, run
+from .common import ERROR, MODEL_TOPIC, QOS_LATCHED, Diagnostics, declare, run
 from .params import TaskParams
 
 
@@ -55,17 +56,20 @@ class DynamicsLearner(Node):
         self.seed = declare(self, "seed", 0, "seed of the search")
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
+        stores = declare(self, "stores", ("str", []),
+                         "a fleet: every robot's store, relative to run_dir, fitted on together "
+                         "(empty: store)")
         self.poll_s = declare(self, "poll_s", 1.0, "how often to look at the store")
         try:
             self.options = json.loads(options)
             assert isinstance(self.options, dict)
         except (ValueError, AssertionError):
             raise SystemExit("dynamics_learner: model_options must be a JSON object") from None
-        self.store_path = self.p.run_dir / store_name
+        self.store_paths = [self.p.run_dir / name for name in (stores or [store_name])]
         self.model_dir = self.p.run_dir / "models"
         self.diag = Diagnostics(self)
         self.pub = self.create_publisher(String, MODEL_TOPIC, QOS_LATCHED)
-        self.store: TransitionStore | None = None
+        self.store = StoreGroup(self.store_paths)
         self.model = None
         self.fitted_on = 0
         self.version, last = latest_version(self.model_dir, "dynamics_", ".json")
@@ -90,12 +94,14 @@ class DynamicsLearner(Node):
     def on_poll(self) -> None:
         if self._worker is not None and self._worker.is_alive():
             return
-        if self.store is None:
-            try:
-                self.store = TransitionStore(self.store_path, readonly=True)
-            except UserError:
-                self.diag.set("waiting_for", str(self.store_path))
-                return
+        try:
+            opened = self.store.open()
+        except UserError as exc:  # stores of different tasks in one group
+            self.diag.condition("stores", ERROR, str(exc))
+            return
+        if not opened:
+            self.diag.set("waiting_for", ", ".join(map(str, self.store_paths)))
+            return
         n = self.store.count()
         self.diag.set("stored", n)
         due = n - self.fitted_on >= self.refit_every if self.model is not None else (
@@ -116,7 +122,7 @@ class DynamicsLearner(Node):
         from ..dynamics.symbolic import SymbolicDynamics
 
         task = self.p.task
-        batch = self.store.read(last=self.max_fit) if self.max_fit > 0 else self.store.read()
+        batch = self.store.read_last(self.max_fit if self.max_fit > 0 else None)
         n_held = min(len(batch) - 1, max(1, int(round(self.holdout * len(batch)))))
         held = np.zeros(len(batch), dtype=bool)
         held[len(batch) - n_held:] = True  # the newest rows
@@ -159,8 +165,7 @@ class DynamicsLearner(Node):
             + "\n  " + "\n  ".join(model.equations()))
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
 
 def main(args=None) -> int:

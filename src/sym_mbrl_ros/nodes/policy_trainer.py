@@ -36,7 +36,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from ..bringup import latest_version
-from ..data.store import TransitionStore
+from ..data.store import StoreGroup
 from ..errors import UserError
 from .common import (
     MODEL_TOPIC,
@@ -70,6 +70,9 @@ class PolicyTrainer(Node):
         self.seed = declare(self, "seed", 0, "seed of the agent and the buffers")
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
+        stores = declare(self, "stores", ("str", []),
+                         "a fleet: every robot's store, relative to run_dir, pooled into one "
+                         "real buffer (empty: store)")
         self.store_poll = declare(self, "store_poll_s", 1.0,
                                   "how often new transitions are pulled from the store")
         from ..agents.mbpo import MBPO
@@ -87,7 +90,7 @@ class PolicyTrainer(Node):
         except (ValueError, UserError) as exc:
             raise SystemExit(f"policy_trainer: {exc}") from None
         self.mbpo = MBPO(self.p.task, cfg, seed=self.seed)
-        self.store_path = self.p.run_dir / store_name
+        self.store_paths = [self.p.run_dir / name for name in (stores or [store_name])]
         self.policy_dir = self.p.run_dir / "policies"
         self.version, last = latest_version(self.policy_dir, "policy_", ".pt")
         self.resumed = False
@@ -104,7 +107,6 @@ class PolicyTrainer(Node):
         self._installed = threading.Lock()  # the installed model and model_version, together
         self.model_version = None
         self.first_model_transitions: int | None = None
-        self.last_id = 0
         self.updates = 0
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._train_loop, daemon=True)
@@ -173,8 +175,8 @@ class PolicyTrainer(Node):
         return head
 
     # ------------------------------------------------------------------ worker
-    def _pull(self, store: TransitionStore) -> int:
-        batch = store.read(since_id=self.last_id)
+    def _pull(self, store: StoreGroup) -> int:
+        batch = store.read_new()
         if len(batch) == 0:
             return 0
         task = self.p.task
@@ -185,12 +187,11 @@ class PolicyTrainer(Node):
         self.mbpo.real_buffer.add_batch(obs, batch.actions, rewards, next_obs,
                                         batch.terminated.astype(np.float64), batch.states,
                                         batch.next_states)
-        self.last_id = int(batch.ids[-1])
         self.mbpo.num_timesteps = len(self.mbpo.real_buffer)
         return len(batch)
 
     def _train_loop(self) -> None:
-        store = None
+        store = StoreGroup(self.store_paths)
         last_pull = last_publish = 0.0
         trained_s = 0.0
         while not self._stop.is_set():
@@ -198,12 +199,7 @@ class PolicyTrainer(Node):
                 now = time.monotonic()
                 if now - last_pull >= self.store_poll:
                     last_pull = now
-                    if store is None:
-                        try:
-                            store = TransitionStore(self.store_path, readonly=True)
-                        except UserError:
-                            store = None
-                    if store is not None:
+                    if store.open():
                         self.diag.count("transitions", self._pull(store))
                 n_real = len(self.mbpo.real_buffer)
                 model = self.models.take() if n_real else None  # no bounds without data

@@ -95,8 +95,11 @@ class Recorder(Node):
                                tolerance=tol, max_state_age_s=max_age,
                                assemble=self._assemble)
         try:
+            # in a fleet the robot is the last part of the namespace (/fleet/robot2: robot2)
+            robot = self.get_namespace().rstrip("/").rpartition("/")[2]
             self.store = TransitionStore(self.p.run_dir / store_name, task.state_names,
-                                         task.action_names, dt=task.dt, task=task.name)
+                                         task.action_names, dt=task.dt, task=task.name,
+                                         robot=robot)
             self.store.set_busy_timeout(busy)
             stored = self.store.episodes()
         except sqlite3.Error as exc:
