@@ -223,6 +223,17 @@ class Diagnostics:
         self._pub.publish(msg)
 
 
+def labelled_array(values: dict[str, float]) -> Any:
+    """A std_msgs/Float64MultiArray of ``values`` whose one dimension's label names them in
+    order (``"version,theta,theta_dot"``): Foxglove and PlotJuggler plot ``data[i]``."""
+    from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=",".join(values), size=len(values), stride=1)]
+    msg.data = [float(v) for v in values.values()]
+    return msg
+
+
 def stamp_ns(stamp) -> int:
     """A builtin_interfaces/Time as integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

@@ -7,8 +7,11 @@ previous model, holding out the newest ``holdout_fraction`` of them to report th
 data the model has not seen (a random split of a time series would score each held-out row
 next to its near-copy in the training rows).
 Each model is written to ``<run_dir>/models/dynamics_NNNN.json`` (and ``latest.json``),
-published on ``/sym_mbrl/dynamics_model`` (transient-local; the message is the model file's
-JSON, with ``provenance.version``), and its equations and held-out error are logged.
+published on ``sym_mbrl/dynamics_model`` (transient-local; the message is the model file's
+JSON, with ``provenance.version``), and its equations and held-out error are logged. For
+plots: ``sym_mbrl/model/heldout_r2`` (Float64MultiArray labelled ``version,<state names>``)
+and ``sym_mbrl/model/equations`` (String, the equations as text for a text panel), both
+transient-local.
 
 Restarting resumes: the newest model file is loaded, republished and used as the warm start,
 and the store says how many transitions that model had seen. Fits run on a worker thread so
@@ -25,12 +28,22 @@ from pathlib import Path
 
 import numpy as np
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 
 from ..bringup import latest_version
 from ..data.store import StoreGroup
 from ..errors import UserError
-from .common import ERROR, MODEL_TOPIC, QOS_LATCHED, Diagnostics, declare, run
+from .common import (
+    ERROR,
+    MODEL_SCORE_TOPIC,
+    MODEL_TEXT_TOPIC,
+    MODEL_TOPIC,
+    QOS_LATCHED,
+    Diagnostics,
+    declare,
+    labelled_array,
+    run,
+)
 from .params import TaskParams
 
 
@@ -69,6 +82,8 @@ class DynamicsLearner(Node):
         self.model_dir = self.p.run_dir / "models"
         self.diag = Diagnostics(self)
         self.pub = self.create_publisher(String, MODEL_TOPIC, QOS_LATCHED)
+        self.score_pub = self.create_publisher(Float64MultiArray, MODEL_SCORE_TOPIC, QOS_LATCHED)
+        self.text_pub = self.create_publisher(String, MODEL_TEXT_TOPIC, QOS_LATCHED)
         self.store = StoreGroup(self.store_paths)
         self.model = None
         self.fitted_on = 0
@@ -88,6 +103,7 @@ class DynamicsLearner(Node):
             return
         self.fitted_on = int(self.model.provenance.get("transitions", 0))
         self.pub.publish(String(data=path.read_text()))
+        self._publish_progress(self.model)
         self.get_logger().info(f"resumed from {path.name} (fitted on {self.fitted_on} "
                                f"transitions); republished it")
 
@@ -154,6 +170,7 @@ class DynamicsLearner(Node):
         (self.model_dir / "latest.json.tmp").replace(self.model_dir / "latest.json")
         self.model, self.fitted_on = model, n
         self.pub.publish(String(data=text))
+        self._publish_progress(model)
         self.diag.count("fits")
         self.diag.set("version", self.version)
         self.diag.set("fit_s", fit_s)
@@ -163,6 +180,18 @@ class DynamicsLearner(Node):
             f"model v{self.version} from {int(train.sum())} transitions in {fit_s:.1f} s; "
             f"held-out R² (increments) " + ", ".join(f"{k} {v:.4f}" for k, v in r2.items())
             + "\n  " + "\n  ".join(model.equations()))
+
+    def _publish_progress(self, model) -> None:
+        """The model's version and held-out R² per coordinate as numbers, its equations as
+        text (rviz / Foxglove text panels)."""
+        prov = model.provenance
+        r2 = prov.get("heldout_r2", {})
+        self.score_pub.publish(labelled_array(
+            {"version": float(prov.get("version", 0)),
+             **{name: float(r2.get(name, float("nan"))) for name in model.state_names}}))
+        head = (f"model v{prov.get('version')} ({prov.get('transitions')} transitions); "
+                f"held-out R² " + ", ".join(f"{k} {float(v):.4f}" for k, v in r2.items()))
+        self.text_pub.publish(String(data="\n".join([head, *model.equations()])))
 
     def close(self) -> None:
         self.store.close()

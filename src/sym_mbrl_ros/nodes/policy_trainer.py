@@ -16,6 +16,9 @@ whole agent, so a restart resumes from it; the file is the trainer's own) and pu
 actor itself, encoded, sized and hashed, on ``sym_mbrl/policy`` (transient-local): the
 controller never opens a file of the trainer's. A malformed model message is dropped and counted.
 
+For plots, ``sym_mbrl/progress`` (Float64MultiArray labelled ``updates,updates_per_s,
+transitions,model_version,policy_version``; -1: no model yet) goes out with it.
+
 ``max_updates_per_transition`` stops training from racing far ahead of the data while the
 robot is slow to collect it (0: no limit). Progress (updates, transitions) goes out on
 ``/sym_mbrl/training`` four times a second; in simulation the controller can wait for it
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 
 from ..bringup import latest_version
 from ..data.store import StoreGroup
@@ -41,10 +44,13 @@ from ..errors import UserError
 from .common import (
     MODEL_TOPIC,
     POLICY_TOPIC,
+    PROGRESS_TOPIC,
     QOS_LATCHED,
+    QOS_STREAM,
     TRAINING_TOPIC,
     Diagnostics,
     declare,
+    labelled_array,
     run,
 )
 from .params import TaskParams
@@ -100,6 +106,9 @@ class PolicyTrainer(Node):
         self.pub = self.create_publisher(String, POLICY_TOPIC, QOS_LATCHED)
         self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED)
         self.progress_pub = self.create_publisher(String, TRAINING_TOPIC, QOS_LATCHED)
+        self.numbers_pub = self.create_publisher(Float64MultiArray, PROGRESS_TOPIC, QOS_STREAM)
+        self._rate = (time.monotonic(), 0)  # (when, updates) of the last rate measurement
+        self.updates_per_s = 0.0
         # wall-clock: with use_sim_time a lockstep world waits for this progress (sync mode),
         # so a timer on the simulated clock would never fire again
         self.create_timer(0.25, self.on_progress, clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -157,6 +166,16 @@ class PolicyTrainer(Node):
         """Training progress, for a simulated world that waits for the learner (controller's
         ``sync_updates_per_step``)."""
         _, model_version = self.installed()
+        now, updates = time.monotonic(), self.updates
+        if now - self._rate[0] >= 1.0:
+            self.updates_per_s = (updates - self._rate[1]) / (now - self._rate[0])
+            self._rate = (now, updates)
+            self.diag.set("updates_per_s", self.updates_per_s)
+        self.numbers_pub.publish(labelled_array({
+            "updates": updates, "updates_per_s": self.updates_per_s,
+            "transitions": len(self.mbpo.real_buffer),
+            "model_version": -1 if model_version is None else model_version,
+            "policy_version": self.version}))
         self.progress_pub.publish(String(data=json.dumps({
             "updates": self.updates, "transitions": len(self.mbpo.real_buffer),
             "first_model_transitions": self.first_model_transitions,
