@@ -67,8 +67,8 @@ def test_two_namespaced_graphs_share_a_domain_without_crosstalk(graph, tmp_path)
     assert wait_for(lambda: all(_count(p) >= 120 for p in paths.values()), timeout=90), \
         {ns: _count(p) for ns, p in paths.items()}
     for ns in TORQUE:  # /diagnostics is shared; the status names keep the robots apart
-        assert wait_for(lambda: probe.diagnostics(f"{ns}/controller").get("policies") == "1",
-                        timeout=5)
+        assert wait_for(lambda ns=ns: probe.diagnostics(f"{ns}/controller").get(
+            "policies") == "1", timeout=5)
     for node in list(graph.nodes):
         if node is not probe:
             graph.remove(node)

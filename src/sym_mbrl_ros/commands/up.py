@@ -264,22 +264,23 @@ class _Graph:
         return None
 
     def stop(self) -> None:
-        # the controller first, so that its last command is a zero command
-        order = sorted(self.procs, key=lambda n: not n.endswith("controller"))
+        # the controllers first, all at once, so that each one's last command is its safe
+        # command and every robot stops at the same moment
         for sig, wait in ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-            alive = [n for n in order if self.procs[n].poll() is None]
+            alive = [n for n in self.procs if self.procs[n].poll() is None]
             if not alive:
                 return
-            for n in alive:
-                try:
-                    self.procs[n].send_signal(sig)
-                except ProcessLookupError:
-                    pass
-                if n.endswith("controller") and sig == signal.SIGINT:
-                    _wait(self.procs[n], 2.0)
-            end = time.monotonic() + wait
-            for n in alive:
-                _wait(self.procs[n], max(0.0, end - time.monotonic()))
+            first = [n for n in alive if n.endswith("controller")] if sig == signal.SIGINT \
+                else []
+            for group, limit in ((first, 2.0), ([n for n in alive if n not in first], wait)):
+                for n in group:
+                    try:
+                        self.procs[n].send_signal(sig)
+                    except ProcessLookupError:
+                        pass
+                end = time.monotonic() + limit
+                for n in group:
+                    _wait(self.procs[n], max(0.0, end - time.monotonic()))
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> None:
