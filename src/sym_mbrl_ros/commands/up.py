@@ -307,6 +307,7 @@ class _Watch:
         self.stores: dict[str, object] = {}
         self.robot_steps = dict.fromkeys(self.paths, 0)
         self.robot_seen = dict.fromkeys(self.paths, 0)  # newest episode id looked at
+        self.robot_episode_steps = dict.fromkeys(self.paths, 0)  # steps in whole episodes
         self.robot_returns: dict[str, list[float]] = {r: [] for r in self.paths}
         self.robot_solved = dict.fromkeys(self.paths, False)
         self.window = max(3, len(self.paths))
@@ -352,7 +353,10 @@ class _Watch:
                 continue  # a fragment (start-up, restart): not an episode's return
             own = self.robot_returns[robot]
             own.append(ep.episode_return)
-            self.episodes.append((robot, self.steps, ep.episode_return))
+            self.robot_episode_steps[robot] += ep.steps
+            # the fleet's steps in whole episodes when this one ended (one robot: its own)
+            self.episodes.append((robot, sum(self.robot_episode_steps.values()),
+                                  ep.episode_return))
             recent = [r for _, _, r in self.episodes[-self.window:]]
             mean = sum(recent) / len(recent)
             who = f" ({robot})" if robot else ""
