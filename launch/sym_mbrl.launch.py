@@ -1,5 +1,9 @@
 """Every task's graph: ``ros2 launch sym_mbrl_ros sym_mbrl.launch.py task:=pendulum
-[use_sim:=true] [rviz:=false] [run_dir:=/abs/path] [namespace:=robot1] ...``.
+[use_sim:=true] [rviz:=false] [run_dir:=/abs/path] [namespace:=robot1] [robots:=N] ...``.
+
+``namespace:=robot1`` puts the whole graph under /robot1 (its topics are relative), so two
+graphs share a DDS domain; ``robots:=N`` starts a fleet: N robots in robot1..robotN feeding
+one learner and trainer (bringup.py).
 
 ``use_sim:=false`` is hardware mode, the same as ``sym-mbrl up TASK --hardware``: no sim
 bridge (a robot driver publishes the state topics), hold pairing in the recorder, and the
@@ -27,21 +31,24 @@ def _start(context):
     actions = []
     for n in run.nodes:
         kwargs = dict(package=PACKAGE, executable=n.spec.executable, name=n.spec.name,
-                      namespace=run.namespace, output="screen",
+                      namespace=n.namespace, output="screen",
                       parameters=[run.params_file, n.parameters],
-                      remappings=list(n.spec.remappings), respawn=n.respawn)
+                      remappings=list(n.remappings), respawn=n.respawn)
         if n.respawn:
             kwargs["respawn_delay"] = 1.0
         actions.append(LifecycleNode(**kwargs) if n.spec.lifecycle else Node(**kwargs))
     with open(os.path.join(share, run.graph.urdf)) as f:
         robot_description = f.read()
-    actions.append(Node(
-        package="robot_state_publisher", executable="robot_state_publisher",
-        namespace=run.namespace, output="screen",
-        parameters=[{"robot_description": ParameterValue(robot_description, value_type=str),
-                     "use_sim_time": run.settings.use_sim_time}]))
+    # one robot_state_publisher per robot: the controllers' namespaces
+    robots = [n.namespace for n in run.nodes if n.spec.name == "controller"]
+    for namespace in robots:
+        actions.append(Node(
+            package="robot_state_publisher", executable="robot_state_publisher",
+            namespace=namespace, output="screen",
+            parameters=[{"robot_description": ParameterValue(robot_description, value_type=str),
+                         "use_sim_time": run.settings.use_sim_time}]))
     if run.rviz:
-        actions.append(Node(package="rviz2", executable="rviz2", namespace=run.namespace,
+        actions.append(Node(package="rviz2", executable="rviz2", namespace=robots[0],
                             arguments=["-d", os.path.join(share, run.graph.rviz)]))
     return actions
 

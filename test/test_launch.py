@@ -103,7 +103,8 @@ def _launch_nodes(monkeypatch, arguments: dict[str, str]) -> dict[str, dict]:
         if kw.get("package") != bringup.PACKAGE:
             continue
         assert (type(action).__name__ == "LifecycleNode") == (kw["name"] == "controller")
-        out[kw["name"]] = {"executable": kw["executable"], "namespace": kw["namespace"],
+        out[f"{kw['namespace']}/{kw['name']}"] = {
+                           "executable": kw["executable"], "namespace": kw["namespace"],
                            "params_file": kw["parameters"][0], "params": kw["parameters"][1],
                            "remappings": [tuple(r) for r in kw["remappings"]],
                            "respawn": kw["respawn"]}
@@ -111,7 +112,8 @@ def _launch_nodes(monkeypatch, arguments: dict[str, str]) -> dict[str, dict]:
 
 
 def _up_nodes(argv: list[str]) -> dict[str, dict]:
-    """What ``sym-mbrl up`` would start with ``argv`` (parsed from its command lines)."""
+    """What ``sym-mbrl up`` would start with ``argv`` (parsed from its command lines), by
+    fully qualified node name."""
     from sym_mbrl_ros.cli import build_parser
     from sym_mbrl_ros.commands import up
 
@@ -124,13 +126,16 @@ def _up_nodes(argv: list[str]) -> dict[str, dict]:
         pairs = [(ros[k], ros[k + 1]) for k in range(0, len(ros), 2)]
         files = [v for k, v in pairs if k == "--params-file"]
         remaps = [tuple(v.split(":=")) for k, v in pairs if k == "-r"]
-        assert ("__node", name) in remaps
+        node = name.rpartition("/")[2]
+        assert ("__node", node) in remaps
+        namespace = dict(remaps).get("__ns", "")
         assert len(files) == 2  # the task's file, then this run's
         run_params = yaml.safe_load(Path(files[1]).read_text())
-        out[name] = {"executable": exe, "namespace": "", "params_file": files[0],
-                     "params": run_params[name]["ros__parameters"],
-                     "remappings": [r for r in remaps if r[0] != "__node"],
-                     "respawn": name in config["respawn"]}
+        fqn = f"{namespace}/{node}"
+        out[fqn] = {"executable": exe, "namespace": namespace, "params_file": files[0],
+                    "params": run_params[fqn]["ros__parameters"],
+                    "remappings": [r for r in remaps if r[0] not in ("__node", "__ns")],
+                    "respawn": name in config["respawn"]}
     return out
 
 
@@ -144,19 +149,19 @@ def test_launch_file_and_up_start_the_same_graph(task, hardware, tmp_path, monke
                                               "seed": "3", "use_sim": str(not hardware)})
     assert from_launch == from_up
     names = set(from_up)
-    assert ("sim_bridge" in names) != hardware
-    assert {"recorder", "dynamics_learner", "policy_trainer", "controller"} <= names
+    assert ("/sim_bridge" in names) != hardware
+    assert {"/recorder", "/dynamics_learner", "/policy_trainer", "/controller"} <= names
     assert {n for n, v in from_up.items() if v["respawn"]} == {
-        "recorder", "dynamics_learner", "policy_trainer"}
-    controller = from_up["controller"]["params"]
+        "/recorder", "/dynamics_learner", "/policy_trainer"}
+    controller = from_up["/controller"]["params"]
     if hardware:  # inactive until activated, never waits for the trainer, hold pairing
         assert controller["autostart"] is False and controller["sync_updates_per_step"] == 0
-        assert from_up["recorder"]["params"]["pairing"] == "hold"
+        assert from_up["/recorder"]["params"]["pairing"] == "hold"
         # a robot with no state yet is never kicked with a zero command (Reacher: zero pose)
         assert controller["lockstep_kick"] is False
     else:  # the trainer sync the launch route used to lack (3,747 steps to solve vs ~1,005)
         assert controller["autostart"] is True and controller["sync_updates_per_step"] >= 1
-        assert from_up["sim_bridge"]["params"]["mode"] == "lockstep"
+        assert from_up["/sim_bridge"]["params"]["mode"] == "lockstep"
 
 
 def test_activate_and_other_joints_reach_both_routes(tmp_path, monkeypatch):
@@ -167,9 +172,58 @@ def test_activate_and_other_joints_reach_both_routes(tmp_path, monkeypatch):
                                               "activate": "true", "seed": "0",
                                               "other_joints": "passive_joint, aux"})
     assert from_launch == from_up
-    assert from_up["controller"]["params"]["autostart"] is True
+    assert from_up["/controller"]["params"]["autostart"] is True
     for node in from_up.values():
         assert node["params"]["other_joints"] == ["passive_joint", "aux"]
+
+
+def test_namespace_and_fleet_reach_both_routes(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    single = _up_nodes(["pendulum", "--out", str(run_dir), "--namespace", "robot7"])
+    assert set(single) == {f"/robot7/{n}" for n in ("recorder", "dynamics_learner",
+                                                     "policy_trainer", "sim_bridge", "controller")}
+    assert all(not v["remappings"] for v in single.values())  # relative topics: nothing to move
+    from_up = _up_nodes(["pendulum", "--out", str(run_dir), "--seed", "5", "--robots", "2",
+                         "--namespace", "lab"])
+    from_launch = _launch_nodes(monkeypatch, {"run_dir": str(run_dir), "seed": "5",
+                                              "robots": "2", "namespace": "lab"})
+    assert from_launch == from_up
+    robot_nodes = {f"/lab/robot{k}/{n}" for k in (1, 2)
+                   for n in ("sim_bridge", "recorder", "controller")}
+    assert set(from_up) == robot_nodes | {"/lab/dynamics_learner", "/lab/policy_trainer"}
+    stores = ["robot1/transitions.sqlite", "robot2/transitions.sqlite"]
+    for fleet_node in ("/lab/dynamics_learner", "/lab/policy_trainer"):
+        assert from_up[fleet_node]["params"]["stores"] == stores
+    for k in (1, 2):
+        robot = f"/lab/robot{k}"
+        assert from_up[f"{robot}/recorder"]["params"]["store"] == stores[k - 1]
+        controller = from_up[f"{robot}/controller"]
+        assert controller["params"]["fleet_size"] == 2
+        # every robot acts with the fleet's policy and waits for the fleet's trainer
+        assert set(controller["remappings"]) == {
+            ("sym_mbrl/dynamics_model", "/lab/sym_mbrl/dynamics_model"),
+            ("sym_mbrl/policy", "/lab/sym_mbrl/policy"),
+            ("sym_mbrl/training", "/lab/sym_mbrl/training")}
+    seeds = {from_up[f"/lab/robot{k}/{n}"]["params"]["seed"] for k in (1, 2)
+             for n in ("sim_bridge", "controller")}
+    assert seeds == {5, 5 + bringup.ROBOT_SEED_STRIDE}  # robots explore differently
+    from sym_mbrl_ros.errors import UserError
+
+    with pytest.raises(UserError, match="not a ROS name"):
+        bringup.launch_run({"namespace": "robot-1", "run_dir": "/tmp/x"}, ROOT)
+    with pytest.raises(UserError, match="use_sim_time"):
+        bringup.launch_run({"robots": "2", "use_sim_time": "true", "run_dir": "/tmp/x"}, ROOT)
+
+
+def test_fleet_topics_are_the_nodes_topics():
+    pytest.importorskip("rclpy")
+    from sym_mbrl_ros.nodes import common
+
+    assert set(bringup.FLEET_TOPICS) == {common.MODEL_TOPIC, common.POLICY_TOPIC,
+                                         common.TRAINING_TOPIC}
+    relative = [v for k, v in vars(common).items() if k.endswith("_TOPIC")
+                and k != "DIAGNOSTICS_TOPIC"]
+    assert relative and not [t for t in relative if t.startswith("/")]
 
 
 def test_launch_defaults_and_bad_arguments(monkeypatch, tmp_path):
@@ -218,7 +272,8 @@ def test_graph_names_only_what_exists(task):
 def test_parameter_file_matches_the_task(task):
     g = bringup.graph(task)
     doc = yaml.safe_load((ROOT / g.config).read_text())
-    assert set(doc) == {"/**"} | {n.name for n in g.nodes}
+    # /**/NODE: a node's section applies under any namespace (a robot's, a fleet's)
+    assert set(doc) == {"/**"} | {f"/**/{n.name}" for n in g.nodes}
     common = doc["/**"]["ros__parameters"]
     t = get_task(task)
     assert common["task"] == task and len(common["state_fields"]) == t.state_dim
@@ -250,9 +305,10 @@ def test_every_configured_parameter_is_declared(task, tmp_path):
     doc = yaml.safe_load((ROOT / g.config).read_text())
     run_keys: dict[str, set[str]] = {}
     for use_sim in (True, False):
-        for name, params in bringup.run_parameters(g, bringup.RunSettings(
-                str(tmp_path), use_sim=use_sim, seed=0)).items():
-            run_keys.setdefault(name, set()).update(params)
+        for robots in (0, 2):
+            for launch in bringup.plan(g, bringup.RunSettings(
+                    str(tmp_path), use_sim=use_sim, seed=0, robots=robots)):
+                run_keys.setdefault(launch.spec.name, set()).update(launch.parameters)
     rclpy.init(domain_id=fresh_domain())
     try:
         for spec in g.nodes:
@@ -260,7 +316,7 @@ def test_every_configured_parameter_is_declared(task, tmp_path):
                                       if spec.name == "controller" else node_args(task, tmp_path))
             try:
                 keys = set(doc["/**"]["ros__parameters"]) | set(
-                    doc[spec.name]["ros__parameters"]) | run_keys[spec.name]
+                    doc[f"/**/{spec.name}"]["ros__parameters"]) | run_keys[spec.name]
                 missing = [k for k in keys if not node.has_parameter(k)]
                 assert not missing, f"{spec.name} does not declare {missing}"
             finally:

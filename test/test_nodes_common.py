@@ -295,33 +295,102 @@ def test_exploration_is_seeded_and_within_limits():
         Exploration(PENDULUM, "brownian")
 
 
+def _tamper(text: str, **payload) -> str:
+    """A weights message with payload fields replaced."""
+    msg = json.loads(text)
+    msg["payload"] = {**msg["payload"], **payload}
+    return json.dumps(msg)
+
+
 def test_policy_messages(tmp_path):
     policy, msg = load_policy(constant_formula(PENDULUM, [5.0]), PENDULUM)
     assert msg["kind"] == "formula" and policy(np.array([0.3, 0.1])).tolist() == [2.0]  # clipped
-    from sym_mbrl_ros.agents.sac import SAC
+    from sym_mbrl_ros.agents.sac import SAC, SACConfig
 
-    agent = SAC(3, PENDULUM.action_low, PENDULUM.action_high, seed=0)
-    path = tmp_path / "policy_0001.pt"
-    agent.save(path)
-    text = weights_message(PENDULUM, path, version=1)
+    agent = SAC(3, PENDULUM.action_low, PENDULUM.action_high,
+                SACConfig(hidden_sizes=(128, 128)), seed=0)
+    text = weights_message(PENDULUM, agent, version=1)
+    # the actor's deterministic path only: 17,153 float32 (68.6 kB) plus the archive, base64
+    assert 90_000 < len(text) < 100_000
     act, msg = load_policy(text, PENDULUM)
+    assert msg["payload"]["encoding"] == "sym-mbrl/mlp-actor-v1" and "path" not in msg
     state = np.array([0.3, -0.2])
     expected = agent.predict(PENDULUM.observation(state[None])[0], deterministic=True)
     np.testing.assert_allclose(act(state), expected, rtol=1e-5)  # numpy float64 vs torch float32
-    assert msg["sha256"] == file_sha256(path)
-    bad = {
-        "not JSON": "{",
-        "lacks": json.dumps({"kind": "formula"}),
-        "kind must be": json.dumps({"format": "sym-mbrl/policy-v1", "kind": "magic"}),
-        "does not match its sha256": json.dumps({**json.loads(text), "sha256": "0" * 64}),
-        "does not exist": json.dumps({**json.loads(text), "path": str(tmp_path / "nope.pt")}),
-        "is for task": json.dumps({**json.loads(text), "task": "reacher"}),
-        "invalid|not allowed|unknown|undeclared": constant_formula(PENDULUM, [1.0]).replace(
-            '"1.0"', '"__import__(os)"'),
-    }
-    for match, text_ in bad.items():
-        with pytest.raises(PolicyError, match=match):
+    path = tmp_path / "policy_0001.pt"  # a saved agent file gives the same message weights
+    agent.save(path)
+    assert json.loads(weights_message(PENDULUM, path, 1))["payload"]["sha256"] == \
+        msg["payload"]["sha256"]
+    data = msg["payload"]["data"]
+    import base64
+    import hashlib
+    import io
+
+    raw = bytearray(base64.b64decode(data))
+    raw[len(raw) // 2] ^= 0xFF
+    arrays = dict(np.load(io.BytesIO(base64.b64decode(data))))
+    arrays["w1"] = arrays["w1"][:, :7]  # a layer that does not chain
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    misshapen = buf.getvalue()
+    bad = [
+        (("not JSON", "truncated"), "{"),
+        (("not JSON", "truncated"), text[: len(text) // 2]),
+        (("lacks", "format"), json.dumps({"kind": "formula"})),
+        (("kind must be", "format"), json.dumps({"format": "sym-mbrl/policy-v1", "kind": "magic"})),
+        (("names a file", "format"), json.dumps({"format": "sym-mbrl/policy-v1", "kind": "weights",
+                                                "path": str(path), "sha256": "0" * 64})),
+        (("unknown payload encoding", "format"), _tamper(text, encoding="pickle-v9")),
+        (("do not match their sha256", "hash"), _tamper(text, sha256="0" * 64)),
+        (("do not match their sha256", "hash"), _tamper(
+            text, data=base64.b64encode(bytes(raw)).decode())),
+        (("holds .* bytes", "truncated"), _tamper(text, data=base64.b64encode(
+            base64.b64decode(data)[:-400]).decode())),
+        (("not complete base64", "truncated"), _tamper(text, data=data[:-3])),
+        (("do not chain", "shape"), _tamper(text, size=len(misshapen), data=base64.b64encode(
+            misshapen).decode(), sha256=hashlib.sha256(misshapen).hexdigest())),
+        (("not a readable array archive", "truncated"), _tamper(
+            text, size=100, data=base64.b64encode(b"x" * 100).decode(),
+            sha256=hashlib.sha256(b"x" * 100).hexdigest())),
+        (("is for task", "task"), json.dumps({**json.loads(text), "task": "reacher"})),
+        (("invalid|not allowed|unknown|undeclared", "format"), constant_formula(
+            PENDULUM, [1.0]).replace('"1.0"', '"__import__(os)"')),
+    ]
+    for (match, reason), text_ in bad:
+        with pytest.raises(PolicyError, match=match) as err:
             load_policy(text_, PENDULUM)
+        assert err.value.reason == reason, match
+    reacher_agent = SAC(11, [-1, -1], [1, 1], SACConfig(hidden_sizes=(16,)), seed=0)
+    with pytest.raises(PolicyError, match="maps 11 observations to 2 actions") as err:
+        load_policy(weights_message(PENDULUM, reacher_agent, 1), PENDULUM)
+    assert err.value.reason == "shape"
+    assert file_sha256(path) != msg["payload"]["sha256"]  # the file is not what travels
+
+
+def test_mlp_policy_payload_acts_without_torch(tmp_path):
+    """The controller's numpy path: a payload decodes and acts in a process where torch cannot
+    be imported."""
+    import subprocess
+    import sys
+
+    from sym_mbrl_ros.agents.sac import SAC, SACConfig
+
+    agent = SAC(3, PENDULUM.action_low, PENDULUM.action_high,
+                SACConfig(hidden_sizes=(32, 32)), seed=4)
+    msg = json.loads(weights_message(PENDULUM, agent, version=1))
+    (tmp_path / "payload.json").write_text(json.dumps(msg["payload"]))
+    obs = np.array([0.6, 0.8, -1.5])
+    expected = agent.predict(obs, deterministic=True)
+    code = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from sym_mbrl_ros.nodes.policy_payload import decode\n"
+        f"actor = decode(json.load(open({str(tmp_path / 'payload.json')!r})))\n"
+        "print(json.dumps(actor.predict([0.6, 0.8, -1.5]).tolist()))\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(json.loads(out.stdout), expected, rtol=1e-5)  # f64 vs torch f32
 
 
 def test_policy_messages_over_the_task_policy_inputs(tmp_path):
@@ -348,6 +417,6 @@ def test_policy_messages_over_the_task_policy_inputs(tmp_path):
     learner = make_learner("sac", car, make_config("sac", "car2d"), seed=0, obs_dim=11)
     path = tmp_path / "policy_0001.pt"
     learner.save(path)
-    act, _ = load_policy(weights_message(car, path, version=1), car)
+    act, _ = load_policy(weights_message(car, learner, version=1), car)
     expected = learner.predict(car.observation(state[None])[0], deterministic=True)
     np.testing.assert_allclose(act(state), expected, rtol=1e-5, atol=1e-6)

@@ -4,10 +4,21 @@
 the same executables with the same parameter file, the same per-run parameters
 (:func:`run_parameters`) and the same remappings::
 
-    sim_bridge ──/joint_states|odom, /sym_mbrl/target, /sym_mbrl/episode──► recorder, controller
-    controller ──/<controller>/commands | cmd_vel──► sim_bridge (or the robot), recorder
-    recorder ──SQLite store──► dynamics_learner ──/sym_mbrl/dynamics_model──► policy_trainer
-    policy_trainer ──/sym_mbrl/policy──► controller
+    sim_bridge ──joint_states|odom, sym_mbrl/target, sym_mbrl/episode──► recorder, controller
+    controller ──<controller>/commands | cmd_vel──► sim_bridge (or the robot), recorder
+    recorder ──SQLite store──► dynamics_learner ──sym_mbrl/dynamics_model──► policy_trainer
+    policy_trainer ──sym_mbrl/policy──► controller
+
+Every topic name is relative: under ``namespace`` robot1 the graph uses /robot1/joint_states and
+so on, and two graphs share one DDS domain without hearing each other.
+
+A fleet (``RunSettings.robots`` = N ≥ 1): the robots ``robot1`` … ``robotN`` live in
+``<namespace>/robotK``, each with its sim bridge (simulation), recorder (its own store,
+``robotK/transitions.sqlite`` in the run folder) and controller; one dynamics learner and one
+policy trainer in ``<namespace>`` pool every robot's store. Models, policies and training
+progress belong to the fleet: they are published in ``<namespace>/sym_mbrl/`` and every
+robot's controller is remapped to them (:data:`FLEET_TOPICS`), so every robot acts with the
+same policy.
 
 Paths (``config``, ``urdf``) are relative to the package's share directory, which is the
 source checkout or ``<prefix>/share/sym_mbrl_ros`` once installed (:func:`share_dir`).
@@ -69,6 +80,7 @@ class TaskGraph:
     """Nodes with a ``seed`` parameter."""
 
     def node(self, name: str) -> NodeSpec:
+        """The node called ``name``."""
         for n in self.nodes:
             if n.name == name:
                 return n
@@ -85,6 +97,16 @@ def _nodes(*extra_remaps: tuple[str, str]) -> tuple[NodeSpec, ...]:
         NodeSpec("controller", "controller", lifecycle=True, remappings=extra_remaps),
     )
 
+
+ROBOT_NODES = ("sim_bridge", "recorder", "controller")
+"""The nodes each robot of a fleet runs (in its own namespace); the others serve the fleet."""
+
+FLEET_TOPICS = ("sym_mbrl/dynamics_model", "sym_mbrl/policy", "sym_mbrl/training")
+"""Topics a fleet shares: its robots' controllers are remapped to the fleet's namespace."""
+
+ROBOT_SEED_STRIDE = 1000
+"""Robot k (0-based) of a fleet seeds its sim bridge and controller with seed + k * this, so
+that robots explore differently."""
 
 FAKE_HARDWARE = NodeSpec("fake_hardware", "fake_hardware")
 """The stand-in robot (``sym-mbrl fake-hardware TASK``): not part of any graph, it replaces
@@ -130,7 +152,8 @@ def executable_path(spec: NodeSpec, prefix: str | Path | None = None) -> Path:
 
 
 def node_command(spec: NodeSpec, params_files: list[str | Path],
-                 python: str | None = None, namespace: str = "") -> list[str]:
+                 python: str | None = None, namespace: str = "",
+                 remappings: tuple[tuple[str, str], ...] | None = None) -> list[str]:
     """The command line that starts ``spec``: the installed executable, else ``python -m``.
 
     Later parameter files override earlier ones (a run's overrides go last). They are files,
@@ -143,13 +166,14 @@ def node_command(spec: NodeSpec, params_files: list[str | Path],
         cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
     for f in params_files:
         cmd += ["--params-file", str(f)]
-    for src, dst in spec.remappings:
+    for src, dst in spec.remappings if remappings is None else remappings:
         cmd += ["-r", f"{src}:={dst}"]
     return cmd
 
 
 def overrides_yaml(overrides: dict[str, dict[str, object]]) -> str:
-    """A parameter file with ``ros__parameters`` per node name (values: str, number, bool)."""
+    """A parameter file with ``ros__parameters`` per node key (``/**/controller``,
+    ``/robot1/controller``; values: str, number, bool, lists of them)."""
     lines = ["# written by sym-mbrl up: this run's parameters over config/TASK.yaml"]
     for node, params in overrides.items():
         lines += [f"{node}:", "  ros__parameters:"]
@@ -197,15 +221,50 @@ class RunSettings:
     """Joints the robot publishes that the task does not use (over the file's list)."""
     respawn: bool = True
     """Restart the nodes marked ``respawn`` (recorder, learner, trainer) when they die."""
+    namespace: str = ""
+    """Namespace of the graph (of the fleet's learner and trainer when ``robots`` ≥ 1)."""
+    robots: int = 0
+    """0: one robot, the classic graph; N ≥ 1: a fleet of N namespaced robots feeding one
+    learner and trainer (see the module docstring)."""
 
 
 @dataclass(frozen=True)
 class NodeLaunch:
-    """One process a run starts: the node, its parameters over the task's file, respawn."""
+    """One process a run starts: the node, its parameters over the task's file, respawn, its
+    namespace and remappings."""
 
     spec: NodeSpec
     parameters: dict[str, object]
     respawn: bool
+    namespace: str = ""
+    """Absolute namespace ("/robot1"), or "" for the root."""
+    remappings: tuple[tuple[str, str], ...] = ()
+    robot: str = ""
+    """The fleet robot this node belongs to ("" for the fleet's own nodes and single graphs)."""
+
+    @property
+    def key(self) -> str:
+        """A name unique in the run: ``controller``, or ``robot1/controller`` in a fleet."""
+        return f"{self.robot}/{self.spec.name}" if self.robot else self.spec.name
+
+    @property
+    def fqn(self) -> str:
+        """The node's fully qualified name (``/robot1/controller``)."""
+        return f"{self.namespace}/{self.spec.name}"
+
+
+def robot_names(n: int) -> list[str]:
+    """The namespaces of a fleet's robots: robot1 … robotN."""
+    return [f"robot{k}" for k in range(1, n + 1)]
+
+
+def absolute_namespace(namespace: str) -> str:
+    """``robot1`` or ``/robot1/`` → ``/robot1``; "" or "/" → ""."""
+    ns = namespace.strip().strip("/")
+    if ns and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*", ns):
+        raise UserError(f"namespace {namespace!r} is not a ROS name: letters, digits and _ "
+                        f"(not first), parts separated by /")
+    return f"/{ns}" if ns else ""
 
 
 def default_sync(task: str, settings: RunSettings) -> float:
@@ -235,6 +294,11 @@ def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, di
                         "or a world in real time cannot wait; set it to 0")
     if not os.path.isabs(settings.run_dir):
         raise UserError(f"run_dir must be an absolute path, got {settings.run_dir!r}")
+    if settings.robots < 0:
+        raise UserError(f"robots must be 0 (one robot) or a fleet size ≥ 1, not {settings.robots}")
+    if settings.robots >= 1 and settings.use_sim_time:
+        raise UserError("a fleet cannot run with use_sim_time: /clock is one topic for the whole "
+                        "domain and each sim bridge would publish its own time")
     params: dict[str, dict[str, object]] = {}
     for spec in task_graph.nodes:
         if spec.sim_only and not settings.use_sim:
@@ -263,8 +327,35 @@ def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, di
 def plan(task_graph: TaskGraph, settings: RunSettings) -> list[NodeLaunch]:
     """The processes a run starts, in start order (what ``up`` and the launch file start)."""
     params = run_parameters(task_graph, settings)
-    return [NodeLaunch(spec, params[spec.name], settings.respawn and spec.respawn)
-            for spec in task_graph.nodes if spec.name in params]
+    ns = absolute_namespace(settings.namespace)
+    if settings.robots == 0:
+        return [NodeLaunch(spec, params[spec.name], settings.respawn and spec.respawn, ns,
+                           spec.remappings)
+                for spec in task_graph.nodes if spec.name in params]
+    robots = robot_names(settings.robots)
+    stores = [f"{robot}/transitions.sqlite" for robot in robots]
+    fleet_remaps = tuple((topic, f"{ns}/{topic}") for topic in FLEET_TOPICS)
+    out = []
+    for spec in task_graph.nodes:
+        if spec.name not in params:
+            continue
+        respawn = settings.respawn and spec.respawn
+        if spec.name not in ROBOT_NODES:
+            out.append(NodeLaunch(spec, {**params[spec.name], "stores": stores}, respawn, ns,
+                                  spec.remappings))
+            continue
+        for k, robot in enumerate(robots):
+            p = dict(params[spec.name])
+            if spec.name in task_graph.seeded:
+                p["seed"] = int(settings.seed or 0) + k * ROBOT_SEED_STRIDE
+            if spec.name == "recorder":
+                p["store"] = stores[k]
+            remaps = spec.remappings
+            if spec.name == "controller":
+                p["fleet_size"] = settings.robots
+                remaps = remaps + fleet_remaps
+            out.append(NodeLaunch(spec, p, respawn, f"{ns}/{robot}", remaps, robot))
+    return out
 
 
 def default_run_dir(task: str, stamp: str | None = None) -> str:
@@ -295,6 +386,8 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("seed", "", "seed of every seeded node; empty: the parameter file's"),
     ("other_joints", "", "comma-separated joints the robot publishes that the task ignores"),
     ("respawn", "true", "restart the recorder, learner and trainer when they die"),
+    ("robots", "0", "0: one robot; N: a fleet of N robots (namespaces robot1..N under "
+                    "namespace) feeding one learner and trainer (sym-mbrl up --robots N)"),
 )
 """``ros2 launch sym_mbrl_ros sym_mbrl.launch.py`` arguments: (name, default, description)."""
 
@@ -325,7 +418,8 @@ def launch_run(arguments: dict[str, str], share: str | Path | None = None) -> La
         activate=_flag(a, "activate") if a["activate"].strip() else None,
         use_sim_time=_flag(a, "use_sim_time"),
         other_joints=tuple(j.strip() for j in a["other_joints"].split(",") if j.strip()),
-        respawn=_flag(a, "respawn"))
+        respawn=_flag(a, "respawn"), namespace=a["namespace"],
+        robots=_number(a, "robots", int) or 0)
     return LaunchRun(task_graph, params_file, a["namespace"], settings, _flag(a, "rviz"),
                      tuple(plan(task_graph, settings)))
 

@@ -120,7 +120,8 @@ def read_settings(task, params: str | Path | None, namespace: str = "") -> BagSe
         raise UserError(f"parameter file {path} is not a ROS 2 parameter file (a mapping of "
                         f"node names to ros__parameters)")
     common = (doc.get("/**") or {}).get("ros__parameters") or {}
-    recorder = (doc.get("recorder") or {}).get("ros__parameters") or {}
+    recorder = (doc.get("/**/recorder") or doc.get("recorder") or {}).get(
+        "ros__parameters") or {}
     p = {**common, **recorder}
     if p.get("task", task.name) != task.name:
         raise UserError(f"parameter file {path} is for task {p['task']!r}, not {task.name!r}; "

@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("task", help="task name (see `sym-mbrl tasks`)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every node (default 0)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="budget of real steps (default: the task's, 3000 for pendulum)")
+                        help="budget of real steps, per robot in a fleet (default: the task's, "
+                             "3000 for pendulum)")
     parser.add_argument("--out", default=None,
                         help="run folder (default runs/TASK-<time>); an existing one is resumed")
     parser.add_argument("--hardware", action="store_true",
@@ -65,6 +66,14 @@ def add_arguments(parser) -> None:
                              "policy_trainer.publish_every_s=2")
     parser.add_argument("--no-respawn", action="store_true",
                         help="do not restart the recorder, learner or trainer when one dies")
+    parser.add_argument("--namespace", default="",
+                        help="namespace of the graph (topics are relative: /NS/joint_states, "
+                             "...); two runs in different namespaces share one DDS domain")
+    parser.add_argument("--robots", type=int, default=0,
+                        help="a fleet: N robots (namespaces robot1..robotN, each with its sim "
+                             "bridge or hardware, recorder and controller) feeding one learner "
+                             "and trainer; every robot gets the same models and policies "
+                             "(default 0: one robot, no robot namespace)")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS_DOMAIN_ID of the graph (default: the environment's)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -99,25 +108,33 @@ def prepare(args) -> dict:
         sync=args.sync, activate=True if args.activate else None,
         rate_hz=0.0 if args.speed == 1.0 else args.speed / task.dt,
         other_joints=tuple(j.strip() for j in args.other_joints.split(",") if j.strip()),
-        respawn=not args.no_respawn)
+        respawn=not args.no_respawn, namespace=args.namespace, robots=args.robots)
     launches = bringup.plan(graph, settings)
-    overrides = {n.spec.name: dict(n.parameters) for n in launches}
+    overrides = {n.key: dict(n.parameters) for n in launches}
     for item in args.param or []:
-        node, value = _parse_param(item, overrides)
-        overrides[node].update(value)
+        for key, value in _parse_param(item, launches):
+            overrides[key].update(value)
     run_params = out / "params.yaml"
-    run_params.write_text(bringup.overrides_yaml(overrides))
-    commands = {n.spec.name: bringup.node_command(n.spec, [params_file, run_params])
+    run_params.write_text(bringup.overrides_yaml({n.fqn: overrides[n.key] for n in launches}))
+    commands = {n.key: bringup.node_command(n.spec, [params_file, run_params],
+                                            namespace=n.namespace, remappings=n.remappings)
                 for n in launches}
-    sync = float(overrides["controller"]["sync_updates_per_step"])
+    controllers = [n.key for n in launches if n.spec.name == "controller"]
+    sync = float(overrides[controllers[0]]["sync_updates_per_step"])
+    robots = [n.robot for n in launches if n.spec.name == "recorder"]
+    stores = {n.robot: overrides[n.key].get("store", "transitions.sqlite")
+              for n in launches if n.spec.name == "recorder"}
     config = {
         "task": task.name, "seed": args.seed, "steps": steps, "speed": args.speed,
-        "hardware": bool(args.hardware), "activate": bool(overrides["controller"]["autostart"]),
+        "hardware": bool(args.hardware),
+        "activate": bool(overrides[controllers[0]]["autostart"]),
+        "namespace": bringup.absolute_namespace(args.namespace), "robots": robots,
+        "stores": stores, "controllers": controllers,
         "mode": "hardware" if args.hardware else args.mode, "sync_updates_per_step": sync,
         "target_return": target, "max_wall_s": args.max_wall,
         "params_file": str(params_file), "params": params_file.read_text(),
         "overrides": overrides, "commands": commands,
-        "respawn": [n.spec.name for n in launches if n.respawn],
+        "respawn": [n.key for n in launches if n.respawn],
         "python": sys.version, "platform": platform.platform(),
         "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0") if args.domain_id is None
         else args.domain_id,
@@ -141,13 +158,16 @@ def run(args) -> int:
     say(f"sym-mbrl up {task.name}: run folder {out}\n  budget {steps} steps, "
         f"target mean return {target}, {where}"
         + (f", waiting for {sync:g} SAC updates per step" if sync > 0 else ""))
+    if len(config["robots"]) > 1:
+        say(f"  a fleet of {len(config['robots'])} robots: {', '.join(config['robots'])}")
     if args.hardware and not config["activate"]:
-        say("  the controller is inactive: it acts only after `ros2 lifecycle set /controller "
-            "configure` and `ros2 lifecycle set /controller activate` (or run with --activate)")
+        fqn = f"{config['namespace']}/{config['controllers'][0]}"
+        say(f"  the controller is inactive: it acts only after `ros2 lifecycle set {fqn} "
+            f"configure` and `ros2 lifecycle set {fqn} activate` (or run with --activate)")
 
     graph_run = _Graph(config["commands"], out / "logs", args.domain_id, config["respawn"])
     t0 = time.monotonic()
-    watch = _Watch(out, task, target, steps)
+    watch = _Watch(out, task, target, steps, config["stores"])
     reason = "interrupted"
     try:
         graph_run.start()
@@ -162,7 +182,7 @@ def run(args) -> int:
             if watch.solved:
                 reason = "solved"
                 break
-            if watch.steps >= steps:
+            if watch.steps >= steps * max(1, len(config["robots"])):
                 reason = "step budget used"
                 break
             if time.monotonic() - t0 > args.max_wall:
@@ -178,25 +198,31 @@ def run(args) -> int:
     summary = watch.finish(reason, wall)
     summary["restarts"] = dict(graph_run.restarts)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{task.name}: {reason} after {summary['steps']} steps, {wall:.0f} s; "
+    print(f"{task.name}: {reason} after {summary['steps']} steps"
+          + (f" ({', '.join(f'{r}: {n}' for r, n in summary['robot_steps'].items())})"
+             if len(summary["robot_steps"]) > 1 else "") + f", {wall:.0f} s; "
           f"last returns {[round(r, 1) for r in summary['returns'][-3:]]}; "
           f"{summary['models']} models, {summary['policies']} policies -> {out}", flush=True)
     return 0 if reason in ("solved", "step budget used", "wall-clock limit") else 1
 
 
-def _parse_param(item: str, overrides: dict[str, dict]) -> tuple[str, dict]:
+def _parse_param(item: str, launches) -> list[tuple[str, dict]]:
+    """``NODE.NAME=VALUE`` → ``[(launch key, {NAME: value})]``: NODE is a node name (every
+    robot's node of that name in a fleet) or a launch key (``robot2/controller``)."""
     import yaml
 
     key, sep, raw = item.partition("=")
     node, dot, name = key.strip().partition(".")
     if not sep or not dot or not name:
         raise UserError(f"--param expects NODE.NAME=VALUE, got {item!r}")
-    if node not in overrides:
-        raise UserError(f"--param: no node {node!r} in this graph; nodes: {', '.join(overrides)}")
+    keys = [n.key for n in launches if node in (n.key, n.spec.name)]
+    if not keys:
+        raise UserError(f"--param: no node {node!r} in this graph; nodes: "
+                        f"{', '.join(n.key for n in launches)}")
     value = yaml.safe_load(raw) if raw.strip() else ""
     if not isinstance(value, (str, int, float, bool)):
         value = raw
-    return node, {name: value}
+    return [(k, {name: value}) for k in keys]
 
 
 class _Graph:
@@ -212,6 +238,7 @@ class _Graph:
             self.env["ROS_DOMAIN_ID"] = str(domain_id)
 
     def _spawn(self, name: str) -> None:
+        (self.logs / name).parent.mkdir(parents=True, exist_ok=True)  # robot1/controller
         log = open(self.logs / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(self.commands[name], stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env,
@@ -237,22 +264,23 @@ class _Graph:
         return None
 
     def stop(self) -> None:
-        # the controller first, so that its last command is a zero command
-        order = sorted(self.procs, key=lambda n: n != "controller")
+        # the controllers first, all at once, so that each one's last command is its safe
+        # command and every robot stops at the same moment
         for sig, wait in ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-            alive = [n for n in order if self.procs[n].poll() is None]
+            alive = [n for n in self.procs if self.procs[n].poll() is None]
             if not alive:
                 return
-            for n in alive:
-                try:
-                    self.procs[n].send_signal(sig)
-                except ProcessLookupError:
-                    pass
-                if n == "controller" and sig == signal.SIGINT:
-                    _wait(self.procs[n], 2.0)
-            end = time.monotonic() + wait
-            for n in alive:
-                _wait(self.procs[n], max(0.0, end - time.monotonic()))
+            first = [n for n in alive if n.endswith("controller")] if sig == signal.SIGINT \
+                else []
+            for group, limit in ((first, 2.0), ([n for n in alive if n not in first], wait)):
+                for n in group:
+                    try:
+                        self.procs[n].send_signal(sig)
+                    except ProcessLookupError:
+                        pass
+                end = time.monotonic() + limit
+                for n in group:
+                    _wait(self.procs[n], max(0.0, end - time.monotonic()))
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> None:
@@ -263,44 +291,84 @@ def _wait(proc: subprocess.Popen, timeout: float) -> None:
 
 
 class _Watch:
-    """Reads the run folder: episodes from the store, models and policies from their files."""
+    """Reads the run folder: episodes from the store(s), models and policies from their files.
 
-    def __init__(self, out: Path, task, target: float | None, budget: int):
+    One store per robot (``stores``: robot → path in the run folder; one robot "" for a single
+    graph). The stop rule, per robot: the mean return of its last 3 episodes reaches the
+    target; for the run (the fleet): the mean of the last max(3, N) episodes of all N robots,
+    in the order they ended, reaches it (a single robot: its last 3).
+    """
+
+    def __init__(self, out: Path, task, target: float | None, budget: int,
+                 stores: dict[str, str] | None = None):
         self.out, self.task, self.target, self.budget = out, task, target, budget
-        self.store = None
+        self.paths = {robot: out / rel for robot, rel in (stores or {"": "transitions.sqlite"}
+                                                          ).items()}
+        self.stores: dict[str, object] = {}
+        self.robot_steps = dict.fromkeys(self.paths, 0)
+        self.robot_seen = dict.fromkeys(self.paths, 0)  # newest episode id looked at
+        self.robot_episode_steps = dict.fromkeys(self.paths, 0)  # steps in whole episodes
+        self.robot_returns: dict[str, list[float]] = {r: [] for r in self.paths}
+        self.robot_solved = dict.fromkeys(self.paths, False)
+        self.window = max(3, len(self.paths))
         self.steps = 0
-        self.episodes: list[tuple[int, int, float]] = []  # (id, cumulative steps, return)
+        self.episodes: list[tuple[str, int, float]] = []  # (robot, total steps, return)
         self.solved = False
         self.equations: list[str] = []
         self.model_version = 0
         self.policy_files: list[Path] = []
 
-    def poll(self) -> list[str]:
-        lines: list[str] = []
-        if self.store is None:
+    def _open(self, robot: str):
+        if robot not in self.stores:
             from ..data.store import TransitionStore
 
             try:
-                self.store = TransitionStore(self.out / "transitions.sqlite", readonly=True)
+                self.stores[robot] = TransitionStore(self.paths[robot], readonly=True)
             except UserError:
-                return lines
-        self.steps = self.store.count()
-        seen = self.episodes[-1][0] if self.episodes else 0
-        for ep in self.store.episodes(since_id=seen):
-            if not ep.closed:
-                break
-            if ep.steps < self.task.max_episode_steps // 2:
-                continue  # a fragment (start-up, restart): not an episode's return
-            total = (self.episodes[-1][1] if self.episodes else 0) + ep.steps
-            self.episodes.append((ep.id, total, ep.episode_return))
-            recent = [r for _, _, r in self.episodes[-3:]]
-            mean = sum(recent) / len(recent)
-            lines.append(f"episode {len(self.episodes):3d}: return {ep.episode_return:9.1f}  "
-                         f"(mean of last {len(recent)}: {mean:8.1f}; {self.steps} steps stored)")
-            if self.target is not None and len(recent) == 3 and mean >= self.target:
-                self.solved = True
+                return None
+        return self.stores[robot]
+
+    def poll(self) -> list[str]:
+        lines: list[str] = []
+        for robot in self.paths:
+            store = self._open(robot)
+            if store is not None:
+                self.robot_steps[robot] = store.count()
+        self.steps = sum(self.robot_steps.values())
+        for robot in self.paths:
+            store = self.stores.get(robot)
+            if store is not None:
+                lines += self._episodes(robot, store)
         lines += self._models()
         self.policy_files = sorted((self.out / "policies").glob("policy_*.pt"))
+        return lines
+
+    def _episodes(self, robot: str, store) -> list[str]:
+        lines = []
+        for ep in store.episodes(since_id=self.robot_seen[robot]):
+            if not ep.closed:
+                break
+            self.robot_seen[robot] = ep.id
+            if ep.steps < self.task.max_episode_steps // 2:
+                continue  # a fragment (start-up, restart): not an episode's return
+            own = self.robot_returns[robot]
+            own.append(ep.episode_return)
+            self.robot_episode_steps[robot] += ep.steps
+            # the fleet's steps in whole episodes when this one ended (one robot: its own)
+            self.episodes.append((robot, sum(self.robot_episode_steps.values()),
+                                  ep.episode_return))
+            recent = [r for _, _, r in self.episodes[-self.window:]]
+            mean = sum(recent) / len(recent)
+            who = f" ({robot})" if robot else ""
+            lines.append(f"episode {len(self.episodes):3d}{who}: return {ep.episode_return:9.1f}"
+                         f"  (mean of last {len(recent)}: {mean:8.1f}; {self.steps} steps "
+                         f"stored)")
+            if self.target is None:
+                continue
+            if len(own) >= 3 and sum(own[-3:]) / 3 >= self.target:
+                self.robot_solved[robot] = True
+            if len(recent) == self.window and mean >= self.target:
+                self.solved = True
         return lines
 
     def _models(self) -> list[str]:
@@ -334,10 +402,15 @@ class _Watch:
             shutil.copyfile(models[-1], self.out / "model.json")
         self._plot()
         returns = [r for _, _, r in self.episodes]
+        for store in self.stores.values():
+            store.close()
         return {
             "task": self.task.name, "reason": reason, "solved": self.solved,
             "steps": self.steps, "wall_s": round(wall, 1), "returns": returns,
             "episode_end_steps": [s for _, s, _ in self.episodes],
+            "episode_robots": [r for r, _, _ in self.episodes],
+            "robot_steps": dict(self.robot_steps), "robot_returns": self.robot_returns,
+            "robot_solved": self.robot_solved, "solve_window": self.window,
             "target_return": self.target, "models": len(models),
             "policies": len(self.policy_files), "equations": self.equations,
         }

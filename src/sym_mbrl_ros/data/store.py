@@ -30,6 +30,12 @@ Schema (``format = sym-mbrl/store-v1`` in ``meta``)::
                 terminated INTEGER)       -- 1 if next_state is terminal
 
 Arrays are stored as raw little-endian float64 bytes (exact, and ~10x faster than text).
+
+A fleet keeps one store per robot (``robot1/transitions.sqlite``, ...; ``meta.robot`` names
+the robot, absent in single-robot stores): each file keeps exactly one writer, the robot's
+recorder, and the learners read them together through :class:`StoreGroup`, whose batches
+carry a ``robots`` column. A single store is a group of one, so stores written before fleets
+existed read unchanged.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class TransitionBatch(NamedTuple):
     next_states: np.ndarray  # (N, n)
     rewards: np.ndarray  # (N,), NaN where unknown
     terminated: np.ndarray  # (N,) bool
+    robots: np.ndarray | None = None  # (N,) int64: index into StoreGroup.robots (groups only)
 
     def __len__(self) -> int:  # type: ignore[override]
         return int(self.ids.shape[0])
@@ -133,6 +140,7 @@ class TransitionStore:
         *,
         dt: float | None = None,
         task: str | None = None,
+        robot: str | None = None,
         readonly: bool = False,
         busy_timeout_s: float = 10.0,
     ):
@@ -167,7 +175,7 @@ class TransitionStore:
                                 f"put the store on a local file system")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            self.meta = self._init_meta(state_names, action_names, dt, task)
+            self.meta = self._init_meta(state_names, action_names, dt, task, robot)
         if self.meta.get("format") != FORMAT:
             raise UserError(f"{self.path} has format {self.meta.get('format')!r}, expected "
                             f"{FORMAT!r}; it was not written by this version of sym_mbrl_ros")
@@ -175,6 +183,8 @@ class TransitionStore:
         self.action_names: tuple[str, ...] = tuple(json.loads(self.meta["action_names"]))
         self.dt: float | None = float(self.meta["dt"]) if self.meta.get("dt") else None
         self.task: str | None = self.meta.get("task") or None
+        self.robot: str = self.meta.get("robot", "")
+        """The fleet robot whose transitions these are ("" for a single robot's store)."""
         self._open_episode: int | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -184,7 +194,7 @@ class TransitionStore:
         except sqlite3.OperationalError:
             return {}
 
-    def _init_meta(self, state_names, action_names, dt, task) -> dict[str, str]:
+    def _init_meta(self, state_names, action_names, dt, task, robot=None) -> dict[str, str]:
         meta = self._read_meta()
         if meta:
             if state_names is not None and tuple(json.loads(meta["state_names"])) != tuple(
@@ -210,6 +220,8 @@ class TransitionStore:
             "dt": "" if dt is None else repr(float(dt)),
             "task": task or "",
         }
+        if robot:
+            meta["robot"] = robot
         with self._transaction():
             self._db.executemany("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
                                  list(meta.items()))
@@ -415,6 +427,107 @@ class TransitionStore:
 
     def __repr__(self) -> str:
         return f"TransitionStore({str(self.path)!r}, states={list(self.state_names)})"
+
+
+class StoreGroup:
+    """The stores of a fleet's robots read as one pool (a single store: a group of one).
+
+    Stores that do not exist yet (a robot still starting) are opened when they appear. Each
+    store keeps its own cursor for :meth:`read_new`. Rows of every batch carry ``robots``, the
+    index of their store in :attr:`robots`. All stores must hold the same coordinates.
+    """
+
+    def __init__(self, paths: Sequence[str | Path]):
+        if not paths:
+            raise UserError("a store group needs at least one store path")
+        self.paths = [Path(p) for p in paths]
+        self._stores: list[TransitionStore | None] = [None] * len(self.paths)
+        self._since = [0] * len(self.paths)
+
+    def open(self) -> int:
+        """Open the stores that exist now; returns how many are open."""
+        for i, path in enumerate(self.paths):
+            if self._stores[i] is None and path.exists():
+                try:
+                    store = TransitionStore(path, readonly=True)
+                except UserError:
+                    continue  # created but empty: the recorder is still writing its meta
+                first = next((s for s in self._stores if s is not None), None)
+                if first is not None and (store.state_names, store.action_names) != (
+                        first.state_names, first.action_names):
+                    store.close()
+                    raise UserError(f"{path} holds {list(store.state_names)}, "
+                                    f"{list(store.action_names)}; the other stores of the group "
+                                    f"hold {list(first.state_names)}, "
+                                    f"{list(first.action_names)}")
+                self._stores[i] = store
+        return sum(s is not None for s in self._stores)
+
+    @property
+    def robots(self) -> list[str]:
+        """Each store's robot name (its ``meta.robot``, else the folder it is in)."""
+        return [s.robot if s is not None and s.robot else p.parent.name
+                for s, p in zip(self._stores, self.paths)]
+
+    def _open_stores(self) -> list[tuple[int, TransitionStore]]:
+        self.open()
+        return [(i, s) for i, s in enumerate(self._stores) if s is not None]
+
+    def count(self) -> int:
+        """Transitions stored over all robots."""
+        return sum(s.count() for _, s in self._open_stores())
+
+    def counts(self) -> list[int]:
+        """Transitions stored per robot (0 for a store not there yet)."""
+        self.open()
+        return [0 if s is None else s.count() for s in self._stores]
+
+    def read_new(self) -> TransitionBatch:
+        """Every transition not read by an earlier ``read_new``, store by store."""
+        parts = []
+        for i, store in self._open_stores():
+            batch = store.read(since_id=self._since[i])
+            if len(batch):
+                self._since[i] = int(batch.ids[-1])
+                parts.append((i, batch))
+        return self._merge(parts)
+
+    def read_last(self, n: int | None = None) -> TransitionBatch:
+        """The newest ``n`` transitions over all robots by command time (None: all), oldest
+        first."""
+        parts = [(i, store.read() if n is None else store.read(last=n))
+                 for i, store in self._open_stores()]
+        batch = self._merge(parts)
+        if n is not None and len(batch) > n:
+            batch = _rows(batch, np.arange(len(batch) - n, len(batch)))
+        return batch
+
+    def _merge(self, parts: list[tuple[int, TransitionBatch]]) -> TransitionBatch:
+        stores = self._open_stores()
+        sd = stores[0][1].state_dim if stores else 0
+        ad = stores[0][1].action_dim if stores else 0
+        if not parts:
+            e = np.zeros(0, dtype=np.int64)
+            return TransitionBatch(e, e, e, np.zeros(0), np.zeros((0, sd)), np.zeros((0, ad)),
+                                   np.zeros((0, sd)), np.zeros(0), np.zeros(0, dtype=bool), e)
+        fields = [np.concatenate([getattr(b, f) for _, b in parts])
+                  for f in TransitionBatch._fields[:-1]]
+        robots = np.concatenate([np.full(len(b), i, dtype=np.int64) for i, b in parts])
+        batch = TransitionBatch(*fields, robots)
+        if len(parts) > 1:  # one pool in time order (a stable sort keeps each store's order)
+            batch = _rows(batch, np.argsort(batch.stamps, kind="stable"))
+        return batch
+
+    def close(self) -> None:
+        """Close every open store."""
+        for s in self._stores:
+            if s is not None:
+                s.close()
+        self._stores = [None] * len(self.paths)
+
+
+def _rows(batch: TransitionBatch, index: np.ndarray) -> TransitionBatch:
+    return TransitionBatch(*(None if a is None else a[index] for a in batch))
 
 
 class _Transaction:

@@ -45,14 +45,22 @@ QOS_EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-MODEL_TOPIC = "/sym_mbrl/dynamics_model"
-POLICY_TOPIC = "/sym_mbrl/policy"
-TARGET_TOPIC = "/sym_mbrl/target"
-EPISODE_TOPIC = "/sym_mbrl/episode"
-ESTOP_TOPIC = "/sym_mbrl/estop"
-TRAINING_TOPIC = "/sym_mbrl/training"
-MARKER_TOPIC = "/sym_mbrl/markers"
-DIAGNOSTICS_TOPIC = "/diagnostics"
+# Relative names: a graph started under a namespace (robot1) uses /robot1/sym_mbrl/policy and
+# so on, so that several graphs share one DDS domain. In a fleet the robots' controllers are
+# remapped to the fleet's model, policy and training topics (bringup.py).
+MODEL_TOPIC = "sym_mbrl/dynamics_model"
+POLICY_TOPIC = "sym_mbrl/policy"
+TARGET_TOPIC = "sym_mbrl/target"
+EPISODE_TOPIC = "sym_mbrl/episode"
+ESTOP_TOPIC = "sym_mbrl/estop"
+TRAINING_TOPIC = "sym_mbrl/training"
+MARKER_TOPIC = "sym_mbrl/markers"
+# Numeric learning progress next to the JSON (plots in Foxglove, PlotJuggler, rosbag).
+MODEL_SCORE_TOPIC = "sym_mbrl/model/heldout_r2"
+MODEL_TEXT_TOPIC = "sym_mbrl/model/equations"
+PROGRESS_TOPIC = "sym_mbrl/progress"
+EPISODE_RETURN_TOPIC = "sym_mbrl/episode_return"
+DIAGNOSTICS_TOPIC = "/diagnostics"  # the one aggregator topic of the domain, as in ROS
 
 _TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -202,7 +210,8 @@ class Diagnostics:
         """Publish the current snapshot on /diagnostics."""
         level, message, counts, values = self.snapshot()
         status = DiagnosticStatus()
-        status.name = f"sym_mbrl/{self.node.get_name()}"
+        # the namespace keeps two robots' controllers apart: sym_mbrl/robot1/controller
+        status.name = "sym_mbrl/" + self.node.get_fully_qualified_name().lstrip("/")
         status.hardware_id = "sym_mbrl_ros"
         status.level = bytes([level])
         status.message = message
@@ -212,6 +221,17 @@ class Diagnostics:
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.status = [status]
         self._pub.publish(msg)
+
+
+def labelled_array(values: dict[str, float]) -> Any:
+    """A std_msgs/Float64MultiArray of ``values`` whose one dimension's label names them in
+    order (``"version,theta,theta_dot"``): Foxglove and PlotJuggler plot ``data[i]``."""
+    from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=",".join(values), size=len(values), stride=1)]
+    msg.data = [float(v) for v in values.values()]
+    return msg
 
 
 def stamp_ns(stamp) -> int:

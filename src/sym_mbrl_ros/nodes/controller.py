@@ -10,7 +10,10 @@ it (``ros2 lifecycle set /controller activate``).
 Acting: until a policy message arrives the controller explores (``exploration``, bounded to
 ``exploration_amplitude`` of the action range); then it uses the newest valid policy (a
 malformed one is dropped and the previous one kept, so a dead learner or trainer leaves the
-robot on its last policy). With ``planner`` set (the sym-mpc hook) it plans with the newest
+robot on its last policy; ``dropped/bad_policy`` counts them and ``bad_policy/<reason>`` says
+why: format, truncated, hash, shape or task). A policy message carries the weights themselves
+(:mod:`.policy_payload`): the controller opens no file of the trainer's, so it can run on
+another machine. With ``planner`` set (the sym-mpc hook) it plans with the newest
 world model instead. Policy and model messages are loaded by one loader thread beside the
 loop; a message that arrives while another of its kind waits replaces it (counted as
 ``superseded/<kind>``).
@@ -110,6 +113,10 @@ class Controller(LifecycleNode):
                             "simulation only: send nothing (the lockstep world waits) while "
                             "the policy trainer has done fewer SAC updates than this per real "
                             "step since its first model; 0 never waits. Never on a robot.")
+        self.fleet_size = max(1, declare(self, "fleet_size", 1,
+                                         "robots feeding the trainer (sym-mbrl up --robots): "
+                                         "sync counts SAC updates per step of each robot, the "
+                                         "trainer's pooled transitions divided by this"))
         self.stamp_age = declare(self, "max_stamp_age_s", 2.0,
                                  "drop states whose stamp is further than this from now")
         interface = declare(self, "command_interface", "",
@@ -394,6 +401,7 @@ class Controller(LifecycleNode):
         try:
             policy, info = load_policy(text, self.p.task)
         except PolicyError as exc:
+            self.diag.count(f"bad_policy/{exc.reason}")
             self.diag.drop("bad_policy", f"policy message: {exc}")
             return
         if self.planner_spec:
@@ -434,7 +442,7 @@ class Controller(LifecycleNode):
             return False
         if time.monotonic() - t["received"] > 5.0:
             return False  # the trainer is gone: do not wait for it
-        owed = t["head_start"] + self.sync * (t["transitions"] - int(t["first"]))
+        owed = t["head_start"] + self.sync * (t["transitions"] - int(t["first"])) / self.fleet_size
         return t["updates"] < owed
 
     # ------------------------------------------------------------------ loop

@@ -1,13 +1,17 @@
 """dynamics_learner: refits the symbolic world model as transitions arrive, in its own process.
 
 Every ``refit_every`` new transitions in the store it fits :class:`SymbolicDynamics` on the
-stored transitions (at most the newest ``max_fit_transitions``), warm-started from the
+stored transitions (at most the newest ``max_fit_transitions``; in a fleet, of every robot's
+store, ``stores``, pooled in time order), warm-started from the
 previous model, holding out the newest ``holdout_fraction`` of them to report the error on
 data the model has not seen (a random split of a time series would score each held-out row
 next to its near-copy in the training rows).
 Each model is written to ``<run_dir>/models/dynamics_NNNN.json`` (and ``latest.json``),
-published on ``/sym_mbrl/dynamics_model`` (transient-local; the message is the model file's
-JSON, with ``provenance.version``), and its equations and held-out error are logged.
+published on ``sym_mbrl/dynamics_model`` (transient-local; the message is the model file's
+JSON, with ``provenance.version``), and its equations and held-out error are logged. For
+plots: ``sym_mbrl/model/heldout_r2`` (Float64MultiArray labelled ``version,<state names>``)
+and ``sym_mbrl/model/equations`` (String, the equations as text for a text panel), both
+transient-local.
 
 Restarting resumes: the newest model file is loaded, republished and used as the warm start,
 and the store says how many transitions that model had seen. Fits run on a worker thread so
@@ -24,12 +28,22 @@ from pathlib import Path
 
 import numpy as np
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 
 from ..bringup import latest_version
-from ..data.store import TransitionStore
+from ..data.store import StoreGroup
 from ..errors import UserError
-from .common import MODEL_TOPIC, QOS_LATCHED, Diagnostics, declare, run
+from .common import (
+    ERROR,
+    MODEL_SCORE_TOPIC,
+    MODEL_TEXT_TOPIC,
+    MODEL_TOPIC,
+    QOS_LATCHED,
+    Diagnostics,
+    declare,
+    labelled_array,
+    run,
+)
 from .params import TaskParams
 
 
@@ -55,17 +69,22 @@ class DynamicsLearner(Node):
         self.seed = declare(self, "seed", 0, "seed of the search")
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
+        stores = declare(self, "stores", ("str", []),
+                         "a fleet: every robot's store, relative to run_dir, fitted on together "
+                         "(empty: store)")
         self.poll_s = declare(self, "poll_s", 1.0, "how often to look at the store")
         try:
             self.options = json.loads(options)
             assert isinstance(self.options, dict)
         except (ValueError, AssertionError):
             raise SystemExit("dynamics_learner: model_options must be a JSON object") from None
-        self.store_path = self.p.run_dir / store_name
+        self.store_paths = [self.p.run_dir / name for name in (stores or [store_name])]
         self.model_dir = self.p.run_dir / "models"
         self.diag = Diagnostics(self)
         self.pub = self.create_publisher(String, MODEL_TOPIC, QOS_LATCHED)
-        self.store: TransitionStore | None = None
+        self.score_pub = self.create_publisher(Float64MultiArray, MODEL_SCORE_TOPIC, QOS_LATCHED)
+        self.text_pub = self.create_publisher(String, MODEL_TEXT_TOPIC, QOS_LATCHED)
+        self.store = StoreGroup(self.store_paths)
         self.model = None
         self.fitted_on = 0
         self.version, last = latest_version(self.model_dir, "dynamics_", ".json")
@@ -84,18 +103,21 @@ class DynamicsLearner(Node):
             return
         self.fitted_on = int(self.model.provenance.get("transitions", 0))
         self.pub.publish(String(data=path.read_text()))
+        self._publish_progress(self.model)
         self.get_logger().info(f"resumed from {path.name} (fitted on {self.fitted_on} "
                                f"transitions); republished it")
 
     def on_poll(self) -> None:
         if self._worker is not None and self._worker.is_alive():
             return
-        if self.store is None:
-            try:
-                self.store = TransitionStore(self.store_path, readonly=True)
-            except UserError:
-                self.diag.set("waiting_for", str(self.store_path))
-                return
+        try:
+            opened = self.store.open()
+        except UserError as exc:  # stores of different tasks in one group
+            self.diag.condition("stores", ERROR, str(exc))
+            return
+        if not opened:
+            self.diag.set("waiting_for", ", ".join(map(str, self.store_paths)))
+            return
         n = self.store.count()
         self.diag.set("stored", n)
         due = n - self.fitted_on >= self.refit_every if self.model is not None else (
@@ -116,7 +138,7 @@ class DynamicsLearner(Node):
         from ..dynamics.symbolic import SymbolicDynamics
 
         task = self.p.task
-        batch = self.store.read(last=self.max_fit) if self.max_fit > 0 else self.store.read()
+        batch = self.store.read_last(self.max_fit if self.max_fit > 0 else None)
         n_held = min(len(batch) - 1, max(1, int(round(self.holdout * len(batch)))))
         held = np.zeros(len(batch), dtype=bool)
         held[len(batch) - n_held:] = True  # the newest rows
@@ -148,6 +170,7 @@ class DynamicsLearner(Node):
         (self.model_dir / "latest.json.tmp").replace(self.model_dir / "latest.json")
         self.model, self.fitted_on = model, n
         self.pub.publish(String(data=text))
+        self._publish_progress(model)
         self.diag.count("fits")
         self.diag.set("version", self.version)
         self.diag.set("fit_s", fit_s)
@@ -158,9 +181,20 @@ class DynamicsLearner(Node):
             f"held-out R² (increments) " + ", ".join(f"{k} {v:.4f}" for k, v in r2.items())
             + "\n  " + "\n  ".join(model.equations()))
 
+    def _publish_progress(self, model) -> None:
+        """The model's version and held-out R² per coordinate as numbers, its equations as
+        text (rviz / Foxglove text panels)."""
+        prov = model.provenance
+        r2 = prov.get("heldout_r2", {})
+        self.score_pub.publish(labelled_array(
+            {"version": float(prov.get("version", 0)),
+             **{name: float(r2.get(name, float("nan"))) for name in model.state_names}}))
+        head = (f"model v{prov.get('version')} ({prov.get('transitions')} transitions); "
+                f"held-out R² " + ", ".join(f"{k} {float(v):.4f}" for k, v in r2.items()))
+        self.text_pub.publish(String(data="\n".join([head, *model.equations()])))
+
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
 
 def main(args=None) -> int:

@@ -45,16 +45,17 @@ class TaskParams:
                         "further joints the sim bridge publishes in /joint_states (URDF joints "
                         "that are not commanded); receivers ignore joints the state does not "
                         "read, whatever their names")
-        state_topic = declare(node, "state_topic", "/joint_states",
+        state_topic = declare(node, "state_topic", "joint_states",
                               "state topic: sensor_msgs/JointState, or nav_msgs/Odometry when "
                               "state_fields use odom.*")
-        joint_topic = declare(node, "joint_state_topic", "/joint_states",
+        joint_topic = declare(node, "joint_state_topic", "joint_states",
                               "JointState topic read next to an Odometry state topic (for "
                               "position.*/velocity.* fields)")
         controller = declare(node, "controller_name", "effort_controller",
-                             "ros2_control controller whose /<name>/commands topic is used")
+                             "ros2_control controller whose <name>/commands topic is used "
+                             "(relative: inside the node's namespace)")
         command_topic = declare(node, "command_topic", "",
-                                "command topic; empty means /<controller_name>/commands")
+                                "command topic; empty means <controller_name>/commands")
         command_type = declare(node, "command_type", "array",
                                "array: std_msgs/Float64MultiArray; twist: TwistStamped")
         command_fields = declare(node, "command_fields", ("str", []),
@@ -96,7 +97,7 @@ class TaskParams:
             published_joints=known,
             state_topic=state_topic,
             joint_state_topic=joint_topic,
-            command_topic=command_topic or f"/{controller}/commands",
+            command_topic=command_topic or f"{controller}/commands",
             world_frame=frame or ("odom" if layout.uses_odom else "base_link"),
             run_dir=Path(run_dir),
             envelope=envelope,

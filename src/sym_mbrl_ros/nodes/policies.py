@@ -9,11 +9,13 @@ The policy message (``/sym_mbrl/policy``, std_msgs/String, transient-local) is J
   out), plain math over the observation in the grammar of the world model, read by the
   whitelisted parser (optional ``input_indices`` and ``observation_size``: the variables are
   those entries of the observation, a task's policy inputs);
-* ``{"kind": "weights", "path": "...", "sha256": "...", "actor": "mlp"}``: a SAC agent file
-  (:meth:`sym_mbrl_ros.agents.sac.SAC.save`, read with ``weights_only=True``) acting on the
-  observation; the hash is checked before the file is used.
+* ``{"kind": "weights", "actor": "mlp", "payload": {"encoding", "size", "sha256", "data"}}``:
+  the SAC actor itself, carried in the message (:mod:`.policy_payload`: the MLP actor as a
+  numpy archive that acts without torch; other actors as a torch state dict), acting on the
+  observation. The bytes are checked against their size and sha256 before they are read. The
+  message never names a file: the controller may run on another machine, and a policy
+  recorded in a bag can be replayed anywhere (``sym-mbrl eval --policy-message``).
 
-Optional fields: ``version`` (int), ``task``, ``created`` (unix time), ``info`` (dict).
 A malformed message raises :class:`PolicyError` and the controller keeps its current policy.
 """
 
@@ -33,17 +35,22 @@ from ..envs.base import TaskSpec
 from ..errors import UserError
 
 FORMAT = "sym-mbrl/policy-v1"
-MAX_MESSAGE_CHARS = 1_000_000
+MAX_MESSAGE_CHARS = 4_000_000
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """state (n,) -> action (m,), float64."""
 
 
 class PolicyError(UserError):
-    """A policy message or file that cannot be used (the sentence says why)."""
+    """A policy message that cannot be used (the sentence says why, ``reason`` in a word)."""
+
+    def __init__(self, text: str, reason: str = "invalid"):
+        super().__init__(text)
+        self.reason = reason
 
 
 def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -94,16 +101,18 @@ class Exploration:
 def parse_policy_message(text: str) -> dict[str, Any]:
     """The policy message as a dict, checked for format and kind."""
     if not isinstance(text, str) or len(text) > MAX_MESSAGE_CHARS:
-        raise PolicyError("policy message is not a string of reasonable size")
+        raise PolicyError(f"policy message is not a string of at most {MAX_MESSAGE_CHARS} "
+                          f"characters", "format")
     try:
         msg = json.loads(text)
     except ValueError as exc:
-        raise PolicyError(f"policy message is not JSON ({exc})") from None
+        raise PolicyError(f"policy message is not JSON ({exc})", "truncated") from None
     if not isinstance(msg, dict) or msg.get("format") != FORMAT:
-        raise PolicyError(f"policy message lacks \"format\": \"{FORMAT}\"")
+        raise PolicyError(f"policy message lacks \"format\": \"{FORMAT}\"", "format")
     msg.setdefault("kind", "formula" if "expressions" in msg else None)
     if msg["kind"] not in ("formula", "weights"):
-        raise PolicyError(f"policy kind must be 'formula' or 'weights', not {msg['kind']!r}")
+        raise PolicyError(f"policy kind must be 'formula' or 'weights', not {msg['kind']!r}",
+                          "format")
     return msg
 
 
@@ -112,104 +121,83 @@ def load_policy(text: str, task: TaskSpec) -> tuple[Policy, dict[str, Any]]:
     msg = parse_policy_message(text)
     if msg.get("task") not in (None, task.name):
         raise PolicyError(f"policy is for task {msg['task']!r}, this controller runs "
-                          f"{task.name!r}")
-    policy = _formula(msg, task) if msg["kind"] == "formula" else _weights(msg, task)
-    return policy, msg
+                          f"{task.name!r}", "task")
+    actor = _formula(msg, task) if msg["kind"] == "formula" else _weights(msg, task)
+    observe = _observe(task)
+    return (lambda state: actor.predict(observe(state))), msg
+
+
+def actor_from_message(text: str, task: TaskSpec):
+    """The policy a message carries as an object with ``predict(observation)`` (what
+    ``sym-mbrl eval`` replays), with the parsed message."""
+    msg = parse_policy_message(text)
+    if msg.get("task") not in (None, task.name):
+        raise PolicyError(f"policy is for task {msg['task']!r}, not {task.name!r}", "task")
+    return (_formula(msg, task) if msg["kind"] == "formula" else _weights(msg, task)), msg
 
 
 def _observe(task: TaskSpec) -> Callable[[np.ndarray], np.ndarray]:
     return lambda s: np.asarray(task.observation(s[None]), dtype=np.float64)[0]
 
 
-def _formula(msg: dict, task: TaskSpec) -> Policy:
+def _obs_dim(task: TaskSpec) -> int:
+    return int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
+
+
+def _formula(msg: dict, task: TaskSpec):
     from ..agents.espl import FormulaPolicy
 
     try:
         formula = FormulaPolicy.from_dict(msg, "formula policy")
     except UserError as exc:
-        raise PolicyError(str(exc)) from None
-    obs_dim = int(np.asarray(task.observation(np.zeros((1, task.state_dim)))).shape[-1])
+        raise PolicyError(str(exc), "format") from None
+    obs_dim = _obs_dim(task)
     if formula.input_size != obs_dim or len(formula.action_names) != task.action_dim:
         raise PolicyError(f"formula policy maps {formula.input_size} observations to "
                           f"{len(formula.action_names)} actions; {task.name} has {obs_dim} and "
-                          f"{task.action_dim}")
-    observe = _observe(task)
-    return lambda state: formula.predict(observe(state))
+                          f"{task.action_dim}", "shape")
+    return formula
 
 
-def _weights(msg: dict, task: TaskSpec) -> Policy:
-    path, digest = msg.get("path"), msg.get("sha256")
-    if not isinstance(path, str) or not isinstance(digest, str):
-        raise PolicyError("weights policy needs \"path\" and \"sha256\" strings")
-    if not Path(path).is_file():
-        raise PolicyError(f"policy file {path} does not exist (is the run folder shared?)")
-    if file_sha256(path) != digest:
-        raise PolicyError(f"policy file {path} does not match its sha256; it was changed or "
-                          f"is still being written")
-    from ..agents.sac import ACTORS, SAC
+def _weights(msg: dict, task: TaskSpec):
+    """The actor of a weights message, checked against the task (no file is opened)."""
+    from .policy_payload import PayloadError, decode
 
-    if msg.get("actor", "mlp") not in ACTORS and msg.get("actor") == "espl":
-        from ..agents.espl import register_espl
-
-        register_espl()
+    if "payload" not in msg and "path" in msg:
+        raise PolicyError("weights policy names a file (\"path\") instead of carrying its "
+                          "weights; it comes from an older policy_trainer: upgrade it", "format")
     try:
-        agent = SAC.load(path, num_threads=1)
-    except (UserError, KeyError, RuntimeError, TypeError) as exc:
-        raise PolicyError(f"cannot load policy file {path}: {exc}") from None
-    if agent.action_dim != task.action_dim:
-        raise PolicyError(f"policy file {path} has {agent.action_dim} actions, task "
-                          f"{task.name} has {task.action_dim}")
-
-    observe = _observe(task)
-    fast = _numpy_actor(agent)
-    if fast is not None:
-        return lambda state: fast(observe(state))
-    return lambda state: agent.predict(observe(state), deterministic=True)
+        actor = decode(msg.get("payload"))
+    except PayloadError as exc:
+        raise PolicyError(str(exc), exc.reason) from None
+    obs_dim = _obs_dim(task)
+    if actor.obs_dim != obs_dim or actor.action_dim != task.action_dim:
+        raise PolicyError(f"weights policy maps {actor.obs_dim} observations to "
+                          f"{actor.action_dim} actions; {task.name} has {obs_dim} and "
+                          f"{task.action_dim}", "shape")
+    return actor
 
 
-def _numpy_actor(agent) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The deterministic action of the default MLP actor in plain numpy (no torch call per
-    tick: ~20x less latency); None for other actor architectures."""
-    from torch import nn
-
-    from ..agents.sac import GaussianMLPActor, base_actor
-
-    actor = base_actor(agent.actor)
-    select = agent.config.observation_indices  # the task's policy inputs (None: all)
-    if select is not None:
-        select = list(select)
-    if type(actor) is not GaussianMLPActor:
-        return None
-    layers = []
-    for m in actor.trunk:
-        if isinstance(m, nn.Linear):
-            layers.append((m.weight.detach().double().numpy().T.copy(),
-                           m.bias.detach().double().numpy().copy()))
-        elif not isinstance(m, nn.ReLU):
-            return None
-    w_out = actor.mean.weight.detach().double().numpy().T.copy()
-    b_out = actor.mean.bias.detach().double().numpy().copy()
-    scale = agent.action_scale.double().numpy()
-    bias = agent.action_bias.double().numpy()
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        h = np.asarray(obs, dtype=np.float64)
-        if select is not None:
-            h = h[..., select]
-        for w, b in layers:
-            h = np.maximum(h @ w + b, 0.0)
-        return np.tanh(h @ w_out + b_out) * scale + bias
-
-    return act
-
-
-def weights_message(task: TaskSpec, path: str | Path, version: int, actor: str = "mlp",
+def weights_message(task: TaskSpec, agent, version: int, actor: str = "mlp",
                     info: dict | None = None) -> str:
-    """The JSON text of a weights policy message (what the policy trainer publishes)."""
-    p = Path(path).resolve()
+    """The JSON text of a weights policy message (what the policy trainer publishes).
+
+    ``agent``: a :class:`~sym_mbrl_ros.agents.sac.SAC` agent, or the path of one saved with
+    ``SAC.save``. Only its actor travels (:func:`.policy_payload.encode_agent`).
+    """
+    from .policy_payload import encode_agent
+
+    if isinstance(agent, (str, Path)):
+        from ..agents.sac import SAC
+
+        if actor == "espl":
+            from ..agents.espl import register_espl
+
+            register_espl()
+        agent = SAC.load(agent, num_threads=1)
     return json.dumps({"format": FORMAT, "kind": "weights", "task": task.name,
-                       "version": int(version), "created": time.time(), "path": str(p),
-                       "sha256": file_sha256(p), "actor": actor, "info": info or {}})
+                       "version": int(version), "created": time.time(), "actor": actor,
+                       "payload": encode_agent(agent), "info": info or {}})
 
 
 def formula_message(task: TaskSpec, policy: dict, version: int) -> str:

@@ -12,8 +12,12 @@ of the real states pulled so far, widened by ``rollout_state_margin``, exactly a
 benchmarks. The hand-off is a one-slot mailbox (newest model wins); the installed model and
 the reported ``model_version`` change together. SAC keeps learning across swaps.
 Every ``publish_every_s`` of training it writes ``<run_dir>/policies/policy_NNNN.pt`` (the
-whole agent, so a restart resumes from it) and publishes its path and sha256 on
-``/sym_mbrl/policy`` (transient-local). A malformed model message is dropped and counted.
+whole agent, so a restart resumes from it; the file is the trainer's own) and publishes the
+actor itself, encoded, sized and hashed, on ``sym_mbrl/policy`` (transient-local): the
+controller never opens a file of the trainer's. A malformed model message is dropped and counted.
+
+For plots, ``sym_mbrl/progress`` (Float64MultiArray labelled ``updates,updates_per_s,
+transitions,model_version,policy_version``; -1: no model yet) goes out with it.
 
 ``max_updates_per_transition`` stops training from racing far ahead of the data while the
 robot is slow to collect it (0: no limit). Progress (updates, transitions) goes out on
@@ -32,22 +36,25 @@ from typing import Any
 import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 
 from ..bringup import latest_version
-from ..data.store import TransitionStore
+from ..data.store import StoreGroup
 from ..errors import UserError
 from .common import (
     MODEL_TOPIC,
     POLICY_TOPIC,
+    PROGRESS_TOPIC,
     QOS_LATCHED,
+    QOS_STREAM,
     TRAINING_TOPIC,
     Diagnostics,
     declare,
+    labelled_array,
     run,
 )
 from .params import TaskParams
-from .policies import PolicyError, model_from_message, weights_message
+from .policies import MAX_MESSAGE_CHARS, PolicyError, model_from_message, weights_message
 
 
 class PolicyTrainer(Node):
@@ -69,6 +76,9 @@ class PolicyTrainer(Node):
         self.seed = declare(self, "seed", 0, "seed of the agent and the buffers")
         store_name = declare(self, "store", "transitions.sqlite",
                              "transition store file, relative to run_dir")
+        stores = declare(self, "stores", ("str", []),
+                         "a fleet: every robot's store, relative to run_dir, pooled into one "
+                         "real buffer (empty: store)")
         self.store_poll = declare(self, "store_poll_s", 1.0,
                                   "how often new transitions are pulled from the store")
         from ..agents.mbpo import MBPO
@@ -89,7 +99,7 @@ class PolicyTrainer(Node):
         # model rollouts stay inside the robot's envelope: a policy cannot learn that a state
         # the controller would stop the robot in (80 rad/s) pays
         self.mbpo.envelope_bounds = self.p.envelope.bounds(self.p.layout.fields)
-        self.store_path = self.p.run_dir / store_name
+        self.store_paths = [self.p.run_dir / name for name in (stores or [store_name])]
         self.policy_dir = self.p.run_dir / "policies"
         self.version, last = latest_version(self.policy_dir, "policy_", ".pt")
         self.resumed = False
@@ -99,6 +109,9 @@ class PolicyTrainer(Node):
         self.pub = self.create_publisher(String, POLICY_TOPIC, QOS_LATCHED)
         self.create_subscription(String, MODEL_TOPIC, self.on_model, QOS_LATCHED)
         self.progress_pub = self.create_publisher(String, TRAINING_TOPIC, QOS_LATCHED)
+        self.numbers_pub = self.create_publisher(Float64MultiArray, PROGRESS_TOPIC, QOS_STREAM)
+        self._rate = (time.monotonic(), 0)  # (when, updates) of the last rate measurement
+        self.updates_per_s = 0.0
         # wall-clock: with use_sim_time a lockstep world waits for this progress (sync mode),
         # so a timer on the simulated clock would never fire again
         self.create_timer(0.25, self.on_progress, clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -106,7 +119,6 @@ class PolicyTrainer(Node):
         self._installed = threading.Lock()  # the installed model and model_version, together
         self.model_version = None
         self.first_model_transitions: int | None = None
-        self.last_id = 0
         self.updates = 0
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._train_loop, daemon=True)
@@ -157,6 +169,16 @@ class PolicyTrainer(Node):
         """Training progress, for a simulated world that waits for the learner (controller's
         ``sync_updates_per_step``)."""
         _, model_version = self.installed()
+        now, updates = time.monotonic(), self.updates
+        if now - self._rate[0] >= 1.0:
+            self.updates_per_s = (updates - self._rate[1]) / (now - self._rate[0])
+            self._rate = (now, updates)
+            self.diag.set("updates_per_s", self.updates_per_s)
+        self.numbers_pub.publish(labelled_array({
+            "updates": updates, "updates_per_s": self.updates_per_s,
+            "transitions": len(self.mbpo.real_buffer),
+            "model_version": -1 if model_version is None else model_version,
+            "policy_version": self.version}))
         self.progress_pub.publish(String(data=json.dumps({
             "updates": self.updates, "transitions": len(self.mbpo.real_buffer),
             "first_model_transitions": self.first_model_transitions,
@@ -175,8 +197,8 @@ class PolicyTrainer(Node):
         return head
 
     # ------------------------------------------------------------------ worker
-    def _pull(self, store: TransitionStore) -> int:
-        batch = store.read(since_id=self.last_id)
+    def _pull(self, store: StoreGroup) -> int:
+        batch = store.read_new()
         if len(batch) == 0:
             return 0
         task = self.p.task
@@ -187,12 +209,11 @@ class PolicyTrainer(Node):
         self.mbpo.real_buffer.add_batch(obs, batch.actions, rewards, next_obs,
                                         batch.terminated.astype(np.float64), batch.states,
                                         batch.next_states)
-        self.last_id = int(batch.ids[-1])
         self.mbpo.num_timesteps = len(self.mbpo.real_buffer)
         return len(batch)
 
     def _train_loop(self) -> None:
-        store = None
+        store = StoreGroup(self.store_paths)
         last_pull = last_publish = 0.0
         trained_s = 0.0
         while not self._stop.is_set():
@@ -200,12 +221,7 @@ class PolicyTrainer(Node):
                 now = time.monotonic()
                 if now - last_pull >= self.store_poll:
                     last_pull = now
-                    if store is None:
-                        try:
-                            store = TransitionStore(self.store_path, readonly=True)
-                        except UserError:
-                            store = None
-                    if store is not None:
+                    if store.open():
                         self.diag.count("transitions", self._pull(store))
                 n_real = len(self.mbpo.real_buffer)
                 model = self.models.take() if n_real else None  # no bounds without data
@@ -240,8 +256,16 @@ class PolicyTrainer(Node):
                 "transitions": len(self.mbpo.real_buffer), "alpha": self.mbpo.agent.alpha}
         if losses is not None:
             info.update(critic_loss=float(losses.critic_loss), actor_loss=float(losses.actor_loss))
-        self.pub.publish(String(data=weights_message(
-            self.p.task, path, self.version, self.mbpo.config.sac.policy, info)))
+        text = weights_message(self.p.task, self.mbpo.agent, self.version,
+                               self.mbpo.config.sac.policy, info)
+        if len(text) > MAX_MESSAGE_CHARS:
+            self.diag.count("policy_too_large")
+            self.get_logger().error(f"policy v{self.version} is {len(text)} characters, over "
+                                    f"the {MAX_MESSAGE_CHARS} a controller accepts; not "
+                                    f"published (use a smaller actor)")
+            return
+        self.pub.publish(String(data=text))
+        self.diag.set("policy_message_bytes", len(text))
         self.diag.count("policies")
         self.diag.set("policy_version", self.version)
         self.diag.set("updates", self.updates)

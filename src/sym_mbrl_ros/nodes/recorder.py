@@ -13,6 +13,9 @@ after its ``boundary_ns``).
 
 Without episode events (a robot with no simulator), the recorder starts a new episode every
 ``episode_steps`` transitions. Rewards and termination come from the task's own functions.
+When an episode ends (the next one opens), its return and length go out on
+``sym_mbrl/episode_return`` (Float64MultiArray labelled ``episode,return,steps``; episode
+counts from 1 in this recorder's life).
 
 Store errors (a locked database, a full disk, any sqlite3 error) never stop the recorder:
 decided transitions wait in an in-memory backlog (at most ``store_backlog``), written in order
@@ -31,16 +34,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 
 from ..data.pairing import Decision, Paired, Pairing, StampedState, Unpairable
 from ..data.store import TransitionStore
 from .common import (
+    EPISODE_RETURN_TOPIC,
     EPISODE_TOPIC,
     QOS_EVENTS,
     QOS_RECORD,
     Diagnostics,
     declare,
+    labelled_array,
     run,
 )
 from .params import TaskParams
@@ -95,8 +100,11 @@ class Recorder(Node):
                                tolerance=tol, max_state_age_s=max_age,
                                assemble=self._assemble)
         try:
+            # in a fleet the robot is the last part of the namespace (/fleet/robot2: robot2)
+            robot = self.get_namespace().rstrip("/").rpartition("/")[2]
             self.store = TransitionStore(self.p.run_dir / store_name, task.state_names,
-                                         task.action_names, dt=task.dt, task=task.name)
+                                         task.action_names, dt=task.dt, task=task.name,
+                                         robot=robot)
             self.store.set_busy_timeout(busy)
             stored = self.store.episodes()
         except sqlite3.Error as exc:
@@ -121,6 +129,11 @@ class Recorder(Node):
         self.written = 0
         self._rate_t, self._rate_n = time.monotonic(), 0
 
+        self.return_pub = self.create_publisher(Float64MultiArray, EPISODE_RETURN_TOPIC,
+                                                QOS_EVENTS)
+        self._episode_sums: dict[int, list[float]] = {}  # episode key -> [steps, return]
+        self._episode_count = 0
+        self._returned = 0  # the newest episode key reported
         # created first: when an event and a state are ready together, the event goes first
         self.create_subscription(String, EPISODE_TOPIC, self.on_episode, QOS_EVENTS)
         self.input = StateInput(self, self.p, self.diag, self.on_state, stamp_age, QOS_RECORD)
@@ -222,11 +235,28 @@ class Recorder(Node):
                            f"{time.monotonic() - (self._failing_since or 0):.1f} s and "
                            f"{self._backlog_rows} transitions wait in memory (store_backlog)")
             return
-        self._backlog.append(_Op(self._episode_of(t.before_ns), t.stamp_ns * 1e-9,
+        episode = self._episode_of(t.before_ns)
+        self._publish_returns(before=episode)
+        if episode > self._returned:  # (a straggler of an episode already reported: skipped)
+            sums = self._episode_sums.setdefault(episode, [0, 0.0])
+            sums[0] += 1
+            sums[1] += reward
+        self._backlog.append(_Op(episode, t.stamp_ns * 1e-9,
                                  row=(t.state, t.action, t.next_state, reward, terminated,
                                       t.after_ns * 1e-9)))
         self._backlog_rows += 1
         self._flush()
+
+    def _publish_returns(self, before: int) -> None:
+        """Report the episodes older than episode ``before``, which has its first transition
+        now (so theirs are all in): their returns and lengths, for plots."""
+        for key in sorted(k for k in self._episode_sums if k < before):
+            steps, total = self._episode_sums.pop(key)
+            self._episode_count += 1
+            self._returned = max(self._returned, key)
+            self.return_pub.publish(labelled_array(
+                {"episode": self._episode_count, "return": total, "steps": steps}))
+            self.diag.set("last_return", float(total))
 
     # ------------------------------------------------------------------ the store
     def _flush_if_due(self) -> None:
