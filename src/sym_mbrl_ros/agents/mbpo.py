@@ -74,6 +74,11 @@ class MBPOConfig:
     rollout_state_margin: float | None = 1.0
     """A rollout stops where the model predicts a state outside the range of the real data
     widened by this many times its width on each side (None: no bounds)."""
+    rollout_max_disagreement: float | None = None
+    """A rollout stops (its transition dropped) where the symbolic model's bagged members
+    disagree by more than this share of a coordinate's typical one-step change
+    (``SymbolicDynamics.disagreement``); the symbolic model is then fitted with
+    ``bagging_members=5`` unless ``model_kwargs`` says otherwise (None: off)."""
     updates_per_step: int = 20
     """SAC gradient steps per real step (G)."""
     first_fit_updates: int = 0
@@ -203,8 +208,11 @@ class MBPO:
             recent = self.real_buffer.state_transitions(new_since_fit)
             metrics["r2_holdout"] = dict(self.model.score(*recent))
         t0 = time.perf_counter()
+        kwargs = dict(cfg.model_kwargs)
+        if cfg.rollout_max_disagreement is not None and cfg.world_model == "symbolic":
+            kwargs.setdefault("bagging_members", 5)
         model = make_world_model(
-            self.task, cfg.world_model, seed=self.seed + self.num_model_fits, **cfg.model_kwargs
+            self.task, cfg.world_model, seed=self.seed + self.num_model_fits, **kwargs
         )
         fitted = model.fit(*data, init=self.model)
         model = fitted if fitted is not None else model
@@ -226,7 +234,8 @@ class MBPO:
         :meth:`fit_model` installs every fit through here, and so does a learner whose model
         is fitted elsewhere (the policy trainer node), so both roll out the same way.
         """
-        env = ModelEnv(self.task, model, **self.state_bounds(np.asarray(states)))
+        env = ModelEnv(self.task, model, max_disagreement=self.config.rollout_max_disagreement,
+                       **self.state_bounds(np.asarray(states)))
         self.model, self.model_env = model, env
 
     def state_bounds(self, states: np.ndarray) -> dict[str, np.ndarray | None]:

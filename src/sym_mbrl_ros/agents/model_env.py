@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..envs.base import TaskSpec
+from ..errors import UserError
 
 
 class ModelStep(NamedTuple):
@@ -28,7 +29,8 @@ class ModelStep(NamedTuple):
     next_states: torch.Tensor
     """(B, n) predicted next states."""
     valid: torch.Tensor
-    """(B,) bool, False where the prediction was not finite or left the state bounds."""
+    """(B,) bool, False where the prediction was not finite, left the state bounds or (with
+    ``max_disagreement``) the model's members disagreed too much."""
 
 
 class Rollout(NamedTuple):
@@ -52,6 +54,11 @@ class ModelEnv:
         dtype: floating type the states are kept in.
         state_low, state_high: optional (n,) bounds; a predicted state outside them is not
             trusted (the model extrapolates there) and counts as invalid, like NaN.
+        max_disagreement: optional; a prediction whose ensemble members disagree by more than
+            this (the model's ``disagreement_torch``: the largest member spread of a
+            coordinate, in units of its typical one-step change) is not trusted either, so a
+            rollout ends where the model does not know. Needs a model with members
+            (``SymbolicDynamics`` fitted with ``bagging_members > 0``).
     """
 
     def __init__(
@@ -61,7 +68,19 @@ class ModelEnv:
         dtype: torch.dtype = torch.float64,
         state_low=None,
         state_high=None,
+        max_disagreement: float | None = None,
     ):
+        if max_disagreement is not None:
+            if not max_disagreement > 0:
+                raise UserError(f"max_disagreement must be positive, got {max_disagreement}")
+            if getattr(model, "n_members", 0) < 2 or not hasattr(model, "disagreement_torch"):
+                raise UserError(
+                    "max_disagreement needs a world model with at least 2 ensemble members "
+                    "(SymbolicDynamics fitted with bagging_members >= 2)"
+                )
+        self.max_disagreement = max_disagreement
+        self.n_uncertain = 0
+        """Predictions dropped so far because the members disagreed (``max_disagreement``)."""
         self.task = task
         self.model = model
         self.dtype = dtype
@@ -98,6 +117,11 @@ class ModelEnv:
             valid &= (nxt >= self.state_low).all(-1)
         if self.state_high is not None:
             valid &= (nxt <= self.state_high).all(-1)
+        if self.max_disagreement is not None:
+            spread = self.model.disagreement_torch(s, a).to(self.dtype)
+            certain = spread <= self.max_disagreement  # NaN: not certain
+            self.n_uncertain += int((valid & ~certain).sum())
+            valid &= certain
         nxt = torch.where(valid[:, None], nxt, s)  # keep the math finite; the rows are dropped
         rewards = self.task.reward(s, a, nxt)
         obs = self.observe(nxt)
@@ -121,8 +145,9 @@ class ModelEnv:
         transition: the observation before, the action, the discounted reward sum
         ``r_0 + gamma r_1 + ... + gamma^(k-1) r_(k-1)`` and the observation after the k steps.
         A row stops at its first terminal step (its reward sum ends there); a transition during
-        which a prediction was not finite or left the state bounds is dropped. Returns every
-        kept transition, flattened.
+        which a prediction was not finite, left the state bounds or was uncertain (members
+        disagreeing beyond ``max_disagreement``) is dropped. Returns every kept transition,
+        flattened.
         """
         if repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {repeat}")

@@ -87,6 +87,8 @@ class ContinuousFit:
     integrator: Integrator
     report: list[dict[str, Any]]
     validation_r2: dict[str, float | None] = field(default_factory=dict)
+    fronts: dict[int, list[Node]] = field(default_factory=dict)
+    """Per learned coordinate, the other members of the Pareto front it was picked from."""
 
 
 class LawSet:
@@ -263,7 +265,9 @@ def fit_continuous(
         else:
             val_r2[name] = None
         report.append(rep)
-    return ContinuousFit(current, integrator, report, val_r2)
+    fronts = {i: [c.tree for c in sel.front if c is not sel.chosen]
+              for i, sel in selections.items()}
+    return ContinuousFit(current, integrator, report, val_r2, fronts)
 
 
 # --- step 1: candidates on midpoint targets ------------------------------------------------------

@@ -1,10 +1,11 @@
-"""BFGS refinement of an expression's constants (``scipy.optimize.minimize(method='BFGS')``).
+"""Refinement of constants: BFGS on one expression's one-step error, and Levenberg-Marquardt on
+a whole model's k-step simulation error along trajectory segments (:func:`refine_rollout`).
 
-The loss is the mean squared error divided by the target's variance. Its gradient is exact: the
-Jacobian of the expression with respect to its constants comes from one reverse pass over the
-compiled program (:meth:`CompiledExpression.value_and_jacobian`). Each constant is rescaled by
-the root-mean-square of its Jacobian column, so that a coefficient of ``x**3`` and a phase inside
-``sin`` take steps of comparable size.
+BFGS: the loss is the mean squared error divided by the target's variance. Its gradient is
+exact: the Jacobian of the expression with respect to its constants comes from one reverse pass
+over the compiled program (:meth:`CompiledExpression.value_and_jacobian`). Each constant is
+rescaled by the root-mean-square of its Jacobian column, so that a coefficient of ``x**3`` and a
+phase inside ``sin`` take steps of comparable size.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import least_squares, minimize
 
 from .expression import CompiledExpression, Node, simplify
+from .segments import Windows
 
 
 @dataclass
@@ -136,3 +138,120 @@ def snap_with_loss(
                 p, base = trial, new
                 break
     return simplify(expr.with_params(p))
+
+
+# --- multi-step (simulation-error) refinement --------------------------------------------------
+
+RolloutStep = Callable[[Sequence[np.ndarray], np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(constants of each expression, states (W, n), actions (W, m), step lengths (W,)) -> next
+states (W, n): one step of the whole model."""
+
+
+@dataclass
+class RolloutFit:
+    """Outcome of :func:`refine_rollout`."""
+
+    params: list[np.ndarray]
+    """Constants of each expression (the starting ones if nothing improved)."""
+    loss_before: float
+    loss_after: float
+    evaluations: int
+
+
+def rollout_errors(
+    step: RolloutStep,
+    params: Sequence[np.ndarray],
+    windows: Windows,
+    weights: np.ndarray,
+    angle_coords: Sequence[int] = (),
+) -> np.ndarray:
+    """(W, k, n) weighted errors of the model rolled along every window, each step against the
+    observed state (0 on padded steps); a prediction that is not finite counts as 1e3."""
+    x = windows.start
+    out = []
+    for j in range(windows.horizon):
+        with np.errstate(all="ignore"):
+            x = step(params, x, windows.actions[:, j], windows.dt[:, j])
+            err = x - windows.targets[:, j]
+        for i in angle_coords:
+            err[:, i] = (err[:, i] + np.pi) % (2 * np.pi) - np.pi
+        err = np.where(np.isfinite(err), err * weights, 1e3)
+        out.append(np.where(windows.mask[:, j, None], err, 0.0))
+    return np.stack(out, axis=1)
+
+
+def rollout_residuals(
+    step: RolloutStep,
+    params: Sequence[np.ndarray],
+    windows: Windows,
+    weights: np.ndarray,
+    angle_coords: Sequence[int] = (),
+) -> np.ndarray:
+    """:func:`rollout_errors` flattened and divided by the root of the number of real entries,
+    so that the sum of squares is the mean weighted squared error."""
+    err = rollout_errors(step, params, windows, weights, angle_coords)
+    count = max(1, int(windows.mask.sum())) * max(1, int(np.sum(weights > 0)))
+    return err.ravel() / np.sqrt(count)
+
+
+def window_errors(
+    step: RolloutStep,
+    params: Sequence[np.ndarray],
+    windows: Windows,
+    weights: np.ndarray,
+    angle_coords: Sequence[int] = (),
+) -> np.ndarray:
+    """(W,) mean weighted squared error of each window (over its real steps and the weighted
+    coordinates)."""
+    err = rollout_errors(step, params, windows, weights, angle_coords)
+    per = np.sum(err * err, axis=(1, 2))
+    return per / (np.maximum(1, windows.mask.sum(1)) * max(1, int(np.sum(weights > 0))))
+
+
+def refine_rollout(
+    step: RolloutStep,
+    params: Sequence[np.ndarray],
+    windows: Windows,
+    weights: np.ndarray,
+    angle_coords: Sequence[int] = (),
+    max_evaluations: int = 20,
+    free: Sequence[int] | None = None,
+) -> RolloutFit:
+    """Refine the constants of the expressions ``free`` (default: all) at once by
+    Levenberg-Marquardt on the k-step simulation error along ``windows``
+    (:func:`rollout_residuals`); the others stay as they are.
+
+    With noisy states the one-step fit is biased: the regressors carry the same noise as the
+    target (errors in variables), and the fit pays to explain it. Rolled over k steps the
+    law's effect grows with each step while the noise of the start state does not, so the
+    constants that minimise the simulation error are much less biased.
+    ``max_evaluations`` is per constant (the Jacobian is by finite differences).
+    """
+    start = [np.asarray(p, dtype=np.float64).copy() for p in params]
+    free = list(range(len(start))) if free is None else list(free)
+    sizes = [len(start[k]) for k in free]
+    bounds = np.cumsum([0] + sizes)
+
+    def split(z: np.ndarray) -> list[np.ndarray]:
+        out = list(start)
+        for k, e in enumerate(free):
+            out[e] = z[bounds[k] : bounds[k + 1]]
+        return out
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        return rollout_residuals(step, split(z), windows, weights, angle_coords)
+
+    z0 = np.concatenate([start[k] for k in free]) if sum(sizes) else np.zeros(0)
+    r0 = resid(z0)
+    loss0 = float(r0 @ r0)
+    if not len(z0) or not np.isfinite(loss0) or len(r0) <= len(z0):
+        return RolloutFit(start, loss0, loss0, 1)
+    try:
+        res = least_squares(resid, z0, method="lm", x_scale="jac", xtol=1e-10, ftol=1e-10,
+                            gtol=1e-12, max_nfev=max_evaluations * (len(z0) + 1))
+    except (ValueError, np.linalg.LinAlgError):
+        return RolloutFit(start, loss0, loss0, 1)
+    loss = 2.0 * float(res.cost)
+    if not np.all(np.isfinite(res.x)) or not loss < loss0:
+        return RolloutFit(start, loss0, loss0, int(res.nfev))
+    return RolloutFit(split(res.x), loss0, loss, int(res.nfev))

@@ -49,6 +49,7 @@ import numpy as np
 from .. import __version__
 from ..data.transitions import check_transition_arrays, warn_dropped
 from ..errors import UserError
+from .bagging import disagreement, fit_members, member_models, spread
 from .continuous import StepRows, fit_continuous, law_name, law_text
 from .expression import (
     FUNCTIONS,
@@ -69,7 +70,15 @@ from .expression import (
 from .gp import GPSettings, gp_candidates
 from .integrate import METHODS, Integrator
 from .library import LibrarySpec, library_size
+from .multistep import (
+    coordinate_weights,
+    refine_multistep,
+    select_on_trajectories,
+    split_segments,
+    trajectory_windows,
+)
 from .refine import refine_constants, snap_constants
+from .segments import find_segments
 from .selection import (
     Candidate,
     assess,
@@ -165,6 +174,23 @@ class SymbolicDynamicsConfig:
     this validation R² (or its previous validation R², whichever is lower, minus 1e-3)."""
     min_samples: int = 20
     """Fewest finite transitions a fit accepts."""
+    # --- noise: trajectories and bagging (docs/world_model.md, "Noise") ---
+    multistep_horizon: int = 8
+    """Steps of the simulation-error refinement: after selection, every constant is refined
+    on the error of the model rolled this many steps along the data's trajectory segments
+    (rows whose next state is the following row's state); 0: off."""
+    multistep_max_windows: int = 1000
+    """The simulation-error loss uses at most this many windows (a seeded random subset)."""
+    multistep_max_evaluations: int = 20
+    """Levenberg-Marquardt evaluations per constant of the simulation-error refinement."""
+    bagging_members: int = 0
+    """Ensemble members fitted on bootstrap resamples of trajectory blocks; their spread is
+    the model's uncertainty (:meth:`SymbolicDynamics.uncertainty`); 0: none."""
+    bagging_block: int = 20
+    """Rows per block of the moving-block bootstrap."""
+    bagging_structure: bool = False
+    """Members are whole fits (search and selection too) rather than the chosen structure
+    with its constants refitted (about ``bagging_members`` times the fit time)."""
     # --- gp backend ---
     gp_time: float = 4.0
     """Seconds of pyoperon search per coordinate, shared by the runs (each rounded up to whole
@@ -315,6 +341,9 @@ class SymbolicDynamics:
         self._compiled: list[CompiledExpression] = []
         self.provenance: dict[str, Any] = {}
         self._library_cache: dict = {}
+        self._members: list[list[Node]] = []
+        self._member_scale: np.ndarray | None = None
+        self._member_models: list | None = None
 
     @classmethod
     def for_task(cls, task, **kwargs: Any) -> SymbolicDynamics:
@@ -371,6 +400,7 @@ class SymbolicDynamics:
         next_states,
         init: SymbolicDynamics | str | Path | None = None,
         dt=None,
+        episodes=None,
     ):
         """Learn one expression per state coordinate; returns ``self``.
 
@@ -379,12 +409,14 @@ class SymbolicDynamics:
         candidates and warm starts: their constants are refined on the new data, a coordinate
         they still explain well is not searched again, and simpler challengers (the same law
         less a term) are tried. ``dt`` (a number, or one per transition) is the step length of
-        a continuous-time fit (default: the model's ``dt``).
+        a continuous-time fit (default: the model's ``dt``). ``episodes`` (one id per
+        transition) breaks trajectory segments where it changes; rows also join a segment only
+        where the next state of one is the state of the next.
         """
         with _single_threaded_blas():
-            return self._fit(states, actions, next_states, init, dt)
+            return self._fit(states, actions, next_states, init, dt, episodes)
 
-    def _fit(self, states, actions, next_states, init, dt=None) -> SymbolicDynamics:
+    def _fit(self, states, actions, next_states, init, dt=None, episodes=None) -> SymbolicDynamics:
         t_start = time.perf_counter()
         cfg = self.config
         s, a, s2, finite = check_transition_arrays(
@@ -400,6 +432,13 @@ class SymbolicDynamics:
         warn_dropped(n_dropped, n_total, "SymbolicDynamics.fit")
         dt_rows = self._dt_rows(dt, n_total, "fit") if self.is_continuous else None
         s, a, s2 = s[finite], a[finite], s2[finite]
+        if episodes is not None:
+            episodes = np.asarray(episodes).reshape(-1)
+            if episodes.shape != (n_total,):
+                raise UserError(f"fit: episodes must hold one id per transition ({n_total}), "
+                                f"got shape {episodes.shape}")
+            episodes = episodes[finite]
+        segments = find_segments(s, s2, episodes, self.angle_coords)
         if dt_rows is not None:
             dt_rows = dt_rows[finite]
             if self.dt is None:
@@ -423,11 +462,12 @@ class SymbolicDynamics:
         X_margin = margin_points(X, cfg.margin, cfg.margin_samples, rng)
 
         self._library_cache: dict = {}
+        self._fronts: dict[int, list[Node]] = {}
         if self.is_continuous:
             assert dt_rows is not None
             return self._fit_continuous(
                 s, a, s2, increments, dt_rows, train_idx, val_idx, X_margin, init, t_start,
-                n_total, n_dropped,
+                n_total, n_dropped, segments,
             )
         trees: list[Node] = []
         report: list[dict[str, Any]] = []
@@ -462,12 +502,14 @@ class SymbolicDynamics:
         self._library_cache = {}
         self._set_trees(trees)
         self._report = report
+        noise_info = self._fit_trajectories(segments, s, a, s2, None, increments)
         self._finish_metrics(s, a, s2, None, n_total, n_dropped, train_idx, val_idx, val_r2,
                              t_start, init)
+        self.metrics.update(noise_info)
         return self
 
     def _fit_continuous(self, s, a, s2, increments, dt_rows, train_idx, val_idx, X_margin,
-                        init, t_start, n_total, n_dropped) -> SymbolicDynamics:
+                        init, t_start, n_total, n_dropped, segments) -> SymbolicDynamics:
         init_derivs, init_metrics = self._init_trees(init)
         note = ""
         if init_derivs is not None and init_metrics.get("__time") != "continuous":
@@ -480,9 +522,52 @@ class SymbolicDynamics:
         self._library_cache = {}
         self._set_derivatives(result.derivatives, result.integrator)
         self._report = result.report
+        self._fronts = result.fronts
+        noise_info = self._fit_trajectories(segments, s, a, s2, dt_rows, increments)
         self._finish_metrics(s, a, s2, dt_rows, n_total, n_dropped, train_idx, val_idx,
                              result.validation_r2, t_start, init)
+        self.metrics.update(noise_info)
         return self
+
+    def _fit_trajectories(self, segments, s, a, s2, dt_rows, increments) -> dict[str, Any]:
+        """The simulation-error refinement of the chosen model and its bagged members
+        (:mod:`.multistep`, :mod:`.bagging`); returns what they did, for the metrics."""
+        cfg = self.config
+        trees = list(self._derivatives if self.is_continuous else self._trees or [])
+        lengths = [len(seg) for seg in segments]
+        info: dict[str, Any] = {"segments": {"count": len(segments),
+                                             "longest": max(lengths, default=0),
+                                             "mean": float(np.mean(lengths)) if lengths else 0}}
+        rng = np.random.default_rng(self.seed + 7)
+        weights = coordinate_weights(self, increments)
+        if cfg.multistep_horizon > 0 and max(lengths, default=0) > 1:
+            n_train = len(s) - int(round(cfg.validation_fraction * len(s)))
+            train_segs, val_segs = split_segments(segments, n_train)
+            if self._fronts and val_segs:
+                train_w, val_w = (
+                    trajectory_windows(self, segs, s, a, s2, dt_rows, cfg.multistep_horizon,
+                                       cfg.multistep_max_windows, rng)
+                    for segs in (train_segs, val_segs))
+                trees, info["trajectory_selection"] = select_on_trajectories(
+                    self, trees, self._fronts, train_w, val_w, weights)
+            windows = trajectory_windows(self, segments, s, a, s2, dt_rows,
+                                         cfg.multistep_horizon, cfg.multistep_max_windows, rng)
+            trees, info["multistep"] = refine_multistep(
+                self, trees, windows, weights, cfg.multistep_max_evaluations,
+                cfg.selection_floor)
+            if self.is_continuous:
+                self._set_derivatives(trees, self.integrator)
+            else:
+                self._set_trees(trees)
+        self._fronts = {}
+        self._members, self._member_models = [], None
+        self._member_scale = None
+        if cfg.bagging_members > 0:
+            self._members, info["bagging"] = fit_members(
+                self, trees, segments, s, a, s2, dt_rows, increments, rng)
+            self._member_scale = np.std(increments, axis=0)
+            self._member_scale[list(self.static_coords)] = 0.0
+        return info
 
     def _finish_metrics(self, s, a, s2, dt_rows, n_total, n_dropped, train_idx, val_idx, val_r2,
                         t_start, init) -> None:
@@ -658,6 +743,7 @@ class SymbolicDynamics:
             select(candidates, cfg.selection_floor), candidates, refine, cfg.selection_floor
         )
         best = sel.chosen
+        self._fronts[i] = [c.tree for c in sel.front if c is not best]
         ranked = [best] + [c for c in rank(sel.front) if c is not best]
         # final polish of the winner's constants on all fit data (train + validation)
         all_idx = np.concatenate([train_idx, val_idx])
@@ -829,11 +915,14 @@ class SymbolicDynamics:
         if not self.is_fitted:
             raise UserError("the model is not fitted yet; call fit() or SymbolicDynamics.load()")
 
-    def predict(self, states, actions, dt=None) -> np.ndarray:
+    def predict(self, states, actions, dt=None, return_std=False):
         """Next states (B, n) for states (B, n) and actions (B, m); single rows work too.
 
         A continuous-time model integrates over ``dt`` (a number or one per row; default the
-        model's ``dt``); a discrete-time one predicts its own step only."""
+        model's ``dt``); a discrete-time one predicts its own step only. ``return_std``: also
+        the spread of the bagged members' predictions (:meth:`uncertainty`)."""
+        if return_std:
+            return self.predict(states, actions, dt), self.uncertainty(states, actions, dt)
         self._require_fitted()
         s = np.asarray(states, dtype=np.float64)
         a = np.asarray(actions, dtype=np.float64)
@@ -868,13 +957,18 @@ class SymbolicDynamics:
             out[:, i] = wrap_angle(out[:, i])
         return out[0] if single else out
 
-    def predict_torch(self, states, actions, dt=None):
+    def predict_torch(self, states, actions, dt=None, return_std=False):
         """Next states for torch tensors (B, n), (B, m), in one vectorised call per coordinate.
 
         Same dtype and device in and out; agrees with :meth:`predict` to floating-point precision.
-        ``dt`` as in :meth:`predict` (a number, or a tensor or array with one per row).
+        ``dt`` as in :meth:`predict` (a number, or a tensor or array with one per row);
+        ``return_std`` as in :meth:`predict`.
         """
         import torch
+
+        if return_std:
+            return (self.predict_torch(states, actions, dt),
+                    self.uncertainty_torch(states, actions, dt))
 
         self._require_fitted()
         if states.shape[-1] != self.state_dim or actions.shape[-1] != self.action_dim:
@@ -907,6 +1001,60 @@ class SymbolicDynamics:
                 col = torch.remainder(col + math.pi, 2 * math.pi) - math.pi
             cols.append(col)
         return torch.stack(cols, dim=-1)
+
+    # --- ensemble members (bagging) --------------------------------------------------------
+
+    @property
+    def n_members(self) -> int:
+        """Bagged members kept with the model (``bagging_members`` at fit; 0: none)."""
+        return len(self._members)
+
+    def _members_or_fail(self, what: str) -> list:
+        self._require_fitted()
+        if not self._members:
+            raise UserError(f"{what}: this model has no ensemble members; fit it with "
+                            "bagging_members > 0 (e.g. SymbolicDynamics(..., bagging_members=5))")
+        if self._member_models is None:
+            self._member_models = member_models(self, self._members)
+        return self._member_models
+
+    def predict_members(self, states, actions, dt=None) -> np.ndarray:
+        """Each member's next states, (K, B, n) (numpy)."""
+        members = self._members_or_fail("predict_members")
+        return np.stack([np.atleast_2d(m.predict(states, actions, dt)) for m in members])
+
+    def predict_members_torch(self, states, actions, dt=None):
+        """Each member's next states, (K, B, n) (torch)."""
+        import torch
+
+        members = self._members_or_fail("predict_members_torch")
+        return torch.stack([m.predict_torch(states, actions, dt) for m in members])
+
+    def uncertainty(self, states, actions, dt=None) -> np.ndarray:
+        """Per row and coordinate, the standard deviation of the members' next states (B, n)
+        (angle coordinates: of their wrapped deviations); 0 where they agree."""
+        single = np.ndim(states) == 1
+        pred = np.atleast_2d(self.predict(states, actions, dt))
+        out = spread(self.predict_members(states, actions, dt), pred, self.angle_coords)
+        return out[0] if single else out
+
+    def uncertainty_torch(self, states, actions, dt=None):
+        """:meth:`uncertainty` for torch tensors (B, n)."""
+        pred = self.predict_torch(states, actions, dt)
+        return spread(self.predict_members_torch(states, actions, dt), pred, self.angle_coords)
+
+    def disagreement(self, states, actions, dt=None) -> np.ndarray:
+        """Per row, the largest member spread of a coordinate in units of that coordinate's
+        standard deviation of one-step change in the fit data (B,): 0.1 means the members
+        disagree by a tenth of a typical step."""
+        self._members_or_fail("disagreement")
+        return disagreement(np.atleast_2d(self.uncertainty(states, actions, dt)),
+                            self._member_scale)
+
+    def disagreement_torch(self, states, actions, dt=None):
+        """:meth:`disagreement` for torch tensors (B,)."""
+        self._members_or_fail("disagreement_torch")
+        return disagreement(self.uncertainty_torch(states, actions, dt), self._member_scale)
 
     def score(self, states, actions, next_states, dt=None) -> dict[str, float]:
         """R² per coordinate, on the increment (next - current; wrapped for angle coordinates).
@@ -1077,6 +1225,12 @@ class SymbolicDynamics:
             }
         else:
             body = {"format": FORMAT, "expressions": self.expression_strings(), "dt": self.dt}
+        if self._members:
+            assert self._member_scale is not None
+            body["members"] = {
+                "expressions": [[to_string(tree) for tree in m] for m in self._members],
+                "scale": [float(x) for x in self._member_scale],
+            }
         return _clean_json(
             {
                 **body,
@@ -1172,6 +1326,8 @@ class SymbolicDynamics:
             model._set_derivatives(trees, Integrator.from_dict(doc.get("integrator"), source))
         else:
             model._set_trees(trees)
+        if doc.get("members") is not None:
+            model._members, model._member_scale = _read_members(doc["members"], model, source)
         backend = doc.get("backend")
         if isinstance(backend, str) and is_identifier(backend):
             model.backend = backend  # the label of a backend this build may not have
@@ -1244,6 +1400,31 @@ def expression_names(
     states = tuple(unique(n, "_") for n in state_names)
     actions = tuple(unique(n, "_cmd") for n in action_names)
     return states, actions, changed
+
+
+def _read_members(doc: Any, model: SymbolicDynamics, source: str):
+    """The optional ``members`` of a model file: expressions per member, and the scale of
+    each coordinate's one-step change."""
+    n = model.state_dim
+    if (not isinstance(doc, dict) or not isinstance(doc.get("expressions"), list)
+            or not isinstance(doc.get("scale"), list) or len(doc["scale"]) != n):
+        raise UserError(f"{source}: members must be an object with expressions (one list per "
+                        f"member) and scale ({n} numbers)")
+    try:
+        scale = np.asarray(doc["scale"], dtype=np.float64)
+    except (TypeError, ValueError):
+        scale = np.full(n, np.nan)
+    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise UserError(f"{source}: members scale must hold {n} non-negative numbers")
+    members = []
+    for k, texts in enumerate(doc["expressions"]):
+        if not isinstance(texts, list) or len(texts) != n:
+            raise UserError(f"{source}: member {k} needs one expression per state coordinate")
+        try:
+            members.append([parse_expression(str(x), model.variables) for x in texts])
+        except ExpressionError as exc:
+            raise UserError(f"{source}: member {k} has an invalid expression: {exc}") from None
+    return members, scale
 
 
 def _check_dt(dt) -> float | None:

@@ -1,0 +1,187 @@
+"""Noise: the simulation-error refinement, bagged members and their use in model rollouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sym_mbrl_ros.agents.model_env import ModelEnv
+from sym_mbrl_ros.dynamics import SymbolicDynamics
+from sym_mbrl_ros.dynamics.segments import block_bootstrap, find_segments, make_windows
+from sym_mbrl_ros.envs import get_task
+from sym_mbrl_ros.errors import UserError
+
+
+def duffing(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.stack([x[:, 1], -0.3 * x[:, 1] - x[:, 0] - 0.5 * x[:, 0] ** 3 + u[:, 0]], axis=1)
+
+
+def pendulum(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.stack([x[:, 1], 15.0 * np.sin(x[:, 0]) + 3.0 * u[:, 0]], axis=1)
+
+
+def trajectories(rhs, n: int, seed: int, box: float, u_max: float, dt: float = 0.05,
+                 episode: int = 50):
+    """Random-action episodes of an ODE (RK4, 5 substeps): rows in order, episode ids."""
+    rng = np.random.default_rng(seed)
+    s, a, s2, ep = [], [], [], []
+    h = dt / 5
+    for k in range(n // episode):
+        x = rng.uniform(-box, box, size=(1, 2))
+        for _ in range(episode):
+            u = rng.uniform(-u_max, u_max, size=(1, 1))
+            y = x.copy()
+            for _ in range(5):
+                k1 = rhs(y, u)
+                k2 = rhs(y + 0.5 * h * k1, u)
+                k3 = rhs(y + 0.5 * h * k2, u)
+                k4 = rhs(y + h * k3, u)
+                y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            s.append(x[0]), a.append(u[0]), s2.append(y[0]), ep.append(k)
+            x = y
+    return np.array(s), np.array(a), np.array(s2), np.array(ep)
+
+
+def add_noise(s, s2, ep, level: float, seed: int):
+    """Measurement noise on the trajectory points (sigma = level * std of each coordinate),
+    one draw per time point: row t's next state is row t + 1's state, as a sensor gives them."""
+    rng = np.random.default_rng(seed)
+    sigma = level * np.std(np.vstack([s, s2]), axis=0)
+    s, s2 = s.copy(), s2.copy()
+    for k in np.unique(ep):
+        rows = np.flatnonzero(ep == k)
+        e = rng.normal(size=(len(rows) + 1, s.shape[1])) * sigma
+        s[rows] += e[:-1]
+        s2[rows] += e[1:]
+    return s, s2
+
+
+def test_segments_follow_the_trajectory_and_break_at_episodes():
+    s, a, s2, ep = trajectories(duffing, 200, 0, 2.0, 2.0)
+    assert [len(x) for x in find_segments(s, s2)] == [50] * 4
+    ep2 = ep.copy()
+    ep2[120:] = 9  # a new episode id mid-way cuts the segment there
+    assert [len(x) for x in find_segments(s, s2, ep2)] == [50, 50, 20, 30, 50]
+    keep = np.ones(200, dtype=bool)
+    keep[10] = False  # a dropped row breaks the chain
+    assert [len(x) for x in find_segments(s[keep], s2[keep])] == [10, 39, 50, 50, 50]
+    w = make_windows(find_segments(s, s2), s, a, s2, horizon=8)
+    assert len(w) == 200 and w.mask[0].all() and w.mask[49].sum() == 1
+    np.testing.assert_array_equal(w.targets[3, 7], s2[10])
+    boot = block_bootstrap(find_segments(s, s2), 20, np.random.default_rng(0))
+    assert sum(len(b) for b in boot) >= 200 and all(len(b) <= 20 for b in boot)
+
+
+def test_trajectory_fit_beats_the_one_step_fit_on_noisy_duffing():
+    s, a, s2, ep = trajectories(duffing, 500, 1, 2.0, 2.0)
+    ns, ns2 = add_noise(s, s2, ep, 0.05, 2)
+    ts, ta, ts2, _ = trajectories(duffing, 1000, 3, 2.0, 2.0)
+    r2 = {}
+    models = {}
+    for h in (0, 8):
+        model = SymbolicDynamics(["x", "v"], ["force"], dt=0.05, time="continuous",
+                                 multistep_horizon=h)
+        model.fit(ns, a, ns2)
+        r2[h] = min(model.score(ts, ta, ts2).values())
+        models[h] = model
+    # One-step: the increments are mostly noise at 5 % (validation R² ~0.55), the damping
+    # term's gain is inside one standard error and is dropped (R² ~0.97 on clean data).
+    # Rolled 8 steps, damping accumulates and the noise does not: the law is recovered.
+    assert r2[0] < 0.99, r2
+    assert r2[8] > 0.999, r2
+    assert r2[8] > r2[0]
+    assert "trajectory_selection" in models[8].metrics
+    law = models[8].laws(3)[-1]
+    assert "v" in law.split("=")[1] and "x**3" in law, law
+
+
+def bagged_pendulum(level: float = 0.02, members: int = 5) -> tuple[SymbolicDynamics, tuple]:
+    s, a, s2, ep = trajectories(pendulum, 400, 4, 1.0, 1.0)
+    ns, ns2 = add_noise(s, s2, ep, level, 5)
+    model = SymbolicDynamics(["theta", "theta_dot"], ["torque"], angle_coords=[0], dt=0.05,
+                             time="continuous", bagging_members=members)
+    return model.fit(ns, a, ns2, episodes=ep), (ns, a, ns2)
+
+
+@pytest.fixture(scope="module")
+def bagged():
+    return bagged_pendulum()
+
+
+def test_bagged_members_disagree_more_off_the_data_than_on_it(bagged):
+    model, (s, a, _s2) = bagged
+    assert model.n_members == 5
+    on = model.disagreement(s, a)
+    far = s.copy()
+    far[:, 1] = far[:, 1] * 4.0 + np.sign(far[:, 1]) * 10.0  # theta_dot far beyond the data
+    off = model.disagreement(far, a * 4.0)
+    assert np.all(np.isfinite(on)) and np.median(on) > 0
+    # constants that are uncertain by a little move predictions in proportion to the inputs
+    assert np.median(off) > 3 * np.median(on), (np.median(on), np.median(off))
+    pred, std = model.predict(s[:7], a[:7], return_std=True)
+    np.testing.assert_allclose(pred, model.predict(s[:7], a[:7]), rtol=0, atol=0)
+    ts, ta = torch.as_tensor(s[:7]), torch.as_tensor(a[:7])
+    pred_t, std_t = model.predict_torch(ts, ta, return_std=True)
+    # the same arithmetic in float64 in both libraries: agreement to round-off
+    np.testing.assert_allclose(std_t.numpy(), std, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pred_t.numpy(), pred, rtol=1e-9, atol=1e-12)
+    assert model.predict_members(s[:7], a[:7]).shape == (5, 7, 2)
+
+
+def test_members_survive_a_save_load_round_trip(bagged, tmp_path):
+    model, (s, a, _s2) = bagged
+    loaded = SymbolicDynamics.load(model.save(tmp_path / "m.json"))
+    assert loaded.n_members == model.n_members
+    # expressions are written at full precision: predictions agree to round-off
+    np.testing.assert_allclose(loaded.predict_members(s[:20], a[:20]),
+                               model.predict_members(s[:20], a[:20]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loaded.disagreement(s[:20], a[:20]),
+                               model.disagreement(s[:20], a[:20]), rtol=1e-9, atol=1e-12)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    doc["members"]["expressions"][0] = ["theta_dot"]
+    with pytest.raises(UserError, match="member 0 needs one expression per state coordinate"):
+        SymbolicDynamics.from_dict(doc)
+
+
+def test_files_without_members_still_load():
+    v1 = {"format": "sym-mbrl/dynamics-v1", "state_names": ["x", "v"],
+          "action_names": ["u"], "expressions": ["x + 0.1*v", "v + 0.1*u"]}
+    v2 = {"format": "sym-mbrl/dynamics-v2", "state_names": ["x", "v"], "action_names": ["u"],
+          "derivatives": ["v", "u"], "integrator": {"method": "rk4", "substeps": 1},
+          "dt": 0.1}
+    for doc in (v1, v2):
+        model = SymbolicDynamics.from_dict(doc)
+        assert model.n_members == 0
+        # v' = u: one step of 0.1 from v = 0 with u = 1 gives v = 0.1 either way (exact)
+        np.testing.assert_allclose(model.predict([0.0, 0.0], [1.0])[1], 0.1, rtol=1e-12)
+        with pytest.raises(UserError, match="no ensemble members"):
+            model.uncertainty([0.0, 0.0], [1.0])
+        assert "members" not in model.to_dict()
+
+
+def test_model_env_cuts_rollouts_where_the_members_disagree(bagged):
+    model, (s, _a, _s2) = bagged
+    task = get_task("pendulum")
+    near = torch.as_tensor(s[:20])
+    far = near.clone()
+    far[:, 1] = 40.0  # far beyond the data's speeds: the members drift apart
+    start = torch.cat([near, far])
+
+    def policy(obs):
+        return torch.zeros(len(obs), 1)
+
+    free = ModelEnv(task, model).rollout(policy, start, 1)
+    assert free.observations.shape[0] == 40
+    d_near = float(model.disagreement_torch(near, torch.zeros(20, 1)).max())
+    d_far = float(model.disagreement_torch(far, torch.zeros(20, 1)).min())
+    assert d_far > d_near
+    env = ModelEnv(task, model, max_disagreement=0.5 * (d_near + d_far))
+    cut = env.rollout(policy, start, 1)
+    assert cut.observations.shape[0] == 20 and env.n_uncertain == 20
+    np.testing.assert_allclose(cut.observations.numpy(), free.observations[:20].numpy())
+    with pytest.raises(UserError, match="ensemble members"):
+        ModelEnv(task, SymbolicDynamics.from_dict(model.to_dict() | {"members": None}),
+                 max_disagreement=1.0)
