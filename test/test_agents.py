@@ -96,10 +96,13 @@ def test_sac_observation_indices_networks_read_only_those_entries_and_round_trip
     loaded = SAC.load(tmp_path / "policy.pt")
     assert loaded.config.observation_indices == (0, 2)
     np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
-    # the controller's numpy actor reads the same entries
-    from sym_mbrl_ros.nodes.policies import _numpy_actor
+    # the controller's numpy actor (what travels in a policy message) reads the same entries
+    from sym_mbrl_ros.nodes.policy_payload import MLPActor, decode, encode_agent
 
-    np.testing.assert_allclose(_numpy_actor(loaded)(obs), loaded.predict(obs), atol=1e-6)
+    actor = decode(encode_agent(loaded))
+    assert isinstance(actor, MLPActor)
+    # float32 weights on the wire, float32 torch on this side: 1e-6 is their rounding
+    np.testing.assert_allclose(actor.predict(obs), loaded.predict(obs), atol=1e-6)
     with pytest.raises(UserError, match="entries 0..3"):
         SAC(4, [-1.0], [1.0], SACConfig(observation_indices=(0, 4)))
 

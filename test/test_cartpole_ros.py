@@ -55,7 +55,8 @@ def test_every_configured_parameter_is_declared(graph, tmp_path):
         extra = {"autostart": False} if name == "controller" else {}
         node = cls(**node_args("cartpole", tmp_path / name, **extra))
         try:
-            keys = set(doc["/**"]["ros__parameters"]) | set(doc[name]["ros__parameters"])
+            keys = set(doc["/**"]["ros__parameters"]) | set(
+                doc[f"/**/{name}"]["ros__parameters"])
             missing = [k for k in keys if not node.has_parameter(k)]
             assert not missing, f"{name} does not declare {missing}"
         finally:
