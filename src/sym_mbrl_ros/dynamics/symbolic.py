@@ -726,7 +726,7 @@ class SymbolicDynamics:
             )
             states = [v for v in poly if v in self.state_names]
             if cfg.families and attempt == 0:
-                fam = FamilySettings(gain=cfg.family_gain, floor=cfg.selection_floor)
+                fam = FamilySettings(gain=cfg.family_gain, floor=cfg.error_floor)
                 library, choice = extend_library(
                     self._library_cache, library, data, states, poly, angles, spec,
                     cfg.max_library_terms, fam,
