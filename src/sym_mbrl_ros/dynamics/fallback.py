@@ -7,14 +7,17 @@ and pyoperon (:mod:`.gp`) searches for it within a time budget shared by the who
 candidates join the sparse ones and the usual selection decides. On noisy data whose sparse
 error is already at the noise floor, more search could only fit noise, so none runs.
 
-The **noise floor** is estimated without a model: each row's target is predicted by a linear
-fit on its nearest neighbours in the (standardised) inputs, leaving the row out. For a smooth
-law the residual is noise plus a curvature term that shrinks with the neighbourhood, so its
-mean square over the target's variance is an upper estimate of the relative noise variance.
+The **noise floor** is estimated from the sparse candidate's own residual on the training rows:
+each row's residual is predicted by a local quadratic fit on its nearest neighbours in the
+(standardised) inputs, leaving the row out. A residual that is noise cannot be predicted, and
+the estimate is its whole variance: the sparse stage is at the floor. A residual that is a
+smooth function of the inputs (a law the library does not span) is predicted, and the estimate
+falls far below the error: the law is missing, and the search is worth its time.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -42,31 +45,32 @@ class FallbackSettings:
     """At most this many seconds for one coordinate (pyoperon counts whole seconds, >= 1)."""
 
 
-def noise_floor(X: np.ndarray, y: np.ndarray, max_rows: int = 400, seed: int = 0) -> float:
-    """Relative noise variance of ``y`` (over its variance), from leave-one-out local linear
-    fits on nearest neighbours (module docstring); 0 when the data are too few to tell."""
+def noise_floor(X: np.ndarray, residual: np.ndarray, y_var: float) -> float:
+    """Relative noise variance (over ``y_var``) left in ``residual``: the mean square of its
+    leave-one-out local quadratic prediction error (module docstring); 0 when too few rows."""
     n, d = X.shape
-    var = float(np.var(y))
-    if var <= 0 or n < 2 * d + 6:
-        return 0.0
     sd = np.std(X, axis=0)
-    keep = sd > 0
-    Z = (X[:, keep] - X[:, keep].mean(axis=0)) / sd[keep]
+    Z = (X[:, sd > 0] - X[:, sd > 0].mean(axis=0)) / sd[sd > 0]
     d = Z.shape[1]
-    k = min(n - 1, 2 * d + 4)
-    rows = np.arange(n)
-    if n > max_rows:
-        rows = np.sort(np.random.default_rng(seed).permutation(n)[:max_rows])
-    _, nn = cKDTree(Z).query(Z[rows], k=k + 1)
-    nn = nn[:, 1:]  # leave the row itself out
-    A = np.concatenate([np.ones((len(rows), k, 1)), Z[nn] - Z[rows][:, None, :]], axis=2)
-    b = y[nn]
+    quadratic = list(itertools.combinations_with_replacement(range(d), 2))
+    if 1 + d + len(quadratic) > n / 8:
+        quadratic = []  # too many inputs for local quadratics on these rows: local planes
+    p = 1 + d + len(quadratic)
+    k = 2 * p + 2
+    if y_var <= 0 or n < k + 2:
+        return 0.0
+    _, nn = cKDTree(Z).query(Z, k=k + 1)
+    D = Z[nn[:, 1:]] - Z[:, None, :]  # neighbours relative to the left-out row
+    A = np.concatenate(
+        [np.ones(D.shape[:2] + (1,)), D] + [D[..., i : i + 1] * D[..., j : j + 1]
+                                             for i, j in quadratic],
+        axis=2,
+    )
     # the intercept of each local fit is its prediction at the left-out row
-    coef = np.einsum("rpk,rk->rp", np.linalg.pinv(A, rcond=1e-8), b)
-    resid = coef[:, 0] - y[rows]
-    # a leave-one-out local prediction has its own error on top of the row's noise
-    inflation = 1.0 + (d + 1) / k
-    return float(np.mean(resid * resid) / inflation / var)
+    coef = np.einsum("rpk,rk->rp", np.linalg.pinv(A, rcond=1e-8), residual[nn[:, 1:]])
+    err = coef[:, 0] - residual
+    # a local fit's own error adds about p/k of the noise to the left-out row's
+    return float(np.mean(err * err) / (1.0 + p / k) / y_var)
 
 
 def should_fall_back(best_error: float, floor: float, settings: FallbackSettings) -> bool:
@@ -116,9 +120,12 @@ def gp_fallback_candidates(
     return [(tree, "gp fallback: " + src.removeprefix("gp: ")) for tree, src in found], info
 
 
-def best_refined_error(raw: Sequence[tuple[Node, str]], data, maxiter: int, top: int = 2) -> float:
-    """The lowest validation error among the ``top`` most accurate raw candidates after BFGS:
-    what the sparse stage reaches (its frequencies, scales and denominators refined)."""
+def best_refined(
+    raw: Sequence[tuple[Node, str]], data, maxiter: int, top: int = 2
+) -> tuple[float, Node | None]:
+    """The lowest validation error among the ``top`` most accurate raw candidates after BFGS,
+    and that candidate: what the sparse stage reaches (frequencies, scales, denominators
+    refined)."""
     from .refine import refine_constants
     from .selection import assess
 
@@ -128,10 +135,10 @@ def best_refined_error(raw: Sequence[tuple[Node, str]], data, maxiter: int, top:
         if cand is not None:
             scored.append((cand.val_rel_mse, tree))
     scored.sort(key=lambda t: t[0])
-    best = scored[0][0] if scored else float("inf")
+    best, best_tree = (scored[0][0], scored[0][1]) if scored else (float("inf"), None)
     for _err, tree in scored[:top]:
         res = refine_constants(tree, data.variables, data.X_train, data.y_train, maxiter)
         cand = assess(res.tree, data, "")
-        if cand is not None:
-            best = min(best, cand.val_rel_mse)
-    return best
+        if cand is not None and cand.val_rel_mse < best:
+            best, best_tree = cand.val_rel_mse, res.tree
+    return best, best_tree

@@ -213,8 +213,11 @@ class FamilyColumns:
             self._cols[family.name] = got
         return got
 
-    def library(self, base, families: Sequence[Family], den: Node | None = None):
-        """The base library plus ``families`` (cached by their names), over ``den`` if given."""
+    def library(
+        self, base, families: Sequence[Family], den: Node | None = None, cache: bool = True
+    ):
+        """The base library plus ``families`` over ``den`` if given (cached by their names
+        unless ``cache`` is false: a 1-D search's trials are used once)."""
         from .sparse import LibraryMatrix
 
         key = (id(base), tuple(f.name for f in families), None if den is None else repr(den))
@@ -237,7 +240,7 @@ class FamilyColumns:
             with np.errstate(all="ignore"):
                 A, A_val = A / d_tr, A_val / d_va
         lib = LibraryMatrix.from_values(terms, A, A_val, denominator=den)
-        if den is None:  # rational ones are built per coordinate along a 1-D search
+        if cache:
             self._libraries[key] = lib
         return lib
 
@@ -292,17 +295,21 @@ def choose_library(
             if err < best_err:
                 chosen[k], best_err = better, err
                 library = columns.library(base, chosen)
-    if settings.rational and len(chosen) < settings.max_families + 1 and best_err > settings.floor:
-        for fam in list(chosen):
+    if settings.rational and best_err > settings.floor:
+        best_rational = None
+        for fam in families:
             if not fam.name.startswith("trig("):
                 continue
-            rational, err = _best_denominator(base, chosen, fam.coordinate, columns, y, y_val,
-                                              y_var)
-            choice.tried += 1
-            if rational is not None and err * settings.gain <= best_err:
-                library, best_err = rational, err
-                chosen = chosen + [Family(f"rational({fam.coordinate})", ())]
-                break
+            with_q = chosen if fam in chosen else chosen + [fam]
+            err, c = _grid_denominator(base, with_q, fam.coordinate, columns, y, y_val, y_var)
+            choice.tried += len(RATIONAL_GRID)
+            wins = err * settings.gain <= best_err
+            if wins and (best_rational is None or err < best_rational[0]):
+                best_rational = (err, c, with_q, fam.coordinate)
+        if best_rational is not None:
+            _err, c, with_q, q = best_rational
+            library, best_err = _refine_denominator(base, with_q, q, c, columns, y, y_val, y_var)
+            chosen = with_q + [Family(f"rational({q})", ())]
     choice.families = [f.name for f in chosen]
     choice.error = best_err
     return library, choice
@@ -333,24 +340,35 @@ def _tanh_rate(fam: Family) -> float:
     return call.arg.left.value
 
 
-def _best_denominator(base, chosen, q, columns: FamilyColumns, y, y_val, y_var):
-    """The library over ``cos(q)**2 + 1/c`` with the best c: a grid, then a bounded search."""
+def _grid_denominator(base, chosen, q, columns: FamilyColumns, y, y_val, y_var):
+    """(error, c) of the best denominator ``cos(q)**2 + 1/c`` on :data:`RATIONAL_GRID`."""
+    errs = [
+        ls_error(columns.library(base, chosen, denominator(q, c)), y, y_val, y_var)
+        for c in RATIONAL_GRID
+    ]
+    k = int(np.argmin(errs))
+    return errs[k], RATIONAL_GRID[k]
 
-    def err_of(c: float):
-        lib = columns.library(base, chosen, denominator(q, c))
-        return ls_error(lib, y, y_val, y_var), lib
 
-    grid = [(err_of(c)[0], c) for c in RATIONAL_GRID]
-    k = min(range(len(grid)), key=lambda j: grid[j][0])
+def _refine_denominator(base, chosen, q, c0, columns: FamilyColumns, y, y_val, y_var):
+    """The library over ``cos(q)**2 + 1/c`` with c refined by a bounded search between the
+    grid neighbours of ``c0`` (never across c = 0, no denominator at all)."""
+    k = RATIONAL_GRID.index(c0)
     lo = RATIONAL_GRID[max(k - 1, 0)]
     hi = RATIONAL_GRID[min(k + 1, len(RATIONAL_GRID) - 1)]
-    if lo < 0 < hi:  # the bracket may not straddle c = 0 (no denominator at all)
-        lo, hi = (lo, -0.02) if RATIONAL_GRID[k] < 0 else (0.02, hi)
+    if lo < 0 < hi:
+        lo, hi = (lo, -0.02) if c0 < 0 else (0.02, hi)
+
+    def err_of(c: float):
+        lib = columns.library(base, chosen, denominator(q, c), cache=False)
+        return ls_error(lib, y, y_val, y_var), lib
+
     res = minimize_scalar(lambda c: err_of(c)[0], bounds=(lo, hi), method="bounded",
                           options={"maxiter": 20, "xatol": 1e-4})
-    c = float(res.x) if res.fun <= grid[k][0] else RATIONAL_GRID[k]
-    err, lib = err_of(c)
-    return (lib, err) if np.isfinite(err) else (None, float("inf"))
+    best = err_of(float(res.x))
+    start = err_of(c0)
+    err, lib = best if best[0] <= start[0] else start
+    return lib, err
 
 
 def extend_library(

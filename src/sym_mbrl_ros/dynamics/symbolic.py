@@ -60,6 +60,7 @@ from .expression import (
     fold_like_terms,
     increment_tree,
     is_identifier,
+    names_in,
     next_value_tree,
     parse_expression,
     simplify,
@@ -69,7 +70,7 @@ from .expression import (
 from .fallback import (
     FallbackSettings,
     GPBudget,
-    best_refined_error,
+    best_refined,
     gp_fallback_candidates,
     noise_floor,
     should_fall_back,
@@ -787,16 +788,26 @@ class SymbolicDynamics:
             settings.min_error
         ):
             return
-        best = best_refined_error(raw, data, cfg.bfgs_maxiter)
-        cols = [self.variables.index(v) for v in names]
-        floor = noise_floor(data.X_train[:, cols], data.y_train, seed=self.seed)
+        best, tree = best_refined(raw, data, cfg.bfgs_maxiter)
+        if tree is None:
+            return
+        # the residual is judged against the inputs the candidate uses: a missing term is
+        # most often in them, and fewer dimensions give the local fits close neighbours
+        used = names_in(tree) & set(names)
+        near = [self.variables.index(v) for v in names if v in used or not used]
+        residual = data.y_train - CompiledExpression(tree, self.variables).numpy(data.X_train)
+        floor = noise_floor(data.X_train[:, near], residual, data.y_var)
         info["gp_fallback"] = {"sparse_error": best, "noise_floor": floor, "ran": False}
+        if not should_fall_back(best, floor, settings):
+            return
         seconds = budget.take(settings)
-        if not should_fall_back(best, floor, settings) or not seconds:
+        if not seconds:
+            info["gp_fallback"]["skipped"] = "the fit's pyoperon budget is spent"
             return
         gp = GPSettings(population_size=cfg.gp_population, max_length=cfg.gp_max_length,
                         symbols=cfg.gp_symbols, max_candidates=cfg.gp_candidates,
                         local_iterations=cfg.gp_local_iterations)
+        cols = [self.variables.index(v) for v in names]
         t0 = time.perf_counter()
         found, gp_info = gp_fallback_candidates(
             data.X_train[:, cols], data.y_train, names, seconds, gp, self.seed * 7919 + 101 * i,
