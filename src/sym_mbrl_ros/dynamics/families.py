@@ -40,7 +40,7 @@ from .library import LibrarySpec, build_library, evaluate_library, library_size
 
 TANH_SCALES = (0.01, 0.02, 0.05, 0.1, 0.2)
 """``eps`` of the ``tanh(x/eps)`` families, as shares of the coordinate's standard deviation."""
-RATIONAL_GRID = (-0.8, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 3.0)
+RATIONAL_GRID = (-0.8, -0.5, -0.25, -0.1, -0.04, 0.04, 0.1, 0.25, 0.5, 1.0, 3.0)
 """``c`` of the denominators ``1 + c*cos(q)**2`` tried first (written ``cos(q)**2 + 1/c``)."""
 
 
@@ -296,20 +296,22 @@ def choose_library(
                 chosen[k], best_err = better, err
                 library = columns.library(base, chosen)
     if settings.rational and best_err > settings.floor:
-        best_rational = None
+        grid = []
         for fam in families:
             if not fam.name.startswith("trig("):
                 continue
             with_q = chosen if fam in chosen else chosen + [fam]
             err, c = _grid_denominator(base, with_q, fam.coordinate, columns, y, y_val, y_var)
             choice.tried += len(RATIONAL_GRID)
-            wins = err * settings.gain <= best_err
-            if wins and (best_rational is None or err < best_rational[0]):
-                best_rational = (err, c, with_q, fam.coordinate)
-        if best_rational is not None:
-            _err, c, with_q, q = best_rational
-            library, best_err = _refine_denominator(base, with_q, q, c, columns, y, y_val, y_var)
-            chosen = with_q + [Family(f"rational({q})", ())]
+            grid.append((err, c, with_q, fam.coordinate))
+        if grid:
+            # the best grid point is refined before it is judged: c = -0.068 (a cart-pole)
+            # lies between grid points, and the gain is only seen once it is fitted
+            _err, c, with_q, q = min(grid, key=lambda g: g[0])
+            rational, err = _refine_denominator(base, with_q, q, c, columns, y, y_val, y_var)
+            if err * settings.gain <= best_err:
+                library, best_err = rational, err
+                chosen = with_q + [Family(f"rational({q})", ())]
     choice.families = [f.name for f in chosen]
     choice.error = best_err
     return library, choice
