@@ -36,6 +36,7 @@ class SparseSettings:
     max_iterations: int = 10
     n_refine: int = 8
     forward_terms: int = 10
+    max_terms: int = 20
     refine_inner: bool = True
     max_inner_calls: int = 8
     floor: float = 1e-8
@@ -210,7 +211,7 @@ def sparse_candidates(
             val = float(np.mean((library.theta_val @ coefs - data.y_val) ** 2) / data.y_var)
         else:  # no validation split: rank on the training error
             val = float(np.mean((library.theta @ coefs - y) ** 2) / data.y_var)
-        if not np.isfinite(val):
+        if not np.isfinite(val) or len(idx) > settings.max_terms:
             continue
         # node count of the tree c_1*t_1 + c_2*t_2 + ...: the terms plus one '+' between each two
         size = int(library.sizes[idx].sum()) + max(len(idx) - 1, 0) if idx else 1
@@ -223,9 +224,12 @@ def sparse_candidates(
         how = "forward stepwise" if np.isnan(lam) else f"STLSQ threshold {lam:.2g}"
         source = f"sparse: {how}, {k} term{'s' if k != 1 else ''}"
         trees = [(tree, source)]
-        if settings.refine_inner and 0 < count_trig_calls(tree) <= settings.max_inner_calls:
-            trees.append((with_inner_constants(tree), source + ", with frequencies and phases"))
         den = library.denominator
+        # over a denominator the frequencies stay 1: the law's trig terms are those of one
+        # angle, and each inner pair would cost two more constants in every refinement
+        if (settings.refine_inner and den is None
+                and 0 < count_trig_calls(tree) <= settings.max_inner_calls):
+            trees.append((with_inner_constants(tree), source + ", with frequencies and phases"))
         if den is not None:
             trees = [(BinOp("/", t, den), s + ", over a fitted denominator") for t, s in trees]
         out += trees

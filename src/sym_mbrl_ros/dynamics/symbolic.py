@@ -142,6 +142,10 @@ class SymbolicDynamicsConfig:
     """Number of STLSQ thresholds on the path (log-spaced)."""
     n_refine: int = 8
     """Members of the STLSQ Pareto front (error against size) passed on to refinement."""
+    max_candidate_terms: int = 20
+    """Sparse supports with more terms are not candidates: on an extended library the most
+    accurate support can hold 60 terms, and refining it (through the integrator, too) costs
+    seconds while the rule would not pick it."""
     refine_inner: bool = True
     """Also refine a frequency and a phase inside each sin/cos (``c*sin(w*q + p)``)."""
     max_inner_calls: int = 8
@@ -721,6 +725,7 @@ class SymbolicDynamics:
                 spec=spec,
                 n_thresholds=cfg.n_thresholds,
                 n_refine=cfg.n_refine,
+                max_terms=cfg.max_candidate_terms,
                 refine_inner=cfg.refine_inner,
                 max_inner_calls=cfg.max_inner_calls,
                 floor=cfg.selection_floor,
