@@ -12,7 +12,7 @@ coordinates declared angles. Laws of robots also need terms that no declaration 
 * ``abs``: ``x*abs(x)`` of every state coordinate (quadratic drag);
 * ``tanh(x/eps)``: a smoothed sign of a state coordinate (Coulomb friction), one family per
   ``eps`` on a grid relative to the coordinate's spread; refinement then fits ``eps``;
-* ``rational(q)``: every term of a library whose ``trig(q)`` family won, divided by
+* ``rational(q)``: every term of the library with ``trig(q)``, divided by
   ``cos(q)**2 + d`` (the inverse mass of a cart-pole or a two-link arm is rational in
   ``cos(q)**2``); ``d`` is chosen by a bounded 1-D search and refined with the other constants.
 
@@ -21,9 +21,11 @@ and most of its columns would be spurious for any one law. Instead :func:`choose
 gates them per coordinate, on the validation error of a least-squares fit on the whole library
 (every column, no sparsity: one triangular solve with the cached QR factors, microseconds):
 a family is kept when it lowers that error by at least ``gain`` (10x) against the library so
-far. The best winner is added first, then each other winner if it still gains, then the
-rational form of a winning ``trig(q)``. STLSQ and refinement then run on the chosen library.
-A law that is already explained to ``floor`` by the base library tries no family at all.
+far. The best winner is added first, then another winner if it still gains, then the best
+denominator over every bounded q (with ``trig(q)`` added if it was not already: a strongly
+rational law gains little from ``trig(q)`` alone), its constant refined before it is judged.
+STLSQ and refinement then run on the chosen library. A law that the base library already
+explains to ``floor`` (round-off) tries no family at all.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class FamilySettings:
     gain: float = 10.0
     """A family must lower the whole-library validation error by this factor."""
     max_families: int = 2
-    """At most this many families (a rational form counts as one more) per coordinate."""
+    """At most this many families per coordinate, not counting a denominator."""
     trig_min_range: float = 1.0
     """A coordinate needs a data range of at least this (radians) for its trig family."""
     trig_max_range: float = 8 * math.pi
