@@ -20,6 +20,8 @@ import numpy as np
 
 from .expression import BinOp, Call, CompiledExpression, Name, Node, Num
 
+TRIG = ("sin", "cos")
+
 
 @dataclass(frozen=True)
 class LibrarySpec:
@@ -119,11 +121,11 @@ def linear_combination(terms: Sequence[Node | None], coefs: Sequence[float]) -> 
 
 
 def with_inner_constants(node: Node) -> Node:
-    """Give every ``f(q)`` of a coordinate a frequency and a phase: ``f(1*q + 0)``.
+    """Give every ``sin(q)``/``cos(q)`` of a coordinate a frequency and a phase: ``f(1*q + 0)``.
 
     BFGS then refines them with the other constants; the start (1, 0) is the library term itself.
     """
-    if isinstance(node, Call) and isinstance(node.arg, Name):
+    if isinstance(node, Call) and node.func in TRIG and isinstance(node.arg, Name):
         return Call(node.func, BinOp("+", BinOp("*", Num(1.0), node.arg), Num(0.0)))
     if isinstance(node, BinOp):
         return BinOp(node.op, with_inner_constants(node.left), with_inner_constants(node.right))
@@ -133,11 +135,11 @@ def with_inner_constants(node: Node) -> Node:
 
 
 def count_trig_calls(node: Node | None) -> int:
-    """How many ``f(q)`` calls a tree holds (each gets two inner constants when refined)."""
+    """How many ``sin``/``cos`` calls a tree holds (each gets two inner constants when refined)."""
     if node is None or isinstance(node, (Num, Name)):
         return 0
     if isinstance(node, Call):
-        return 1 + count_trig_calls(node.arg)
+        return int(node.func in TRIG) + count_trig_calls(node.arg)
     if isinstance(node, BinOp):
         return count_trig_calls(node.left) + count_trig_calls(node.right)
     return count_trig_calls(node.arg)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .expression import Node, node_count
+from .expression import BinOp, Node, node_count
 from .library import (
     LibrarySpec,
     build_library,
@@ -35,6 +35,8 @@ class SparseSettings:
     n_thresholds: int = 50
     max_iterations: int = 10
     n_refine: int = 8
+    forward_terms: int = 10
+    max_terms: int = 20
     refine_inner: bool = True
     max_inner_calls: int = 8
     floor: float = 1e-8
@@ -77,6 +79,43 @@ def stlsq_supports(
     return [(lam, s) for s, lam in found.items()]
 
 
+def forward_supports(
+    A: np.ndarray, b: np.ndarray, max_terms: int
+) -> list[tuple[float, tuple[int, ...]]]:
+    """Supports of forward stepwise least squares (``min |A_S c - b|``): one term at a time, the
+    column that lowers the residual most, for 1..``max_terms`` terms.
+
+    STLSQ thresholds the full solution's coefficients, and where columns are nearly collinear
+    (``v`` and ``v**3`` over a small range) it can keep the wrong one of a pair; the forward path
+    decides by residual, so the two searches miss different laws, and their union misses fewer.
+    """
+    k = A.shape[1]
+    basis = np.zeros((A.shape[0], 0))
+    res = b.astype(float).copy()
+    chosen: list[int] = []
+    out = []
+    cols = A.astype(float).copy()
+    norms = np.sqrt(np.sum(cols * cols, axis=0))
+    for step in range(min(max_terms, k)):
+        with np.errstate(all="ignore"):
+            if basis.shape[1]:
+                cols = cols - basis @ (basis.T @ cols)
+            sq = np.sum(cols * cols, axis=0)
+            gain = np.where(sq > 1e-20 * (norms * norms + 1e-300), (cols.T @ res) ** 2 / sq, -1)
+        gain[chosen] = -1
+        j = int(np.argmax(gain))
+        if gain[j] <= 0:
+            break
+        chosen.append(j)
+        u = cols[:, j] / np.sqrt(sq[j])
+        basis = np.hstack([basis, u[:, None]])
+        res = res - u * (u @ res)
+        out.append((float("nan"), tuple(sorted(chosen))))
+        if step and float(res @ res) <= 1e-24 * float(b @ b):
+            break
+    return out
+
+
 @dataclass
 class LibraryMatrix:
     """A library evaluated on the training and validation rows, shared by all coordinates."""
@@ -93,6 +132,9 @@ class LibraryMatrix:
     r: np.ndarray
     sizes: np.ndarray
     """(K,) node count of ``c*term`` for each term (the complexity it adds to a candidate)."""
+    denominator: Node | None = None
+    """When set, every column is a term divided by it, and candidates are ``sum / denominator``
+    (:mod:`.families`' rational form)."""
 
     @classmethod
     def build(
@@ -112,10 +154,14 @@ class LibraryMatrix:
 
     @classmethod
     def from_values(
-        cls, terms: list[Node | None], theta: np.ndarray, theta_val: np.ndarray
+        cls,
+        terms: list[Node | None],
+        theta: np.ndarray,
+        theta_val: np.ndarray,
+        denominator: Node | None = None,
     ) -> LibraryMatrix:
-        """A library from term values computed elsewhere (e.g. averaged over a step's two ends);
-        columns that are zero or not finite are left out."""
+        """A library from term values computed elsewhere (e.g. averaged over a step's two ends,
+        or divided by ``denominator``); columns that are zero or not finite are left out."""
         with np.errstate(all="ignore"):
             rms = np.sqrt(np.mean(theta * theta, axis=0))
         usable = (
@@ -129,7 +175,7 @@ class LibraryMatrix:
         theta, theta_val, rms = theta[:, keep], theta_val[:, keep], rms[keep]
         q, r = np.linalg.qr(theta / rms)
         sizes = np.array([node_count(linear_combination([t], [1.0])) for t in terms], dtype=int)
-        return cls(terms, theta, theta_val, rms, q, r, sizes)
+        return cls(terms, theta, theta_val, rms, q, r, sizes, denominator)
 
 
 def sparse_candidates(
@@ -150,6 +196,9 @@ def sparse_candidates(
     top = float(np.max(np.abs(full))) if full.size else 1.0
     thresholds = np.geomspace(1e-8, max(top, 1e-7), settings.n_thresholds)
     supports = stlsq_supports(G, b, thresholds, settings.max_iterations)
+    seen = {s for _, s in supports}
+    supports += [(lam, s) for lam, s in forward_supports(r, qty / y_sd, settings.forward_terms)
+                 if s not in seen]
 
     scored = []
     for lam, support in supports:
@@ -162,7 +211,7 @@ def sparse_candidates(
             val = float(np.mean((library.theta_val @ coefs - data.y_val) ** 2) / data.y_var)
         else:  # no validation split: rank on the training error
             val = float(np.mean((library.theta @ coefs - y) ** 2) / data.y_var)
-        if not np.isfinite(val):
+        if not np.isfinite(val) or len(idx) > settings.max_terms:
             continue
         # node count of the tree c_1*t_1 + c_2*t_2 + ...: the terms plus one '+' between each two
         size = int(library.sizes[idx].sum()) + max(len(idx) - 1, 0) if idx else 1
@@ -172,11 +221,21 @@ def sparse_candidates(
     out: list[tuple[Node, str]] = []
     for _size, _val, lam, k, coefs in front:
         tree = linear_combination(terms, coefs)
-        source = f"sparse: STLSQ threshold {lam:.2g}, {k} term{'s' if k != 1 else ''}"
-        out.append((tree, source))
-        if settings.refine_inner and 0 < count_trig_calls(tree) <= settings.max_inner_calls:
-            out.append((with_inner_constants(tree), source + ", with frequencies and phases"))
-    info = {"library_terms": len(terms), "supports": len(supports), "front": len(front)}
+        how = "forward stepwise" if np.isnan(lam) else f"STLSQ threshold {lam:.2g}"
+        source = f"sparse: {how}, {k} term{'s' if k != 1 else ''}"
+        trees = [(tree, source)]
+        den = library.denominator
+        # over a denominator the frequencies stay 1: the law's trig terms are those of one
+        # angle, and each inner pair would cost two more constants in every refinement
+        if (settings.refine_inner and den is None
+                and 0 < count_trig_calls(tree) <= settings.max_inner_calls):
+            trees.append((with_inner_constants(tree), source + ", with frequencies and phases"))
+        if den is not None:
+            trees = [(BinOp("/", t, den), s + ", over a fitted denominator") for t, s in trees]
+        out += trees
+    best = min((row[1] for row in front), default=float("inf"))
+    info = {"library_terms": len(terms), "supports": len(supports), "front": len(front),
+            "best_validation_error": best}
     return out, info
 
 

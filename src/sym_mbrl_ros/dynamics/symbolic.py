@@ -61,12 +61,22 @@ from .expression import (
     fold_like_terms,
     increment_tree,
     is_identifier,
+    names_in,
     next_value_tree,
     parse_expression,
     simplify,
     to_string,
     to_sympy,
 )
+from .fallback import (
+    FallbackSettings,
+    GPBudget,
+    best_refined,
+    gp_fallback_candidates,
+    noise_floor,
+    should_fall_back,
+)
+from .families import FamilySettings, extend_library
 from .gp import GPSettings, gp_candidates
 from .integrate import METHODS, Integrator
 from .library import LibrarySpec, library_size
@@ -141,10 +151,20 @@ class SymbolicDynamicsConfig:
     """Number of STLSQ thresholds on the path (log-spaced)."""
     n_refine: int = 8
     """Members of the STLSQ Pareto front (error against size) passed on to refinement."""
+    max_candidate_terms: int = 20
+    """Sparse supports with more terms are not candidates: on an extended library the most
+    accurate support can hold 60 terms, and refining it (through the integrator, too) costs
+    seconds while the rule would not pick it."""
     refine_inner: bool = True
     """Also refine a frequency and a phase inside each sin/cos (``c*sin(w*q + p)``)."""
     max_inner_calls: int = 8
     """Only add inner constants to candidates with at most this many sin/cos calls."""
+    families: bool = True
+    """Sparse backend: per coordinate, add the term families of :mod:`.families` that win on
+    validation (sin/cos of every bounded coordinate, ``x*abs(x)``, ``tanh(x/eps)``, a
+    denominator in ``cos(q)**2``); nothing needs declaring."""
+    family_gain: float = 10.0
+    """A family is added when it lowers the whole-library validation error by this factor."""
     # --- refinement and selection (all backends) ---
     bfgs_maxiter: int = 200
     """Iterations of BFGS per candidate."""
@@ -191,6 +211,17 @@ class SymbolicDynamicsConfig:
     bagging_structure: bool = False
     """Members are whole fits (search and selection too) rather than the chosen structure
     with its constants refitted (about ``bagging_members`` times the fit time)."""
+    # --- gp fallback of the sparse backend ---
+    gp_fallback: bool = True
+    """Sparse backend: run pyoperon on a coordinate whose best sparse candidate misses
+    ``gp_fallback_error`` and sits ``gp_fallback_ratio`` times above the data's noise floor
+    (:mod:`.fallback`)."""
+    gp_fallback_time: float = 3.0
+    """Seconds of pyoperon per fit for the fallback, shared by the coordinates that need it."""
+    gp_fallback_error: float = 1e-4
+    """The fallback runs only where the best sparse validation error (1 - R²) exceeds this."""
+    gp_fallback_ratio: float = 10.0
+    """...and exceeds this multiple of the estimated noise floor."""
     # --- gp backend ---
     gp_time: float = 4.0
     """Seconds of pyoperon search per coordinate, shared by the runs (each rounded up to whole
@@ -461,7 +492,7 @@ class SymbolicDynamics:
         val_idx, train_idx = np.arange(n - n_val, n), np.arange(n - n_val)
         X_margin = margin_points(X, cfg.margin, cfg.margin_samples, rng)
 
-        self._library_cache: dict = {}
+        self._library_cache: dict = {"gp_budget": GPBudget(cfg.gp_fallback_time)}
         self._fronts: dict[int, list[Node]] = {}
         if self.is_continuous:
             assert dt_rows is not None
@@ -780,12 +811,23 @@ class SymbolicDynamics:
                 spec=spec,
                 n_thresholds=cfg.n_thresholds,
                 n_refine=cfg.n_refine,
+                max_terms=cfg.max_candidate_terms,
                 refine_inner=cfg.refine_inner,
                 max_inner_calls=cfg.max_inner_calls,
                 floor=cfg.selection_floor,
             )
+            states = [v for v in poly if v in self.state_names]
+            if cfg.families and attempt == 0:
+                fam = FamilySettings(gain=cfg.family_gain, floor=cfg.error_floor)
+                library, choice = extend_library(
+                    self._library_cache, library, data, states, poly, angles, spec,
+                    cfg.max_library_terms, fam,
+                )
             raw, info = sparse_candidates(data, library, settings)
             info["library"] = asdict(spec)
+            if cfg.families and attempt == 0:
+                info["families"] = choice.as_dict()
+            self._gp_fallback(i, data, raw, info, poly + angles)
             return raw, info
         cols = [self.variables.index(v) for v in poly + angles]
         names = [self.variables[c] for c in cols]
@@ -826,6 +868,45 @@ class SymbolicDynamics:
             raw += [(tree, f"{source}, run {run + 1}") for tree, source in found]
             infos.append(dict(info, rows=int(len(rows))))
         return raw, {"runs": infos}
+
+    def _gp_fallback(self, i: int, data, raw: list, info: dict, names: list[str]) -> None:
+        """Add pyoperon's candidates to ``raw`` where the sparse ones fall short."""
+        cfg = self.config
+        settings = FallbackSettings(cfg.gp_fallback, cfg.gp_fallback_error, cfg.gp_fallback_ratio,
+                                    cfg.gp_fallback_time)
+        budget = self._library_cache.get("gp_budget")
+        if not settings.enabled or budget is None or info.get("best_validation_error", 0) <= (
+            settings.min_error
+        ):
+            return
+        best, tree = best_refined(raw, data, cfg.bfgs_maxiter)
+        if tree is None:
+            return
+        # the residual is judged against the inputs the candidate uses: a missing term is
+        # most often in them, and fewer dimensions give the local fits close neighbours
+        used = names_in(tree) & set(names)
+        near = [self.variables.index(v) for v in names if v in used or not used]
+        residual = data.y_train - CompiledExpression(tree, self.variables).numpy(data.X_train)
+        floor = noise_floor(data.X_train[:, near], residual, data.y_var)
+        info["gp_fallback"] = {"sparse_error": best, "noise_floor": floor, "ran": False}
+        if not should_fall_back(best, floor, settings):
+            return
+        seconds = budget.take(settings)
+        if not seconds:
+            info["gp_fallback"]["skipped"] = "the fit's pyoperon budget is spent"
+            return
+        gp = GPSettings(population_size=cfg.gp_population, max_length=cfg.gp_max_length,
+                        symbols=cfg.gp_symbols, max_candidates=cfg.gp_candidates,
+                        local_iterations=cfg.gp_local_iterations)
+        cols = [self.variables.index(v) for v in names]
+        t0 = time.perf_counter()
+        found, gp_info = gp_fallback_candidates(
+            data.X_train[:, cols], data.y_train, names, seconds, gp, self.seed * 7919 + 101 * i,
+            cfg.gp_max_rows,
+        )
+        budget.spend(time.perf_counter() - t0)
+        raw += found
+        info["gp_fallback"].update(ran=True, **gp_info)
 
     def _inputs(self) -> tuple[list[str], list[str]]:
         """(polynomial inputs, angle inputs) that candidate expressions may use."""
