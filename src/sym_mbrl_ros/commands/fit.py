@@ -101,9 +101,10 @@ def add_arguments(parser) -> None:
              "mobile base on a flat floor: no expression may use them",
     )
     parser.add_argument(
-        "--time", default="discrete", choices=("discrete", "continuous"),
-        help="discrete: next value per coordinate (default); continuous: its time derivative, "
-             "integrated over the file's dt",
+        "--time", default="auto", choices=("auto", "discrete", "continuous"),
+        help="continuous: each coordinate's time derivative, integrated over the file's dt "
+             "(RK4), the law as a physicist writes it; discrete: the next value per coordinate; "
+             "auto (default): continuous when the file has dt, else discrete",
     )
     parser.add_argument(
         "--quiet", "-q", action="store_true", help="print only the equations and R²"
@@ -125,6 +126,11 @@ def run(args) -> int:
     train, test = heldout_newest(len(data), args.holdout)
     n_test = len(test)
     config = {} if args.gp_time is None else {"gp_time": args.gp_time}
+    if args.time == "auto":
+        args.time = "continuous" if data.dt is not None else "discrete"
+        if data.dt is None:
+            print(f"note: {args.data} has no dt, so the model is discrete-time (next values); "
+                  "save dt with the data for a continuous-time law")
     config["time"] = args.time
     if args.time == "continuous" and data.dt is None:
         raise UserError(f"--time continuous needs the step length, and {args.data} has no dt")
