@@ -10,7 +10,7 @@ A README block that a result file owns is fenced by two comments::
     <!-- /bench -->
 
 The opening comment names a file in ``bench/results/`` and, after ``|``, the headings of the
-sections to copy (all of the file when none is named). The file's ``Command:`` line is
+sections to copy (all of the file but its ``# title`` line when none is named). The file's ``Command:`` line is
 copied too, so every figure in the block says which command made it. Text outside the
 fences is left alone.
 """
@@ -53,8 +53,9 @@ def render(spec: str, results: Path = RESULTS) -> str:
         raise ReportError(f"README names {path}, which does not exist; run its benchmark "
                           "first") from None
     command = next((line for line in text.splitlines() if line.startswith("Command:")), None)
-    if not wanted:
-        body = text.strip("\n")
+    if not wanted:  # the whole file, less its "# title" line (the README has its own heading)
+        lines = text.strip("\n").splitlines()
+        body = "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip("\n")
     else:
         found = sections(text)
         missing = [w for w in wanted if w not in found]

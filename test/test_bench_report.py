@@ -40,6 +40,13 @@ def test_a_missing_file_or_section_is_one_clear_error(tmp_path):
         report.rewrite("<!-- bench: gone.md -->\n<!-- /bench -->", tmp_path)
 
 
+def test_a_whole_file_block_drops_the_files_title(tmp_path):
+    report = _report()
+    (tmp_path / "h.md").write_text("# Title\n\nCommand line.\n\n| a |\n|---|\n| 1 |\n")
+    new = report.rewrite("<!-- bench: h.md -->\n<!-- /bench -->", tmp_path)
+    assert new == "<!-- bench: h.md -->\nCommand line.\n\n| a |\n|---|\n| 1 |\n<!-- /bench -->"
+
+
 def test_the_readme_tables_are_the_stored_results():
     """Every fenced README table equals what bench/report.py makes from bench/results/."""
     report = _report()
