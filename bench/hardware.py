@@ -129,8 +129,70 @@ class _Watcher:
                 "latency_ms_p99": float(np.percentile(latency, 99))}
 
 
-def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path) -> dict:
-    """One fake robot and one `up --hardware` run; the row of the table."""
+KILLED = ("recorder", "dynamics_learner", "policy_trainer")
+"""The nodes ``--kill-at`` kills (``up`` restarts them; the controller runs on)."""
+
+
+def _children(pid: int) -> dict[str, int]:
+    """``{node name: pid}`` of the node processes ``pid`` started (read from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid != pid:
+            continue
+        for arg in cmd:
+            if arg.startswith(b"__node:="):
+                found[arg.decode()[len("__node:="):]] = int(entry.name)
+    return found
+
+
+def _stored(path: Path) -> tuple[int, int]:
+    """``(rows, largest id)`` committed in a transition store (0, 0 when there is none)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0, 0
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        n, top = con.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM transitions").fetchone()
+    finally:
+        con.close()
+    return int(n), int(top)
+
+
+def _kill_later(up: subprocess.Popen, at_s: float, store: Path, record: dict) -> threading.Thread:
+    """At ``at_s`` seconds, kill -9 the recorder, learner and trainer of ``up``'s graph and
+    note the store's committed rows just before (every one must survive)."""
+    def kill() -> None:
+        deadline = time.monotonic() + at_s
+        while time.monotonic() < deadline:
+            if up.poll() is not None:
+                return
+            time.sleep(0.2)
+        record["rows_before_kill"], record["top_id_before_kill"] = _stored(store)
+        victims = {n: p for n, p in _children(up.pid).items() if n in KILLED}
+        for pid in victims.values():
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        record["killed"] = sorted(victims)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path,
+            kill_at: float | None = None) -> dict:
+    """One fake robot and one `up --hardware` run; the row of the table. With ``kill_at``,
+    recorder, learner and trainer are killed (-9) that many seconds into the run."""
     from sym_mbrl_ros.envs import get_task
 
     domain = random.SystemRandom().randint(100, 200)
@@ -138,7 +200,7 @@ def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path)
                PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cli = [sys.executable, "-m", "sym_mbrl_ros.cli"]
     robot_args = common_robot_options(seed) + [a for kv in VARIANTS[variant].items() for a in kv]
-    run_dir = out / "runs" / "hardware" / f"{variant}-s{seed}"
+    run_dir = out / "runs" / "hardware" / f"{variant}-s{seed}{'-kill' if kill_at else ''}"
     if run_dir.exists():
         import shutil
 
@@ -146,12 +208,16 @@ def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path)
     watcher = _Watcher(domain)
     robot = subprocess.Popen(cli + ["fake-hardware", "pendulum", *robot_args], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    kills: dict = {}
     try:
-        up = subprocess.run(
+        up = subprocess.Popen(
             cli + ["up", "pendulum", "--hardware", "--activate",
                    "--seed", str(seed), "--steps", str(max_steps),
                    "--max-wall", str(max_wall), "--out", str(run_dir), "--quiet"],
-            env=env, capture_output=True, text=True, timeout=max_wall + 120)
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if kill_at:
+            _kill_later(up, kill_at, run_dir / "transitions.sqlite", kills)
+        up.communicate(timeout=max_wall + 120)
     finally:
         robot.terminate()
         try:
@@ -168,7 +234,17 @@ def run_one(variant: str, seed: int, max_steps: int, max_wall: float, out: Path)
            "solved": bool(last3 is not None and last3 >= SOLVED_RETURN),
            "mean_last3": last3, "steps": summary["steps"], "wall_s": summary["wall_s"],
            "reason": summary["reason"], "returns": returns, "up_exit": up.returncode,
-           "robot_dropped": watcher.robot_dropped, "run_dir": str(run_dir)}
+           "robot_dropped": watcher.robot_dropped, "run_dir": str(run_dir),
+           "restarts": summary.get("restarts", {})}
+    if kill_at:
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{run_dir / 'transitions.sqlite'}?mode=ro", uri=True)
+        kept = con.execute("SELECT COUNT(*) FROM transitions WHERE id <= ?",
+                           (kills.get("top_id_before_kill", 0),)).fetchone()[0]
+        con.close()
+        after = _stored(run_dir / "transitions.sqlite")[0]
+        row.update(kills, rows_kept=int(kept), rows_after=after)
     row.update(watcher.figures(get_task("pendulum").dt))
     return row
 
@@ -190,6 +266,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kill_table(rows: list[dict], at_s: float) -> str:
+    """Rows committed before the kill and kept after it, restarts, and the outcome."""
+    lines = [f"kill -9 of {', '.join(KILLED)} {at_s:g} s into the run:", "",
+             "| robot | seed | killed | rows committed before | of those kept | rows at the end | "
+             "restarts | solved |", "|---|---:|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['seed']} | {', '.join(r.get('killed', [])) or '—'} | "
+                     f"{r.get('rows_before_kill', '—')} | {r.get('rows_kept', '—')} | "
+                     f"{r.get('rows_after', '—')} | {r.get('restarts') or '—'} | "
+                     f"{'yes' if r['solved'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="100", help="comma-separated seeds (default 100)")
@@ -199,6 +288,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wall", type=float, default=900.0, help="wall-clock limit per run (s)")
     ap.add_argument("--out-dir", default=str(RESULTS),
                     help="where hardware.md/.json and the runs go (default bench/results)")
+    ap.add_argument("--kill-at", type=float, default=None, metavar="S",
+                    help="kill -9 recorder, learner and trainer S seconds into each run; "
+                         "writes hardware_kill.md/.json (rows committed before the kill, "
+                         "restarts, solved)")
     args = ap.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -209,19 +302,22 @@ def main(argv=None) -> int:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in variants:
-            row = run_one(variant, seed, args.max_steps, args.max_wall, out)
+            row = run_one(variant, seed, args.max_steps, args.max_wall, out, args.kill_at)
             rows.append(row)
             print(table([row]).split("\n")[-1], flush=True)
     text = table(rows)
+    stem = "hardware_kill" if args.kill_at else "hardware"
+    if args.kill_at:
+        text += "\n\n" + kill_table(rows, args.kill_at)
     command = "python bench/hardware.py " + " ".join(argv if argv is not None else sys.argv[1:])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    (out / "hardware.md").write_text(
+    (out / f"{stem}.md").write_text(
         f"# `sym-mbrl up pendulum --hardware` against `sym-mbrl fake-hardware`\n\n"
         f"`{command.strip()}`; velocity noise std {VELOCITY_NOISE} rad/s, 4096-count "
         f"encoders, 5 ms actuator delay, 200 ms command timeout; solved = mean return of the "
         f"last 3 windows >= {SOLVED_RETURN:g}. Load average at the end: "
         f"{_fmt(load, '.1f')}.\n\n{text}\n")
-    (out / "hardware.json").write_text(json.dumps({
+    (out / f"{stem}.json").write_text(json.dumps({
         "command": command.strip(), "rows": rows, "machine": platform.platform(),
         "python": sys.version, "load_average_1min": load,
         "git": _git_commit()}, indent=2) + "\n")
