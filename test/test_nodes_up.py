@@ -248,3 +248,54 @@ def test_up_hardware_waits_for_activate_then_records_windows(graph, tmp_path):
     # drops a transition whose window is not one period ±25 %, so gaps are multiples)
     span = batch.stamps[1:] - batch.stamps[:-1]
     assert np.median(span) == pytest.approx(0.05, rel=0.25)
+
+
+def _node_pids(parent: int) -> list[int]:
+    from pathlib import Path
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_no_node_outlives_a_killed_up(tmp_path):
+    """kill -9 of `up` itself: its nodes (a controller commanding a robot among them) stop too
+    instead of running on as orphans."""
+    import os
+    import signal
+    import time
+
+    from test_nodes_common import wait_for
+
+    up = subprocess.Popen(
+        [sys.executable, "-m", "sym_mbrl_ros.cli", "up", "pendulum", "--steps", "5000",
+         "--out", str(tmp_path / "run"), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(_node_pids(up.pid)) >= 5, timeout=60)
+        nodes = _node_pids(up.pid)
+        time.sleep(2.0)  # the nodes are up and running
+        up.send_signal(signal.SIGKILL)
+        up.wait(timeout=10)
+
+        def alive() -> list[int]:
+            out = []
+            for pid in nodes:
+                try:
+                    os.kill(pid, 0)
+                    out.append(pid)
+                except ProcessLookupError:
+                    pass
+            return out
+
+        assert wait_for(lambda: not alive(), timeout=30), f"orphaned nodes: {alive()}"
+    finally:
+        if up.poll() is None:
+            up.kill()

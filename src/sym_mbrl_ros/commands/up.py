@@ -242,7 +242,8 @@ class _Graph:
         log = open(self.logs / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(self.commands[name], stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=_terminate_with_parent)
         log.close()
 
     def start(self) -> None:
@@ -281,6 +282,20 @@ class _Graph:
                 end = time.monotonic() + limit
                 for n in group:
                     _wait(self.procs[n], max(0.0, end - time.monotonic()))
+
+
+def _terminate_with_parent() -> None:
+    """In a node process before it starts: SIGTERM it when `up` dies, however it dies
+    (kill -9 included), so that no node, and no controller commanding a robot, outlives the
+    run (Linux; elsewhere `up` stops its nodes only when it exits normally)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> None:
