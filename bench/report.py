@@ -10,9 +10,9 @@ A README block that a result file owns is fenced by two comments::
     <!-- /bench -->
 
 The opening comment names a file in ``bench/results/`` and, after ``|``, the headings of the
-sections to copy (all of the file but its ``# title`` line when none is named). The file's ``Command:`` line is
-copied too, so every figure in the block says which command made it. Text outside the
-fences is left alone.
+sections to copy (all of the file but its ``# title`` line when none is named). The file's
+``Command:`` line is copied too, so every figure in the block says which command made it.
+Text outside the fences is left alone.
 """
 
 from __future__ import annotations
