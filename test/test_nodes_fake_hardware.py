@@ -123,13 +123,26 @@ def _period(graph, tmp_path, name: str, **params) -> float:
     assert wait_for(lambda: len(states) > 1 and _hinge(states)[0][-1] - _hinge(states)[0][0]
                     > 4.5, timeout=20)
     t, q, _, _ = _hinge(states)
+    overruns = int(node.diag.counts.get("overruns", 0))
     x = q - HANGING
     up = np.nonzero((x[:-1] < 0) & (x[1:] >= 0))[0]  # upward zero crossings, interpolated
     crossings = t[up] - x[up] * (t[up + 1] - t[up]) / (x[up + 1] - x[up])
     graph.remove(probe)
     graph.remove(node)
     assert len(crossings) >= 2
-    return float(np.mean(np.diff(crossings)))
+    return float(np.mean(np.diff(crossings))), overruns
+
+
+def _real_time_period(graph, tmp_path, name: str, **params) -> float:
+    """:func:`_period`, measured again when the robot could not keep real time: a robot
+    starved for more than 0.25 s skips the gap (as a real one would not stop), and physics
+    time is then missing between the stamps, which lengthens the measured period."""
+    for attempt in range(3):
+        period, overruns = _period(graph, tmp_path, f"{name}_{attempt}", **params)
+        if overruns == 0:
+            return period
+    pytest.skip(f"the machine was too loaded to run the fake robot in real time ({overruns} "
+                "overruns in each of 3 measurements): a period needs real-time physics")
 
 
 def test_perturbed_parameters_change_the_dynamics(graph, tmp_path):
@@ -140,7 +153,7 @@ def test_perturbed_parameters_change_the_dynamics(graph, tmp_path):
     assert abs(nominal - 2 * 0.5 / 5.0) < 0.02  # 0.2 rad (small-angle formula: ~1% off)
     assert abs(nominal / heavy - 1.5) < 0.08  # (the small-angle error differs a little)
     # the rod's period 2 pi sqrt(2 L / (3 g)) = 1.62 s grows with sqrt(length)
-    base = _period(graph, tmp_path, "probe_l1")
-    longer = _period(graph, tmp_path, "probe_l144", length_scale=1.44)
+    base = _real_time_period(graph, tmp_path, "probe_l1")
+    longer = _real_time_period(graph, tmp_path, "probe_l144", length_scale=1.44)
     assert abs(base - 2 * math.pi * math.sqrt(2 / 30)) < 0.03  # (0.3 rad amplitude: +0.6%)
     assert abs(longer / base - 1.2) < 0.02
