@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.fields import StateFields
 from ..errors import UserError
 
 HELP = "turn a rosbag2 recording (MCAP or sqlite3) into a transitions file"
@@ -64,11 +65,10 @@ def add_arguments(parser) -> None:
 
 
 # --------------------------------------------------------------------------- parameters
-@dataclass
-class BagSettings:
-    """What the parameter file says about topics, the state layout and pairing."""
+@dataclass(frozen=True)
+class BagSettings(StateFields):
+    """What the parameter file says about topics, the state layout (``fields``) and pairing."""
 
-    fields: tuple[str, ...]
     state_topic: str
     joint_state_topic: str
     command_topic: str
@@ -77,23 +77,6 @@ class BagSettings:
     pairing: str
     tolerance: float
     max_state_age_s: float
-
-    @property
-    def joints(self) -> tuple[str, ...]:
-        out: list[str] = []
-        for f in self.fields:
-            source, _, key = f.partition(".")
-            if source in ("position", "velocity") and key not in out:
-                out.append(key)
-        return tuple(out)
-
-    @property
-    def uses_odom(self) -> bool:
-        return any(f.startswith("odom.") for f in self.fields)
-
-    @property
-    def needs_target(self) -> bool:
-        return any(f.startswith("target.") for f in self.fields)
 
 
 def _resolve(name: str, namespace: str) -> str:

@@ -43,6 +43,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
+from ..data.fields import StateFields
 from .common import QOS_LATCHED, QOS_STREAM, TARGET_TOPIC, stamp_ns
 
 # A /clock reader that takes any publisher: the sim bridge's (reliable) and rosbag2's
@@ -68,10 +69,9 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class StateLayout:
-    """Where each state coordinate comes from (the ``state_fields`` parameter)."""
-
-    fields: tuple[str, ...]
+class StateLayout(StateFields):
+    """Where each state coordinate comes from (the ``state_fields`` parameter), with the
+    conversions between messages and state vectors."""
 
     @classmethod
     def parse(cls, fields: Sequence[str], state_dim: int | None = None) -> StateLayout:
@@ -88,28 +88,6 @@ class StateLayout:
                     f"state field {f!r} is not one of position.<joint>, velocity.<joint>, "
                     f"odom.{{{','.join(ODOM_KEYS)}}}, target.{{{','.join(TARGET_KEYS)}}}")
         return cls(tuple(fields))
-
-    @property
-    def joints(self) -> tuple[str, ...]:
-        """Joints whose position or velocity is part of the state, first-seen order."""
-        out: list[str] = []
-        for f in self.fields:
-            source, _, key = f.partition(".")
-            if source in ("position", "velocity") and key not in out:
-                out.append(key)
-        return tuple(out)
-
-    @property
-    def uses_odom(self) -> bool:
-        return any(f.startswith("odom.") for f in self.fields)
-
-    @property
-    def needs_target(self) -> bool:
-        return any(f.startswith("target.") for f in self.fields)
-
-    @property
-    def target_indices(self) -> list[int]:
-        return [i for i, f in enumerate(self.fields) if f.startswith("target.")]
 
     # -------------------------------------------------------------- messages -> values
     def joint_values(self, msg: JointState) -> dict[str, float]:
