@@ -251,6 +251,47 @@ def test_mbpo_rollout_mix_static_draws_targets_from_the_whole_real_buffer():
         MBPO(task, MBPOConfig(rollout_mix_static=1.5))
 
 
+def test_mbpo_rollout_mix_uniform_starts_beyond_the_lived_states_inside_the_envelope():
+    class Still:
+        def predict_torch(self, states, actions):
+            return states.clone()
+
+    def starts(task, lived: np.ndarray, share: float, envelope=None) -> np.ndarray:
+        cfg = MBPOConfig(rollout_batch_size=400, rollout_horizon=1, rollout_mix_uniform=share,
+                         rollout_uniform_margin=0.5, rollout_state_margin=None)
+        mbpo = MBPO(task, cfg, seed=0)
+        mbpo.envelope_bounds = envelope
+        for state in lived:
+            obs = task.observation(state[None])[0]
+            mbpo.real_buffer.add(obs, np.zeros(task.action_dim), 0.0, obs, False, state, state)
+        mbpo.set_model(Still(), lived)
+        mbpo.rollout()
+        return task.observe(mbpo.model_buffer.observations[: len(mbpo.model_buffer)].numpy())
+
+    pendulum = get_task("pendulum")  # theta is an angle, theta_dot is not
+    k = np.arange(50)
+    lived = np.stack([0.01 * k, -1.0 + 2.0 * k / 49], axis=1)  # theta in [0, 0.49]
+    s = starts(pendulum, lived, 0.0)
+    assert s[:, 0].min() >= -1e-6 and s[:, 0].max() <= 0.49 + 1e-6
+    s = starts(pendulum, lived, 1.0)
+    # the angle over the whole circle (its range widened would only reach [-0.245, 0.735])
+    assert s[:, 0].min() < -2.5 and s[:, 0].max() > 2.5
+    # the velocity range [-1, 1] widened by half its width on each side: [-2, 2]
+    assert -2.0 - 1e-6 <= s[:, 1].min() < -1.5 and 1.5 < s[:, 1].max() <= 2.0 + 1e-6
+    # never beyond the safety envelope
+    capped = starts(pendulum, lived, 1.0,
+                    envelope=(np.array([-np.inf, -1.2]), np.array([np.inf, 1.2])))
+    assert capped[:, 1].min() >= -1.2 - 1e-6 and capped[:, 1].max() <= 1.2 + 1e-6
+    # a target (static coordinate) is one the robot has seen, never a drawn one
+    reacher = get_task("reacher")
+    lived = np.array([[0.01 * i, 0.0, 0.0, 0.0, 0.1, 0.05] for i in range(50)])
+    s = starts(reacher, lived, 1.0)
+    np.testing.assert_allclose(s[:, 4:6], np.tile([0.1, 0.05], (len(s), 1)), atol=1e-6)
+    assert s[:, 0].min() < 0.0 and s[:, 0].max() > 0.49  # the joint angle widened
+    with pytest.raises(UserError, match="rollout_mix_uniform must lie in"):
+        MBPO(pendulum, MBPOConfig(rollout_mix_uniform=-0.1))
+
+
 def test_ensemble_dynamics_learns_the_pendulum_and_round_trips(tmp_path):
     task, s, a, s2 = _pendulum_data(1400)
     model = EnsembleDynamics(task.state_names, task.action_names, task.angle_coords,

@@ -71,6 +71,18 @@ class MBPOConfig:
     another state, drawn from the *whole* real buffer: robot-target combinations the robot
     never lived, over every target it has seen, not only the few of the recent window (a
     deviation from the paper for goal-conditioned tasks; 0: off)."""
+    rollout_mix_uniform: float = 0.0
+    """Share of rollout start states drawn uniformly from a box instead of from the real
+    buffer: the real states' range widened by ``rollout_uniform_margin`` of its width on each
+    side, angles over the whole circle, never beyond the safety envelope; static coordinates
+    (a target) stay those of a real state. A policy trained only from the states it has lived
+    learns nothing about the states just beyond them, and its critic's guess there can pay for
+    running away (the pendulum spun up to ~25 rad/s); where the model extrapolates, as an exact
+    symbolic one does, these starts teach the critic what lies there (a deviation from the
+    paper; 0: off)."""
+    rollout_uniform_margin: float = 0.5
+    """How far the box of ``rollout_mix_uniform`` reaches beyond the real states' range, as a
+    share of that range's width on each side."""
     rollout_state_margin: float | None = 1.0
     """A rollout stops where the model predicts a state outside the range of the real data
     widened by this many times its width on each side (None: no bounds)."""
@@ -160,9 +172,12 @@ class MBPO:
                 "real_ratio > 0 needs action_repeat = 1: real transitions last one step, the "
                 "model's last action_repeat steps"
             )
-        if not 0.0 <= float(cfg.rollout_mix_static) <= 1.0:
+        for name in ("rollout_mix_static", "rollout_mix_uniform"):
+            if not 0.0 <= float(getattr(cfg, name)) <= 1.0:
+                raise UserError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
+        if float(cfg.rollout_uniform_margin) < 0:
             raise UserError(
-                f"rollout_mix_static must lie in [0, 1], got {cfg.rollout_mix_static}"
+                f"rollout_uniform_margin must be >= 0, got {cfg.rollout_uniform_margin}"
             )
         self.seed = seed
         if obs_dim is None:
@@ -176,6 +191,8 @@ class MBPO:
         self.model_buffer = ReplayBuffer(obs_dim, m, capacity, seed=seed + 2)
         self.model: Any = None
         self.model_env: ModelEnv | None = None
+        self.start_box: tuple[np.ndarray, np.ndarray] | None = None
+        """The box ``rollout_mix_uniform`` draws start states from (set with the model)."""
         self.envelope_bounds: tuple[np.ndarray, np.ndarray] | None = None
         """Per state coordinate, the robot's safety envelope ``(low, high)`` (inf: unbounded):
         model rollouts that leave it are cut, so a policy cannot learn that a state the robot
@@ -234,9 +251,28 @@ class MBPO:
         :meth:`fit_model` installs every fit through here, and so does a learner whose model
         is fitted elsewhere (the policy trainer node), so both roll out the same way.
         """
+        states = np.asarray(states)
         env = ModelEnv(self.task, model, max_disagreement=self.config.rollout_max_disagreement,
-                       **self.state_bounds(np.asarray(states)))
+                       **self.state_bounds(states))
         self.model, self.model_env = model, env
+        self.start_box = self.uniform_start_box(states)
+
+    def uniform_start_box(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The box ``rollout_mix_uniform`` draws rollout starts from, for real ``states``:
+        their range widened by ``rollout_uniform_margin``, angles over [-pi, pi), inside the
+        safety envelope and inside the rollout bounds (None: no states)."""
+        if len(states) == 0:
+            return None
+        lo, hi = states.min(0).astype(np.float64), states.max(0).astype(np.float64)
+        widen = float(self.config.rollout_uniform_margin) * (hi - lo)
+        lo, hi = lo - widen, hi + widen
+        for i in self.task.angle_coords:
+            lo[i], hi[i] = -np.pi, np.pi
+        bounds = self.state_bounds(states)
+        if bounds["state_low"] is not None:
+            lo = np.maximum(lo, bounds["state_low"])
+            hi = np.minimum(hi, bounds["state_high"])
+        return lo, np.maximum(hi, lo)
 
     def state_bounds(self, states: np.ndarray) -> dict[str, np.ndarray | None]:
         """Bounds model rollouts must stay in: the data's range, widened by the margin, and
@@ -288,6 +324,15 @@ class MBPO:
             rows = rows[:n_mix]
             cols = torch.as_tensor(static)
             starts[rows[:, None], cols] = donors[:, cols]
+        n_uniform = int(round(float(cfg.rollout_mix_uniform) * cfg.rollout_batch_size))
+        if n_uniform and self.start_box is not None:
+            lo, hi = (torch.as_tensor(b, dtype=starts.dtype) for b in self.start_box)
+            u = torch.rand((n_uniform, starts.shape[1]), generator=self.real_buffer.generator,
+                           dtype=starts.dtype)
+            drawn = lo + u * (hi - lo)
+            for i in self.task.static_coords:  # a target stays one the robot has seen
+                drawn[:, i] = starts[:n_uniform, i]
+            starts[:n_uniform] = drawn
         out = self.model_env.rollout(
             lambda obs: self.agent.act(obs, deterministic=False),
             starts,
