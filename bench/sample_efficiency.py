@@ -558,11 +558,11 @@ def plot(task: str, results: list[dict], path: Path) -> None:
 
 
 def default_eval_episodes(task: str) -> int:
-    """Episodes per evaluation: 20 where the threshold is a success rate (so that 90 % is
-    18 of 20, not "all 5"), 5 where it is a mean return."""
-    from sym_mbrl_ros.agents.presets import THRESHOLDS
+    """Episodes per evaluation: the protocol's, the same for every task
+    (:data:`sym_mbrl_ros.protocol.EVAL_EPISODES` says why)."""
+    from sym_mbrl_ros.protocol import EVAL_EPISODES
 
-    return 20 if THRESHOLDS[task][0] == "success_rate" else 5
+    return EVAL_EPISODES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..protocol import EVAL_EPISODES
 
 HELP = ("learn a controller on a task (sym-mbpo: symbolic world model; mbpo: NN ensemble; sac; "
         "sym-mpc: planning)")
@@ -44,7 +45,8 @@ def add_arguments(parser) -> None:
              "every learner: every 50 steps to 1,000, every 250 to 5,000, every 1,000 after)"
     )
     parser.add_argument(
-        "--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)"
+        "--eval-episodes", type=int, default=EVAL_EPISODES,
+        help=f"episodes per evaluation (default {EVAL_EPISODES}, the benchmark protocol's)"
     )
     parser.add_argument(
         "--eval-dense", default=None, metavar="EVERY:UNTIL",
@@ -153,7 +155,7 @@ def train_run(
     seed: int,
     out: str | Path,
     eval_every: int | None = None,
-    eval_episodes: int = 5,
+    eval_episodes: int = EVAL_EPISODES,
     policy: str = "mlp",
     overrides: dict[str, Any] | None = None,
     threads: int | None = 1,
