@@ -577,8 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default=None, help="per learner, e.g. sym-mbpo=1500,sac=15000")
     p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset")
     p.add_argument("--eval-episodes", type=int, default=None,
-                   help="episodes per evaluation (default: 20 for a success-rate threshold, "
-                        "else 5)")
+                   help="episodes per evaluation (default: the protocol's, 20)")
     p.add_argument("--budgets", default=None, help="comma-separated step budgets for the table")
     p.add_argument("--workers", type=int, default=2, help="parallel trainings (at most 2)")
     p.add_argument(
