@@ -60,6 +60,7 @@ MODEL_SCORE_TOPIC = "sym_mbrl/model/heldout_r2"
 MODEL_TEXT_TOPIC = "sym_mbrl/model/equations"
 PROGRESS_TOPIC = "sym_mbrl/progress"
 EPISODE_RETURN_TOPIC = "sym_mbrl/episode_return"
+COMMAND_ECHO_TOPIC = "sym_mbrl/command_echo"  # which state each command answered
 DIAGNOSTICS_TOPIC = "/diagnostics"  # the one aggregator topic of the domain, as in ROS
 
 _TYPES = {

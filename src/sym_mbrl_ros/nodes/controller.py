@@ -37,6 +37,14 @@ at all before a position was measured). In order:
 4. NaN guard: a non-finite or mis-shaped action, or a policy that raises;
 5. clipping to the task's action limits and the envelope's command limits.
 
+Command echo: with every command the controller publishes a record on ``sym_mbrl/command_echo``
+(std_msgs/Int64MultiArray labelled ``seq,state_stamp_ns,state_received_ns,command_sent_ns,kind``):
+the header stamp of the state the action was computed from, when this node took that state in
+and when it sent the command (system clock ns; the time the command codec stamps), a sequence
+number, and the kind: 0 computed from that state, 1 a safe action, 2 the lockstep kick. Kinds 1
+and 2 answer no state: their stamp and receive time are -1. A consumer (``bench/
+control_latency.py``) thus pairs each command with the state it answered, not the newest one.
+
 /diagnostics: WARN while the e-stop is engaged (or messages were dropped recently), ERROR
 while the watchdog fires or the envelope is violated, OK again when the cause ends.
 """
@@ -51,10 +59,11 @@ from collections import deque
 import numpy as np
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Int64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool
 
 from .common import (
+    COMMAND_ECHO_TOPIC,
     ERROR,
     ESTOP_TOPIC,
     MODEL_TOPIC,
@@ -74,6 +83,12 @@ from .policies import Exploration, PolicyError, load_planner, load_policy
 from .topics import BadMessage, StateInput
 
 INTERFACES = ("effort", "velocity", "position")
+ECHO_FIELDS = ("seq", "state_stamp_ns", "state_received_ns", "command_sent_ns", "kind")
+"""The elements of a command echo record, in order (its dimension's label)."""
+ECHO_ANSWER, ECHO_SAFE, ECHO_KICK = 0, 1, 2
+"""Echo ``kind``: computed from the named state; a safe action; the lockstep kick."""
+NO_STATE = (-1, -1)
+"""Echo ``state_stamp_ns, state_received_ns`` of a command that answers no state."""
 
 
 class Controller(LifecycleNode):
@@ -172,6 +187,10 @@ class Controller(LifecycleNode):
                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda event: None)),
         ]
 
+        self._echo = Int64MultiArray()  # one message, refilled per command (the hot path)
+        self._echo.layout.dim = [MultiArrayDimension(
+            label=",".join(ECHO_FIELDS), size=len(ECHO_FIELDS), stride=len(ECHO_FIELDS))]
+        self._echo_seq = 0  # over the node's life: a gap means a lost record
         self._loading = threading.Lock()
         self._pending: dict[str, tuple] = {}
         self._loader_busy = False
@@ -226,8 +245,9 @@ class Controller(LifecycleNode):
         self.state_seq = 0
         self.acted_seq = 0
         self.state_time = -1e9
+        self._state_at = NO_STATE  # (stamp, receive time) of the newest state, ns
         self.mode = "idle"
-        self.pub = self.timer = None
+        self.pub = self.echo_pub = self.timer = None
         self._subs: list = []
         self._tick_times: deque[float] = deque(maxlen=500)
         self._compute: deque[float] = deque(maxlen=500)
@@ -237,6 +257,8 @@ class Controller(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.pub = self.create_lifecycle_publisher(self.p.codec.msg_type, self.p.command_topic,
                                                    QOS_STREAM)
+        self.echo_pub = self.create_lifecycle_publisher(Int64MultiArray, COMMAND_ECHO_TOPIC,
+                                                        QOS_STREAM)
         self.input = StateInput(self, self.p, self.diag, self.on_state, self.stamp_age,
                                 QOS_NEWEST)
         subs = self.input.subscriptions + [
@@ -292,14 +314,16 @@ class Controller(LifecycleNode):
         self._stop_timer()
         for s in self._subs:
             self.destroy_subscription(s)
-        if self.pub is not None:
-            self.destroy_lifecycle_publisher(self.pub)
+        for pub in (self.pub, self.echo_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
         self._reset_runtime()  # a learned policy and the e-stop survive cleanup; data does not
         for name in ("watchdog", "envelope"):
             self.diag.condition(name, OK)
 
     # ------------------------------------------------------------------ inputs
     def on_state(self, ns: int, values: dict[str, float]) -> None:
+        self._state_at = (ns, time.time_ns())
         self.values = values
         self.state_seq += 1
         self.state_time = time.monotonic()
@@ -468,7 +492,7 @@ class Controller(LifecycleNode):
             self.diag.condition("watchdog", ERROR, text)
             self.diag.warn("watchdog", text)
             if self.lockstep_kick and self.state_seq == 0 and self.safe_action() is None:
-                self._publish(self.zero)  # start a lockstep simulation's exchange
+                self._publish(self.zero, ECHO_KICK)  # start a lockstep simulation's exchange
             else:
                 self._publish_safe()
             return
@@ -498,6 +522,7 @@ class Controller(LifecycleNode):
             self.diag.drop(exc.reason, str(exc))
             return
         self.acted_seq = self.state_seq
+        answered = self._state_at
         if self.policy is None:
             self.mode = "explore"
             action = self.exploration(state)
@@ -518,7 +543,7 @@ class Controller(LifecycleNode):
             self._publish_safe()
             return
         self._hold = None  # acting normally again: a later fallback holds where it begins
-        self._publish(np.clip(action, self.low, self.high))
+        self._publish(np.clip(action, self.low, self.high), ECHO_ANSWER, answered)
         self._compute.append(time.perf_counter() - t0)
 
     def safe_action(self) -> np.ndarray | None:
@@ -536,12 +561,17 @@ class Controller(LifecycleNode):
     def _publish_safe(self) -> None:
         action = self.safe_action()
         if action is not None:  # position control with no measurement yet: send nothing
-            self._publish(action)
+            self._publish(action, ECHO_SAFE)
 
-    def _publish(self, action: np.ndarray) -> None:
+    def _publish(self, action: np.ndarray, kind: int,
+                 answered: tuple[int, int] = NO_STATE) -> None:
         if self.pub is None or self.timer is None:
             return  # not active: a lifecycle publisher would drop it anyway
-        self.pub.publish(self.p.codec.to_msg(action, time.time_ns()))
+        sent = time.time_ns()
+        self.pub.publish(self.p.codec.to_msg(action, sent))
+        self._echo_seq += 1  # after the command: the echo never delays it
+        self._echo.data = [self._echo_seq, answered[0], answered[1], sent, kind]
+        self.echo_pub.publish(self._echo)
         self.diag.count("commands")
         self._loop_stats()
 
