@@ -25,6 +25,7 @@ COMMANDS = [
     "eval",
     "train-sr",
     "up",
+    "controller",
     "fake-hardware",
     "demo",
 ]
