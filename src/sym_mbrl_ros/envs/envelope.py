@@ -7,11 +7,14 @@ the controller's ``state_fields`` (see ``nodes/topics.py``) plus one per command
   only; a continuous joint has no position bound);
 * ``velocity.<joint>``: ``[-velocity, velocity]`` of the joint's ``<limit>``;
 * ``effort.<joint>``: ``[-effort, effort]`` of the joint's ``<limit>``;
+* ``twist.<component>`` (``twist.linear.x``, ``twist.angular.z``): a geometry_msgs/Twist
+  command's component, only through an override (a URDF bounds joints, not a base's twist);
 * any other name (``odom.vx``, ``target.x``) only through an override.
 
 Measured state coordinates are checked against the ``position.*``/``velocity.*``/``odom.*``
 entries; a command for a joint driven through interface ``I`` (``position``, ``velocity`` or
-``effort``) is bounded by the entry ``I.<joint>``. A field without an entry is unbounded.
+``effort``) is bounded by the entry ``I.<joint>``, and a twist command's component ``C`` by
+``twist.C``. A field without an entry is unbounded.
 
 The same bounds serve a model rollout: for a task whose state is its joints' positions then
 velocities the fields are ``position.<j>`` for each joint then ``velocity.<j>``; other tasks
@@ -133,3 +136,7 @@ class SafetyEnvelope:
                        ) -> tuple[np.ndarray, np.ndarray]:
         """Bounds on a command array for ``joints`` driven through ``interface``."""
         return self.bounds([f"{interface}.{j}" for j in joints])
+
+    def twist_bounds(self, components: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on a twist command whose coordinates are these components (``linear.x``)."""
+        return self.bounds([f"twist.{c}" for c in components])

@@ -35,7 +35,8 @@ at all before a position was measured). In order:
 3. safety envelope: a measured state outside the robot's joint ``<limit>`` (the URDF,
    ``urdf``) or the ``envelope`` overrides, until it is back inside;
 4. NaN guard: a non-finite or mis-shaped action, or a policy that raises;
-5. clipping to the task's action limits and the envelope's command limits.
+5. clipping to the task's action limits and the envelope's command limits (``effort.<joint>``
+   and the like for array commands, ``twist.linear.x`` and the like for a twist).
 
 Command echo: with every command the controller publishes a record on ``sym_mbrl/command_echo``
 (std_msgs/Int64MultiArray labelled ``seq,state_stamp_ns,state_received_ns,command_sent_ns,kind``):
@@ -225,15 +226,20 @@ class Controller(LifecycleNode):
         return name
 
     def _command_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """The task's action box, narrowed by the envelope's limits of the commanded joints."""
+        """The task's action box, narrowed by the envelope's limits of the commanded joints
+        (``<interface>.<joint>``) or twist components (``twist.<component>``)."""
         low = self.p.task.action_low.astype(float)
         high = self.p.task.action_high.astype(float)
         if self.p.codec.kind == "array":
-            e_low, e_high = self.envelope.command_bounds(self.interface, self.p.joint_names)
-            low, high = np.maximum(low, e_low), np.minimum(high, e_high)
-            if np.any(low > high):
-                raise SystemExit(f"controller: the envelope's {self.interface} limits of "
-                                 f"{self.p.joint_names} exclude the task's whole action box")
+            kind, names = self.interface, self.p.joint_names
+            e_low, e_high = self.envelope.command_bounds(kind, names)
+        else:
+            kind, names = "twist", list(self.p.codec.twist_fields)
+            e_low, e_high = self.envelope.twist_bounds(names)
+        low, high = np.maximum(low, e_low), np.minimum(high, e_high)
+        if np.any(low > high):
+            raise SystemExit(f"controller: the envelope's {kind} limits of {names} exclude "
+                             f"the task's whole action box")
         return low, high
 
     def _reset_runtime(self) -> None:
