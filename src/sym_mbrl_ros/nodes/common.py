@@ -259,6 +259,27 @@ def _events_executor():
     return EventsExecutor()
 
 
+def _fall_back(node: Node, executor: Any, exc: Exception) -> SingleThreadedExecutor:
+    """Move ``node`` from a failed EventsExecutor to rclpy's single-threaded one, logged and
+    counted (``executor_fallbacks`` in /diagnostics): a node keeps running, slower, instead
+    of dying. rclpy's experimental EventsExecutor raised ``SystemError: null argument to
+    internal routine`` from ``spin_once`` in a controller after 50 s on the fake robot
+    (bench/hardware.py, seed 101), which stopped the whole run."""
+    node.get_logger().error(f"the events executor failed ({exc!r}); spinning on with the "
+                            "single-threaded executor")
+    diag = getattr(node, "diag", None)
+    if isinstance(diag, Diagnostics):
+        diag.count("executor_fallbacks")
+    try:
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=1.0)
+    except Exception as err:  # noqa: BLE001 - a broken executor may fail to let go too
+        node.get_logger().warning(f"the failed executor did not shut down cleanly: {err!r}")
+    fallback = SingleThreadedExecutor()
+    fallback.add_node(node)
+    return fallback
+
+
 def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1,
         events: bool = False) -> int:
     """``rclpy.init`` → spin the node → clean shutdown, on Ctrl-C and SIGTERM alike.
@@ -283,7 +304,14 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None, threads: i
             executor = (_events_executor() if events else None) or SingleThreadedExecutor()
         executor.add_node(node)
         while rclpy.ok() and not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the executor's, not a callback's
+                if isinstance(executor, (SingleThreadedExecutor, MultiThreadedExecutor)):
+                    raise
+                executor = _fall_back(node, executor, exc)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
