@@ -234,6 +234,7 @@ def test_up_hardware_waits_for_activate_then_records_windows(graph, tmp_path):
                     p.wait()
     assert up.returncode == 0, stdout
     assert "the controller is inactive" in stdout
+    assert "`sym-mbrl controller activate" in stdout  # a client that needs no ROS install
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reason"] == "step budget used" and summary["steps"] >= 260
     assert summary["episode_end_steps"][:1] == [200]  # a window of the task's length

@@ -162,8 +162,14 @@ def run(args) -> int:
         say(f"  a fleet of {len(config['robots'])} robots: {', '.join(config['robots'])}")
     if args.hardware and not config["activate"]:
         fqn = f"{config['namespace']}/{config['controllers'][0]}"
-        say(f"  the controller is inactive: it acts only after `ros2 lifecycle set {fqn} "
-            f"configure` and `ros2 lifecycle set {fqn} activate` (or run with --activate)")
+        ns, node = fqn.rsplit("/", 1)
+        ns_flag = (f" --namespace {ns.strip('/')}" if ns.strip("/") else "") + (
+            f" --node {node}" if node != "controller" else "")
+        if args.domain_id is not None:
+            ns_flag += f" --domain-id {args.domain_id}"
+        say(f"  the controller is inactive: it acts only after `sym-mbrl controller activate"
+            f"{ns_flag}` (or `ros2 lifecycle set {fqn} configure`, then `activate`; or run "
+            "with --activate)")
 
     graph_run = _Graph(config["commands"], out / "logs", args.domain_id, config["respawn"])
     t0 = time.monotonic()

@@ -73,7 +73,8 @@ class TaskParams:
         overrides = declare(node, "envelope", "{}",
                             "JSON object of envelope bounds over the URDF's, field: [low, "
                             "high] (null: open), e.g. {\"velocity.hinge\": [-20, 20]}; fields "
-                            "as in state_fields, plus effort.<joint> for commands")
+                            "as in state_fields, plus <interface>.<joint> (e.g. effort.hinge) "
+                            "and twist.<component> (e.g. twist.linear.x) for commands")
         from ..envs import get_task
 
         try:
