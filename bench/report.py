@@ -55,7 +55,10 @@ def render(spec: str, results: Path = RESULTS) -> str:
     command = next((line for line in text.splitlines() if line.startswith("Command:")), None)
     if not wanted:  # the whole file, less its "# title" line (the README has its own heading)
         lines = text.strip("\n").splitlines()
-        body = "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip("\n")
+        lines = lines[1:] if lines and lines[0].startswith("# ") else lines
+        # the file's own "## sections" would become README sections: bold lines instead
+        lines = [f"**{ln[3:].strip()}**" if ln.startswith("## ") else ln for ln in lines]
+        body = "\n".join(lines).strip("\n")
     else:
         found = sections(text)
         missing = [w for w in wanted if w not in found]

@@ -47,6 +47,13 @@ def test_a_whole_file_block_drops_the_files_title(tmp_path):
     assert new == "<!-- bench: h.md -->\nCommand line.\n\n| a |\n|---|\n| 1 |\n<!-- /bench -->"
 
 
+def test_a_whole_file_block_adds_no_readme_sections(tmp_path):
+    report = _report()
+    (tmp_path / "f.md").write_text("# Title\n\n| a |\n|---|\n\n## Pair\n\n| b |\n")
+    new = report.rewrite("<!-- bench: f.md -->\n<!-- /bench -->", tmp_path)
+    assert "**Pair**" in new and "## " not in new  # a file's sections would split the README
+
+
 def test_the_readme_tables_are_the_stored_results():
     """Every fenced README table equals what bench/report.py makes from bench/results/."""
     report = _report()
