@@ -81,11 +81,12 @@ def parse_steps(text: str | None, task: str) -> dict[str, int]:
     """The task's default budgets, with ``--steps`` pairs applied."""
     from sym_mbrl_ros.agents.presets import DEFAULT_STEPS
 
-    steps = dict(DEFAULT_STEPS[task])
-    steps["sb3-sac"] = steps["sac"]  # the anchor gets our SAC's budget
-    steps["sac-utd20"] = min(HIGH_UTD_STEPS, steps["sac"])
-    steps["sac-repeat"] = steps["sac"]
-    return {**steps, **parse_pairs(text)}
+    given = parse_pairs(text)
+    steps = {**DEFAULT_STEPS[task], **given}
+    # the SAC variants follow SAC's budget (the one given, else the task's) unless given
+    derived = {"sb3-sac": steps["sac"], "sac-utd20": min(HIGH_UTD_STEPS, steps["sac"]),
+               "sac-repeat": steps["sac"]}
+    return {**steps, **derived, **given}
 
 
 # ---------------------------------------------------------------- one training run (a worker)
@@ -434,7 +435,7 @@ def report(
         )
     for ours in ("sym-mbpo", "sym-mpc"):
         base = medians.get(ours)
-        if base and np.isfinite(base):
+        if base and np.isfinite(base) and len(learners) > 1:  # nothing to compare alone
             lines += [
                 "",
                 f"Median steps relative to {ours}'s: "

@@ -159,9 +159,22 @@ def test_launch_file_and_up_start_the_same_graph(task, hardware, tmp_path, monke
         assert from_up["/recorder"]["params"]["pairing"] == "hold"
         # a robot with no state yet is never kicked with a zero command (Reacher: zero pose)
         assert controller["lockstep_kick"] is False
+    elif bringup.graph(task).plans:  # the controller plans: nothing to wait for
+        assert controller["autostart"] is True and controller["sync_updates_per_step"] == 0
+        assert from_up["/sim_bridge"]["params"]["mode"] == "lockstep"
     else:  # the trainer sync the launch route used to lack (3,747 steps to solve vs ~1,005)
         assert controller["autostart"] is True and controller["sync_updates_per_step"] >= 1
         assert from_up["/sim_bridge"]["params"]["mode"] == "lockstep"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_graph_plans_exactly_when_its_parameter_file_sets_a_planner(task):
+    # TaskGraph.plans sets the default sync to 0; a planner in the file without it would make
+    # the lockstep world wait for a trainer whose policies the controller never uses, and the
+    # flag without a planner would run the trainer's policy unsynchronised (slower to solve)
+    config = yaml.safe_load((ROOT / bringup.graph(task).config).read_text())
+    planner = config["/**/controller"]["ros__parameters"].get("planner", "")
+    assert bool(planner) == bringup.graph(task).plans
 
 
 def test_activate_and_other_joints_reach_both_routes(tmp_path, monkeypatch):
