@@ -102,8 +102,51 @@ def job_overrides(job: dict[str, Any]) -> dict[str, Any]:
     return {**defining, **job["overrides"].get(job["learner"], {})}
 
 
+class RunFolderBusy(RuntimeError):
+    """Another process trains into the same run folder."""
+
+
+def claim_run_folder(out: Path):
+    """Create ``out`` and hold an exclusive lock on ``out/.lock`` for as long as the returned
+    file stays open; :class:`RunFolderBusy` when another process holds it.
+
+    Two trainings writing one folder interleave their ``curve.csv`` lines and the summary of
+    one describes the curve of the other. It happened: workers of a killed invocation (a
+    multiprocessing pool's workers outlive a parent killed by a signal) trained on while a new
+    invocation trained the same seeds into the same folders.
+    """
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / ".lock", "w")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderBusy(f"run folder {out} is in use by another process (a worker of an "
+                            f"earlier bench invocation still running?)") from None
+    return handle
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux the worker gets SIGTERM when the bench process dies, so that
+    a killed invocation leaves no trainings running (elsewhere: nothing)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train one learner on one seed; returns its curve and timings."""
+    with claim_run_folder(Path(job["out"])):
+        return _run_job(job)
+
+
+def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -636,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     if workers == 1:
         results = [run_job(j) for j in jobs]
     else:
-        with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_die_with_parent,
+                                          maxtasksperchild=1) as pool:
             results = pool.map(run_job, jobs, chunksize=1)
     elapsed = time.time() - t0
 
