@@ -23,7 +23,8 @@ gates them per coordinate, on the validation error of a least-squares fit on the
 a family is kept when it lowers that error by at least ``gain`` (10x) against the library so
 far. The best winner is added first, then another winner if it still gains, then the best
 denominator over every bounded q (with ``trig(q)`` added if it was not already: a strongly
-rational law gains little from ``trig(q)`` alone), its constant refined before it is judged.
+rational law gains little from ``trig(q)`` alone) and every declared angle, its constant
+refined before it is judged.
 STLSQ and refinement then run on the chosen library. A law that the base library already
 explains to ``floor`` (round-off) tries no family at all.
 """
@@ -265,7 +266,7 @@ def choose_library(
     choice = LibraryChoice()
     best_err = ls_error(base, y, y_val, y_var)
     choice.base_error = choice.error = best_err
-    if best_err <= settings.floor or not families:
+    if best_err <= settings.floor or not (families or columns.angles):
         return base, choice
     singles = []
     for fam in families:
@@ -299,13 +300,15 @@ def choose_library(
                 library = columns.library(base, chosen)
     if settings.rational and best_err > settings.floor:
         grid = []
-        for fam in families:
-            if not fam.name.startswith("trig("):
-                continue
-            with_q = chosen if fam in chosen else chosen + [fam]
-            err, c = _grid_denominator(base, with_q, fam.coordinate, columns, y, y_val, y_var)
+        trials = [(fam.coordinate, chosen if fam in chosen else chosen + [fam])
+                  for fam in families if fam.name.startswith("trig(")]
+        # a declared angle has its trig terms in the base library already (no trig family):
+        # without this, declaring the cart-pole's theta an angle lost its denominator
+        trials += [(q, chosen) for q in columns.angles]
+        for q, with_q in trials:
+            err, c = _grid_denominator(base, with_q, q, columns, y, y_val, y_var)
             choice.tried += len(RATIONAL_GRID)
-            grid.append((err, c, with_q, fam.coordinate))
+            grid.append((err, c, with_q, q))
         if grid:
             # the best grid point is refined before it is judged: c = -0.068 (a cart-pole)
             # lies between grid points, and the gain is only seen once it is fitted
