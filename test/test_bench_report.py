@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from bench_loader import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _report():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fenced_blocks_are_rewritten_from_the_named_sections(tmp_path):
-    report = _report()
+    report = load_bench("report")
     (tmp_path / "r.md").write_text(
         "# title\n\n## Steps\n\n| a |\n|---|\n| 1 |\n\n## Other\n\nnot wanted\n\n"
         "Command: `python bench/x.py --seeds 10`\n")
@@ -32,7 +25,7 @@ def test_fenced_blocks_are_rewritten_from_the_named_sections(tmp_path):
 
 
 def test_a_missing_file_or_section_is_one_clear_error(tmp_path):
-    report = _report()
+    report = load_bench("report")
     (tmp_path / "r.md").write_text("## Steps\n\nx\n")
     with pytest.raises(report.ReportError, match="no section 'Nope'; it has: Steps"):
         report.rewrite("<!-- bench: r.md | Nope -->\n<!-- /bench -->", tmp_path)
@@ -41,14 +34,14 @@ def test_a_missing_file_or_section_is_one_clear_error(tmp_path):
 
 
 def test_a_whole_file_block_drops_the_files_title(tmp_path):
-    report = _report()
+    report = load_bench("report")
     (tmp_path / "h.md").write_text("# Title\n\nCommand line.\n\n| a |\n|---|\n| 1 |\n")
     new = report.rewrite("<!-- bench: h.md -->\n<!-- /bench -->", tmp_path)
     assert new == "<!-- bench: h.md -->\nCommand line.\n\n| a |\n|---|\n| 1 |\n<!-- /bench -->"
 
 
 def test_a_whole_file_block_adds_no_readme_sections(tmp_path):
-    report = _report()
+    report = load_bench("report")
     (tmp_path / "f.md").write_text("# Title\n\n| a |\n|---|\n\n## Pair\n\n| b |\n")
     new = report.rewrite("<!-- bench: f.md -->\n<!-- /bench -->", tmp_path)
     assert "**Pair**" in new and "## " not in new  # a file's sections would split the README
@@ -56,6 +49,6 @@ def test_a_whole_file_block_adds_no_readme_sections(tmp_path):
 
 def test_the_readme_tables_are_the_stored_results():
     """Every fenced README table equals what bench/report.py makes from bench/results/."""
-    report = _report()
+    report = load_bench("report")
     readme = (ROOT / "README.md").read_text()
     assert report.rewrite(readme) == readme, "run `python bench/report.py` and commit"

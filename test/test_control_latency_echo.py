@@ -4,15 +4,14 @@ commands and states by."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from bench_loader import load_bench  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, Int64MultiArray, String  # noqa: E402
 from test_nodes_common import (  # noqa: E402
@@ -40,7 +39,6 @@ from sym_mbrl_ros.nodes.controller import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.ros
-ROOT = Path(__file__).resolve().parents[1]
 ECHO = "/" + COMMAND_ECHO_TOPIC
 PLAN_S = 0.03  # the slow planner's think time: six 5 ms state periods
 
@@ -61,15 +59,6 @@ def graph():
     yield g
     g.close()
     rclpy.shutdown()
-
-
-def latency_bench():
-    """bench/control_latency.py as a module (its pairing of commands with states)."""
-    spec = importlib.util.spec_from_file_location("control_latency",
-                                                  ROOT / "bench" / "control_latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def records(box) -> list[dict[str, int]]:
@@ -122,7 +111,7 @@ def test_every_command_names_the_state_it_was_computed_from(graph, tmp_path):
         # with the newest state sent before the command would have named one of them
         assert newer_meanwhile >= len(got) // 2
         # the bench pairs these same messages the same way
-        row = latency_bench().pair_with_answered_states(
+        row = load_bench("control_latency").pair_with_answered_states(
             sorted(published), [(info["source_timestamp"], info["received_timestamp"],
                                  m.data[0]) for m, info, _ in cmds],
             [tuple(m.data) for m, _, _ in echoes], rate=200.0, warmup_s=0.0)
