@@ -252,15 +252,19 @@ class MBPO:
         is fitted elsewhere (the policy trainer node), so both roll out the same way.
         """
         states = np.asarray(states)
+        bounds = self.state_bounds(states)
         env = ModelEnv(self.task, model, max_disagreement=self.config.rollout_max_disagreement,
-                       **self.state_bounds(states))
+                       **bounds)
         self.model, self.model_env = model, env
-        self.start_box = self.uniform_start_box(states)
+        self.start_box = self.uniform_start_box(states, bounds)
 
-    def uniform_start_box(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def uniform_start_box(
+        self, states: np.ndarray, bounds: dict[str, np.ndarray | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The box ``rollout_mix_uniform`` draws rollout starts from, for real ``states``:
         their range widened by ``rollout_uniform_margin``, angles over [-pi, pi), inside the
-        safety envelope and inside the rollout bounds (None: no states)."""
+        safety envelope and inside the rollout bounds (None: no states). ``bounds``: those
+        rollout bounds when the caller has them (:meth:`state_bounds` of ``states``)."""
         if len(states) == 0:
             return None
         lo, hi = states.min(0).astype(np.float64), states.max(0).astype(np.float64)
@@ -268,7 +272,8 @@ class MBPO:
         lo, hi = lo - widen, hi + widen
         for i in self.task.angle_coords:
             lo[i], hi[i] = -np.pi, np.pi
-        bounds = self.state_bounds(states)
+        if bounds is None:
+            bounds = self.state_bounds(states)
         if bounds["state_low"] is not None:
             lo = np.maximum(lo, bounds["state_low"])
             hi = np.minimum(hi, bounds["state_high"])

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .expression import CompiledExpression, Node, build_sum, node_count, sum_terms, to_string
+from .expression import (
+    BinOp,
+    CompiledExpression,
+    Node,
+    build_sum,
+    node_count,
+    sum_terms,
+    to_string,
+)
 
 
 @dataclass
@@ -253,6 +261,21 @@ def select(candidates: Sequence[Candidate], floor: float = 1e-8) -> Selection:
     return Selection(chosen, front, best, reason)
 
 
+def removable_terms(
+    tree: Node,
+) -> tuple[list[tuple[int, Node]], Callable[[list[tuple[int, Node]]], Node]]:
+    """The signed terms backward elimination may drop, and how to rebuild the expression from
+    a subset: the terms of a sum, or of the numerator of a quotient whose numerator is a sum
+    (a cart-pole's law, ``(a*sin(q) + b*u*cos(q) + ...)/(cos(q)**2 + d)``, whose numerator
+    otherwise kept every small term its first fit gave it)."""
+    terms = sum_terms(tree)
+    if len(terms) == 1 and isinstance(tree, BinOp) and tree.op == "/":
+        numerator = sum_terms(tree.left)
+        if len(numerator) > 1:
+            return numerator, lambda kept: BinOp("/", build_sum(kept), tree.right)
+    return terms, build_sum
+
+
 def backward_elimination(
     sel: Selection,
     candidates: Sequence[Candidate],
@@ -268,17 +291,18 @@ def backward_elimination(
     Pareto front already offered its simpler neighbours, and each trial costs a refinement.
     """
     chosen, pool, dropped = sel.chosen, list(candidates), 0
-    if len(sum_terms(chosen.tree)) > max_terms and not chosen.source.startswith("init"):
+    if (len(removable_terms(chosen.tree)[0]) > max_terms
+            and not chosen.source.startswith("init")):
         return sel
     while True:
-        terms = sum_terms(chosen.tree)
+        terms, rebuild = removable_terms(chosen.tree)
         if len(terms) < 2:
             break
         base = chosen.source.split(", less ")[0]
         trials = []
         for k in range(len(terms)):
             cand = consider(
-                build_sum(terms[:k] + terms[k + 1 :]),
+                rebuild(terms[:k] + terms[k + 1 :]),
                 f"{base}, less {dropped + 1} term{'s' if dropped else ''}",
             )
             if cand is not None:
