@@ -401,9 +401,9 @@ def test_unevaluable_warm_start_is_dropped_and_the_search_runs(pendulum_model):
 
 
 def test_search_generates_again_when_no_candidate_can_be_evaluated(monkeypatch):
-    import sym_mbrl_ros.dynamics.symbolic as symbolic
+    import sym_mbrl_ros.dynamics.sparse as sparse
 
-    real = symbolic.sparse_candidates
+    real = sparse.sparse_candidates
     calls = []
 
     def first_round_broken(data, library, settings):
@@ -412,7 +412,7 @@ def test_search_generates_again_when_no_candidate_can_be_evaluated(monkeypatch):
             return [(parse_expression("log(theta_dot - 100)", data.variables), "broken")], {}
         return real(data, library, settings)
 
-    monkeypatch.setattr(symbolic, "sparse_candidates", first_round_broken)
+    monkeypatch.setattr(sparse, "sparse_candidates", first_round_broken)
     s, a, s2 = pendulum_data(300, seed=15)
     model = SymbolicDynamics(*NAMES, angle_coords=[0]).fit(s, a, s2)
     for rep in model.report():

@@ -13,10 +13,15 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .expression import ExpressionError, Node, parse_expression
+
+if TYPE_CHECKING:
+    from .selection import FitData
+    from .symbolic import SymbolicDynamics, SymbolicDynamicsConfig
 
 
 @dataclass
@@ -88,3 +93,43 @@ def gp_candidates(
         "generations": regressor.stats_.get("generations"),
     }
     return out, info
+
+
+# --- the backend (:mod:`.backends`) -------------------------------------------------------------
+
+
+def settings_from(cfg: SymbolicDynamicsConfig) -> GPSettings:
+    """The gp backend's settings from the fit config (``gp_time`` shared by ``gp_runs``)."""
+    runs = max(1, cfg.gp_runs)
+    return GPSettings(
+        time_limit=cfg.gp_time / runs,
+        population_size=cfg.gp_population,
+        max_length=cfg.gp_max_length,
+        symbols=cfg.gp_symbols,
+        max_candidates=cfg.gp_candidates,
+        local_iterations=cfg.gp_local_iterations,
+    )
+
+
+def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
+             ) -> tuple[list[tuple[Node, str]], dict[str, Any]]:
+    """Candidates for coordinate ``i`` from ``gp_runs`` independent pyoperon runs (own seed
+    and row subset each, so that one that gets stuck is outvoted), pooled."""
+    cfg = model.config
+    poly, angles = model._inputs()
+    cols = [model.variables.index(v) for v in poly + angles]
+    names = [model.variables[c] for c in cols]
+    settings = settings_from(cfg)
+    raw: list[tuple[Node, str]] = []
+    infos = []
+    for run in range(max(1, cfg.gp_runs)):
+        seed = model.seed * 7919 + 101 * i + 13 * attempt + run
+        rows = np.arange(len(data.y_train))
+        if len(rows) > cfg.gp_max_rows:
+            rows = np.sort(np.random.default_rng(seed).permutation(rows)[: cfg.gp_max_rows])
+        found, info = gp_candidates(
+            data.X_train[rows][:, cols], data.y_train[rows], names, settings, seed
+        )
+        raw += [(tree, f"{source}, run {run + 1}") for tree, source in found]
+        infos.append(dict(info, rows=int(len(rows))))
+    return raw, {"runs": infos}

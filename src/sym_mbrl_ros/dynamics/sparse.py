@@ -10,21 +10,37 @@ final pick among the refined ones is :func:`~sym_mbrl_ros.dynamics.selection.sel
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .expression import BinOp, Node, node_count
+from .expression import BinOp, CompiledExpression, Node, names_in, node_count
+from .fallback import (
+    FallbackSettings,
+    best_refined,
+    gp_fallback_candidates,
+    noise_floor,
+    should_fall_back,
+)
+from .families import FamilySettings, extend_library
+from .gp import GPSettings
 from .library import (
     LibrarySpec,
     build_library,
     count_trig_calls,
     evaluate_library,
+    library_size,
     linear_combination,
     with_inner_constants,
 )
 from .selection import FitData
+
+if TYPE_CHECKING:
+    from .symbolic import SymbolicDynamics, SymbolicDynamicsConfig
 
 
 @dataclass
@@ -255,3 +271,113 @@ def support_front(scored: list[tuple], floor: float, limit: int) -> list[tuple]:
         if not any(r is best for r in front):
             front.append(best)
     return front
+
+
+# --- the backend (:mod:`.backends`) -------------------------------------------------------------
+
+
+def library_spec(
+    poly: Sequence[str], angles: Sequence[str], cfg: SymbolicDynamicsConfig, attempt: int
+) -> LibrarySpec:
+    """The library spec for this attempt, lowered until it has at most ``max_library_terms``."""
+    spec = LibrarySpec(
+        cfg.degree, tuple(cfg.trig), cfg.trig_pairs, cfg.products, cfg.product_degree
+    )
+    if attempt:
+        spec = dataclasses.replace(spec, degree=max(1, spec.degree - attempt))
+    while library_size(len(poly), len(angles), spec) > cfg.max_library_terms:
+        if spec.products and spec.product_degree > 1:
+            spec = dataclasses.replace(spec, product_degree=spec.product_degree - 1)
+        elif spec.trig_pairs:
+            spec = dataclasses.replace(spec, trig_pairs=False)
+        elif spec.degree > 1:
+            spec = dataclasses.replace(spec, degree=spec.degree - 1)
+        elif spec.products:
+            spec = dataclasses.replace(spec, products=False)
+        else:
+            break
+    return spec
+
+
+def settings_from(cfg: SymbolicDynamicsConfig, spec: LibrarySpec) -> SparseSettings:
+    """The sparse backend's settings from the fit config."""
+    return SparseSettings(
+        spec=spec,
+        n_thresholds=cfg.n_thresholds,
+        n_refine=cfg.n_refine,
+        max_terms=cfg.max_candidate_terms,
+        refine_inner=cfg.refine_inner,
+        max_inner_calls=cfg.max_inner_calls,
+        floor=cfg.selection_floor,
+    )
+
+
+def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
+             ) -> tuple[list[tuple[Node, str]], dict[str, Any]]:
+    """Candidates for coordinate ``i``: STLSQ over the library (extended by the term families
+    that win, on the first attempt), then pyoperon where they fall short (:func:`gp_fallback`)."""
+    cfg = model.config
+    poly, angles = model._inputs()
+    spec = library_spec(poly, angles, cfg, attempt)
+    cache = model._library_cache
+    key = (spec, data.X_train.shape, data.X_val.shape)
+    library = cache.get(key)
+    if library is None:  # every coordinate shares the library matrix and its QR
+        library = LibraryMatrix.build(poly, angles, spec, model.variables, data.X_train,
+                                      data.X_val)
+        cache[key] = library
+    settings = settings_from(cfg, spec)
+    states = [v for v in poly if v in model.state_names]
+    if cfg.families and attempt == 0:
+        fam = FamilySettings(gain=cfg.family_gain, floor=cfg.error_floor)
+        library, choice = extend_library(
+            cache, library, data, states, poly, angles, spec, cfg.max_library_terms, fam,
+        )
+    raw, info = sparse_candidates(data, library, settings)
+    info["library"] = asdict(spec)
+    if cfg.families and attempt == 0:
+        info["families"] = choice.as_dict()
+    gp_fallback(model, i, data, raw, info, poly + angles)
+    return raw, info
+
+
+def gp_fallback(model: SymbolicDynamics, i: int, data: FitData, raw: list, info: dict,
+                names: list[str]) -> None:
+    """Add pyoperon's candidates to ``raw`` where the sparse ones fall short
+    (:mod:`.fallback`), within the fit's shared pyoperon budget."""
+    cfg = model.config
+    settings = FallbackSettings(cfg.gp_fallback, cfg.gp_fallback_error, cfg.gp_fallback_ratio,
+                                cfg.gp_fallback_time)
+    budget = model._library_cache.get("gp_budget")
+    if not settings.enabled or budget is None or info.get("best_validation_error", 0) <= (
+        settings.min_error
+    ):
+        return
+    best, tree = best_refined(raw, data, cfg.bfgs_maxiter)
+    if tree is None:
+        return
+    # the residual is judged against the inputs the candidate uses: a missing term is
+    # most often in them, and fewer dimensions give the local fits close neighbours
+    used = names_in(tree) & set(names)
+    near = [model.variables.index(v) for v in names if v in used or not used]
+    residual = data.y_train - CompiledExpression(tree, model.variables).numpy(data.X_train)
+    floor = noise_floor(data.X_train[:, near], residual, data.y_var)
+    info["gp_fallback"] = {"sparse_error": best, "noise_floor": floor, "ran": False}
+    if not should_fall_back(best, floor, settings):
+        return
+    seconds = budget.take(settings)
+    if not seconds:
+        info["gp_fallback"]["skipped"] = "the fit's pyoperon budget is spent"
+        return
+    gp = GPSettings(population_size=cfg.gp_population, max_length=cfg.gp_max_length,
+                    symbols=cfg.gp_symbols, max_candidates=cfg.gp_candidates,
+                    local_iterations=cfg.gp_local_iterations)
+    cols = [model.variables.index(v) for v in names]
+    t0 = time.perf_counter()
+    found, gp_info = gp_fallback_candidates(
+        data.X_train[:, cols], data.y_train, names, seconds, gp, model.seed * 7919 + 101 * i,
+        cfg.gp_max_rows,
+    )
+    budget.spend(time.perf_counter() - t0)
+    raw += found
+    info["gp_fallback"].update(ran=True, **gp_info)

@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import re
@@ -49,6 +48,8 @@ import numpy as np
 from .. import __version__
 from ..data.transitions import check_transition_arrays, warn_dropped
 from ..errors import UserError
+from .backends import get as get_backend
+from .backends import names as backend_names
 from .bagging import disagreement, fit_members, member_models, spread
 from .continuous import StepRows, fit_continuous, law_name, law_text
 from .expression import (
@@ -61,25 +62,14 @@ from .expression import (
     fold_like_terms,
     increment_tree,
     is_identifier,
-    names_in,
     next_value_tree,
     parse_expression,
     simplify,
     to_string,
     to_sympy,
 )
-from .fallback import (
-    FallbackSettings,
-    GPBudget,
-    best_refined,
-    gp_fallback_candidates,
-    noise_floor,
-    should_fall_back,
-)
-from .families import FamilySettings, extend_library
-from .gp import GPSettings, gp_candidates
+from .fallback import GPBudget
 from .integrate import METHODS, Integrator
-from .library import LibrarySpec, library_size
 from .multistep import (
     coordinate_weights,
     refine_multistep,
@@ -99,12 +89,13 @@ from .selection import (
     rank,
     select,
 )
-from .sparse import LibraryMatrix, SparseSettings, sparse_candidates
 
 FORMAT = "sym-mbrl/dynamics-v1"
 FORMAT_V2 = "sym-mbrl/dynamics-v2"
 FORMATS = (FORMAT, FORMAT_V2)
-BACKENDS = ("sparse", "gp", "transformer")
+BACKENDS = backend_names()
+"""The search backends registered at import (:mod:`.backends`; ``backend_names()`` for the
+current list)."""
 TIMES = ("discrete", "continuous")
 CONTINUOUS_TASKS = ("pendulum", "cartpole")
 """Tasks whose world model is continuous-time by default (:meth:`SymbolicDynamics.for_task`):
@@ -366,8 +357,7 @@ class SymbolicDynamics:
         self.invariant_coords = _check_indices(invariant_coords, n, "invariant_coords")
         if set(self.invariant_coords) & set(self.static_coords):
             raise UserError("a coordinate cannot be both static and invariant")
-        if backend not in BACKENDS:
-            raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        get_backend(backend)  # a one-sentence UserError naming the registered ones
         self.backend = backend
         self.seed = int(seed)
         self.config = SymbolicDynamicsConfig.from_kwargs(config)
@@ -824,118 +814,9 @@ class SymbolicDynamics:
         return final, rep
 
     def _generate(self, i: int, data, attempt: int) -> tuple[list[tuple[Node, str]], dict]:
-        """One round of candidates from the backend; later attempts search differently."""
-        cfg = self.config
-        poly, angles = self._inputs()
-        if self.backend == "sparse":
-            spec = _fit_library(poly, angles, cfg, attempt)
-            key = (spec, data.X_train.shape, data.X_val.shape)
-            library = self._library_cache.get(key)
-            if library is None:  # every coordinate shares the library matrix and its QR
-                library = LibraryMatrix.build(
-                    poly, angles, spec, self.variables, data.X_train, data.X_val
-                )
-                self._library_cache[key] = library
-            settings = SparseSettings(
-                spec=spec,
-                n_thresholds=cfg.n_thresholds,
-                n_refine=cfg.n_refine,
-                max_terms=cfg.max_candidate_terms,
-                refine_inner=cfg.refine_inner,
-                max_inner_calls=cfg.max_inner_calls,
-                floor=cfg.selection_floor,
-            )
-            states = [v for v in poly if v in self.state_names]
-            if cfg.families and attempt == 0:
-                fam = FamilySettings(gain=cfg.family_gain, floor=cfg.error_floor)
-                library, choice = extend_library(
-                    self._library_cache, library, data, states, poly, angles, spec,
-                    cfg.max_library_terms, fam,
-                )
-            raw, info = sparse_candidates(data, library, settings)
-            info["library"] = asdict(spec)
-            if cfg.families and attempt == 0:
-                info["families"] = choice.as_dict()
-            self._gp_fallback(i, data, raw, info, poly + angles)
-            return raw, info
-        cols = [self.variables.index(v) for v in poly + angles]
-        names = [self.variables[c] for c in cols]
-        if self.backend == "transformer":
-            # imported here: the transformer backend imports this module
-            from .transformer.backend import TransformerSettings, transformer_candidates
-
-            settings = TransformerSettings(
-                weights=cfg.tf_weights,
-                beam_size=cfg.tf_beam,
-                n_points=cfg.tf_points,
-                combine_terms=cfg.tf_combine,
-            )
-            seed = self.seed * 7919 + 101 * i + attempt
-            return transformer_candidates(
-                data.X_train[:, cols], data.y_train, names, settings, seed,
-                angle_inputs=angles, attempt=attempt,
-            )
-        runs = max(1, cfg.gp_runs)
-        settings = GPSettings(
-            time_limit=cfg.gp_time / runs,
-            population_size=cfg.gp_population,
-            max_length=cfg.gp_max_length,
-            symbols=cfg.gp_symbols,
-            max_candidates=cfg.gp_candidates,
-            local_iterations=cfg.gp_local_iterations,
-        )
-        raw: list[tuple[Node, str]] = []
-        infos = []
-        for run in range(runs):  # independent runs: one that gets stuck is outvoted
-            seed = self.seed * 7919 + 101 * i + 13 * attempt + run
-            rows = np.arange(len(data.y_train))
-            if len(rows) > cfg.gp_max_rows:
-                rows = np.sort(np.random.default_rng(seed).permutation(rows)[: cfg.gp_max_rows])
-            found, info = gp_candidates(
-                data.X_train[rows][:, cols], data.y_train[rows], names, settings, seed
-            )
-            raw += [(tree, f"{source}, run {run + 1}") for tree, source in found]
-            infos.append(dict(info, rows=int(len(rows))))
-        return raw, {"runs": infos}
-
-    def _gp_fallback(self, i: int, data, raw: list, info: dict, names: list[str]) -> None:
-        """Add pyoperon's candidates to ``raw`` where the sparse ones fall short."""
-        cfg = self.config
-        settings = FallbackSettings(cfg.gp_fallback, cfg.gp_fallback_error, cfg.gp_fallback_ratio,
-                                    cfg.gp_fallback_time)
-        budget = self._library_cache.get("gp_budget")
-        if not settings.enabled or budget is None or info.get("best_validation_error", 0) <= (
-            settings.min_error
-        ):
-            return
-        best, tree = best_refined(raw, data, cfg.bfgs_maxiter)
-        if tree is None:
-            return
-        # the residual is judged against the inputs the candidate uses: a missing term is
-        # most often in them, and fewer dimensions give the local fits close neighbours
-        used = names_in(tree) & set(names)
-        near = [self.variables.index(v) for v in names if v in used or not used]
-        residual = data.y_train - CompiledExpression(tree, self.variables).numpy(data.X_train)
-        floor = noise_floor(data.X_train[:, near], residual, data.y_var)
-        info["gp_fallback"] = {"sparse_error": best, "noise_floor": floor, "ran": False}
-        if not should_fall_back(best, floor, settings):
-            return
-        seconds = budget.take(settings)
-        if not seconds:
-            info["gp_fallback"]["skipped"] = "the fit's pyoperon budget is spent"
-            return
-        gp = GPSettings(population_size=cfg.gp_population, max_length=cfg.gp_max_length,
-                        symbols=cfg.gp_symbols, max_candidates=cfg.gp_candidates,
-                        local_iterations=cfg.gp_local_iterations)
-        cols = [self.variables.index(v) for v in names]
-        t0 = time.perf_counter()
-        found, gp_info = gp_fallback_candidates(
-            data.X_train[:, cols], data.y_train, names, seconds, gp, self.seed * 7919 + 101 * i,
-            cfg.gp_max_rows,
-        )
-        budget.spend(time.perf_counter() - t0)
-        raw += found
-        info["gp_fallback"].update(ran=True, **gp_info)
+        """One round of candidates from the backend (:mod:`.backends`); later attempts search
+        differently."""
+        return get_backend(self.backend).generate(self, i, data, attempt)
 
     def _inputs(self) -> tuple[list[str], list[str]]:
         """(polynomial inputs, angle inputs) that candidate expressions may use."""
@@ -1416,7 +1297,7 @@ class SymbolicDynamics:
                 doc.get("angle_coords") or (),
                 doc.get("static_coords") or (),
                 backend=doc.get("backend", "sparse")
-                if doc.get("backend") in BACKENDS
+                if doc.get("backend") in backend_names()
                 else "sparse",
                 seed=int(doc.get("seed", 0) or 0),
                 invariant_coords=doc.get("invariant_coords") or (),
@@ -1570,29 +1451,6 @@ def _check_indices(indices: Sequence[int], n: int, what: str) -> tuple[int, ...]
             raise UserError(f"{what} must hold indices between 0 and {n - 1}, got {k!r}")
         out.append(int(k))
     return tuple(sorted(set(out)))
-
-
-def _fit_library(
-    poly: Sequence[str], angles: Sequence[str], cfg: SymbolicDynamicsConfig, attempt: int
-) -> LibrarySpec:
-    """The library spec for this attempt, lowered until it has at most ``max_library_terms``."""
-    spec = LibrarySpec(
-        cfg.degree, tuple(cfg.trig), cfg.trig_pairs, cfg.products, cfg.product_degree
-    )
-    if attempt:
-        spec = dataclasses.replace(spec, degree=max(1, spec.degree - attempt))
-    while library_size(len(poly), len(angles), spec) > cfg.max_library_terms:
-        if spec.products and spec.product_degree > 1:
-            spec = dataclasses.replace(spec, product_degree=spec.product_degree - 1)
-        elif spec.trig_pairs:
-            spec = dataclasses.replace(spec, trig_pairs=False)
-        elif spec.degree > 1:
-            spec = dataclasses.replace(spec, degree=spec.degree - 1)
-        elif spec.products:
-            spec = dataclasses.replace(spec, products=False)
-        else:
-            break
-    return spec
 
 
 @contextlib.contextmanager

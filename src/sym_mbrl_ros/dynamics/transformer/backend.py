@@ -20,15 +20,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...errors import UserError
 from ..expression import BinOp, CompiledExpression, Node, Num, sum_terms, to_string
 from ..library import linear_combination
-from ..symbolic import SymbolicDynamics
 from .model import ROLE_ABSENT, ROLE_ANGLE, ROLE_INPUT, SymbolicTransformer
 from .tokenizer import TokenError
+
+if TYPE_CHECKING:
+    from ..selection import FitData
+    from ..symbolic import SymbolicDynamics, SymbolicDynamicsConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "sr_transformer_mechanics.pt"
@@ -281,10 +285,32 @@ def transformer_candidates(
     return out, info
 
 
+def settings_from(cfg: SymbolicDynamicsConfig) -> TransformerSettings:
+    """The transformer backend's settings from the fit config (``tf_*`` fields)."""
+    return TransformerSettings(weights=cfg.tf_weights, beam_size=cfg.tf_beam,
+                               n_points=cfg.tf_points, combine_terms=cfg.tf_combine)
+
+
+def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
+             ) -> tuple[list[tuple[Node, str]], dict[str, Any]]:
+    """The backend (:mod:`..backends`): candidates for coordinate ``i`` decoded from the
+    training rows."""
+    poly, angles = model._inputs()
+    cols = [model.variables.index(v) for v in poly + angles]
+    names = [model.variables[c] for c in cols]
+    seed = model.seed * 7919 + 101 * i + attempt
+    return transformer_candidates(
+        data.X_train[:, cols], data.y_train, names, settings_from(model.config), seed,
+        angle_inputs=angles, attempt=attempt,
+    )
+
+
 def symbolic_dynamics(*args, backend: str = "transformer", **kwargs) -> SymbolicDynamics:
     """``SymbolicDynamics(*args, backend=backend, **kwargs)``, kept for callers of this module.
 
     ``tf_weights``, ``tf_beam``, ``tf_points`` and ``tf_combine`` (config fields) set the
     transformer's weights file, beam width, points read and whether decoded terms are pooled.
     """
+    from ..symbolic import SymbolicDynamics  # at call time: symbolic loads backends lazily
+
     return SymbolicDynamics(*args, backend=backend, **kwargs)
