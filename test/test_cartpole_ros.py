@@ -16,9 +16,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     Probe,
-    RosGraph,
     command,
-    fresh_domain,
     node_args,
     wait_for,
 )
@@ -35,15 +33,6 @@ from sym_mbrl_ros.nodes.sim_bridge import SimBridge  # noqa: E402
 pytestmark = pytest.mark.ros
 CMD = "/effort_controller/commands"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 def test_every_configured_parameter_is_declared(graph, tmp_path):

@@ -16,8 +16,6 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, Int64MultiArray, String  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     Probe,
-    RosGraph,
-    fresh_domain,
     joint_state,
     node_args,
     wait_for,
@@ -50,15 +48,6 @@ def slow_planner(task, model, **options):
         time.sleep(PLAN_S)
         return np.array([state[1] / 10.0])
     return act
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 def records(box) -> list[dict[str, int]]:

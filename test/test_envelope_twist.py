@@ -28,9 +28,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     Probe,
-    RosGraph,
     constant_formula,
-    fresh_domain,
     node_args,
     wait_for,
 )
@@ -44,15 +42,6 @@ CAR = get_task("car2d")
 FIELDS = ["odom.x", "odom.y", "odom.yaw", "odom.vx", "position.steering_joint",
           "velocity.steering_joint", "target.x", "target.y"]  # config/car2d.yaml
 ENVELOPE = '{"odom.vx": [-2.0, 2.0], "twist.linear.x": [-0.25, 0.25]}'
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 @pytest.mark.ros

@@ -20,9 +20,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     Probe,
-    RosGraph,
     command,
-    fresh_domain,
     node_args,
     wait_for,
 )
@@ -33,15 +31,6 @@ from sym_mbrl_ros.nodes.sim_bridge import SimBridge  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CMD = "/effort_controller/commands"
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 def _probe(graph, name):

@@ -25,9 +25,7 @@ from std_srvs.srv import SetBool  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     ROOT,
     Probe,
-    RosGraph,
     constant_formula,
-    fresh_domain,
     joint_state,
     node_args,
     wait_for,
@@ -65,15 +63,6 @@ def model_message() -> str:
                        "action_names": ["torque"], "angle_coords": [0],
                        "expressions": ["theta + 0.05*theta_dot",
                                        "theta_dot + 0.75*sin(theta) + 0.15*torque"]})
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 class Feeder:

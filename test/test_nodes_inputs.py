@@ -21,9 +21,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     Probe,
-    RosGraph,
     command,
-    fresh_domain,
     joint_state,
     node_args,
     wait_for,
@@ -45,15 +43,6 @@ from sym_mbrl_ros.nodes.topics import StateInput, StateLayout, transform_point  
 pytestmark = pytest.mark.ros
 CMD = "/effort_controller/commands"
 DT_NS = 50_000_000  # the pendulum's control period
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 def _probe(graph, name: str) -> Probe:

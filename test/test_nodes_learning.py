@@ -11,7 +11,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from test_nodes_common import Probe, RosGraph, fresh_domain, node_args, wait_for  # noqa: E402
+from test_nodes_common import Probe, node_args, wait_for  # noqa: E402
 
 from sym_mbrl_ros.data.store import TransitionStore  # noqa: E402
 from sym_mbrl_ros.dynamics.symbolic import SymbolicDynamics  # noqa: E402
@@ -28,15 +28,6 @@ from sym_mbrl_ros.nodes.policy_trainer import PolicyTrainer  # noqa: E402
 
 pytestmark = pytest.mark.ros
 TASK = get_task("pendulum")
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 def _record(store: TransitionStore, env, state, n: int, rng) -> np.ndarray:

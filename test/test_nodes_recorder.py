@@ -20,9 +20,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from test_nodes_common import (  # noqa: E402
     ROOT,
     Probe,
-    RosGraph,
     command,
-    fresh_domain,
     joint_state,
     node_args,
     wait_for,
@@ -36,15 +34,6 @@ from sym_mbrl_ros.nodes.recorder import Recorder  # noqa: E402
 pytestmark = pytest.mark.ros
 CMD = "/effort_controller/commands"
 TASK = get_task("pendulum")
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 @pytest.fixture()

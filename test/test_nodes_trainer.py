@@ -13,7 +13,7 @@ import torch
 rclpy = pytest.importorskip("rclpy")
 
 from std_msgs.msg import String  # noqa: E402
-from test_nodes_common import Probe, RosGraph, fresh_domain, node_args, wait_for  # noqa: E402
+from test_nodes_common import Probe, node_args, wait_for  # noqa: E402
 
 from sym_mbrl_ros.agents import mbpo as mbpo_module  # noqa: E402
 from sym_mbrl_ros.agents import model_env as model_env_module  # noqa: E402
@@ -30,15 +30,6 @@ SPIN = ["theta + 0.05*theta_dot", "theta_dot + 10"]  # gains 10 rad/s every step
 # small and quick; bounds on (the pendulum preset runs without them, see agents/presets.py)
 OVERRIDES = json.dumps({"rollout_state_margin": 1.0, "rollout_batch_size": 64,
                         "updates_per_step": 2, "first_fit_updates": 0})
-
-
-@pytest.fixture(scope="module")
-def graph():
-    rclpy.init(domain_id=fresh_domain())
-    g = RosGraph()
-    yield g
-    g.close()
-    rclpy.shutdown()
 
 
 def _model(version: int, expressions=TRUE) -> str:
