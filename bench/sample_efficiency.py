@@ -41,9 +41,13 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-LEARNERS = ("sym-mbpo", "mbpo", "sac", "sac-utd20", "sac-repeat", "sb3-sac", "sym-mpc")
+LEARNERS = ("sym-mbpo", "sym-mbpo-espl", "mbpo", "sac", "sac-utd20", "sac-repeat", "sb3-sac",
+            "sym-mpc")
+DEFAULT_LEARNERS = tuple(n for n in LEARNERS if n != "sym-mbpo-espl")
+"""What runs without ``--learners`` (ESPL on request: it costs about twice sym-mbpo)."""
 LABELS = {
     "sym-mbpo": "sym-mbpo (symbolic model)",
+    "sym-mbpo-espl": "sym-mbpo, ESPL symbolic policy (network)",
     "sym-mpc": "sym-mpc (CEM on the symbolic model)",
     "mbpo": "mbpo (NN ensemble)",
     "sac": "SAC (ours)",
@@ -51,9 +55,12 @@ LABELS = {
     "sac-repeat": "SAC, MBPO's action repeat (ours)",
     "sb3-sac": "SAC (Stable-Baselines3)",
 }
-ALGO = {"sym-mbpo": "sym-mbpo", "mbpo": "mbpo", "sac": "sac", "sac-utd20": "sac",
-        "sac-repeat": "sac", "sym-mpc": "sym-mpc"}
+ALGO = {"sym-mbpo": "sym-mbpo", "sym-mbpo-espl": "sym-mbpo", "mbpo": "mbpo", "sac": "sac",
+        "sac-utd20": "sac", "sac-repeat": "sac", "sym-mpc": "sym-mpc"}
 """The ``sym-mbrl train`` algorithm behind each of our learners."""
+POLICY = {"sym-mbpo-espl": "espl"}
+"""The ``--policy`` of a learner (default mlp): ESPL trains a symbolic policy network, evaluated
+as a network on the grid and, at the end, exported to a formula evaluated on fresh episodes."""
 LEARNER_OVERRIDES: dict[str, dict[str, Any]] = {"sac-utd20": {"gradient_steps": 20}}
 """Settings that make a learner what its name says (applied before ``--set``)."""
 HIGH_UTD_STEPS = 5000
@@ -85,7 +92,7 @@ def parse_steps(text: str | None, task: str) -> dict[str, int]:
     steps = {**DEFAULT_STEPS[task], **given}
     # the SAC variants follow SAC's budget (the one given, else the task's) unless given
     derived = {"sb3-sac": steps["sac"], "sac-utd20": min(HIGH_UTD_STEPS, steps["sac"]),
-               "sac-repeat": steps["sac"]}
+               "sac-repeat": steps["sac"], "sym-mbpo-espl": steps["sym-mbpo"]}
     return {**steps, **derived, **given}
 
 
@@ -172,6 +179,7 @@ def _run_job(job: dict[str, Any]) -> dict[str, Any]:
             job["seed"],
             out,
             eval_episodes=job["eval_episodes"],
+            policy=POLICY.get(job["learner"], "mlp"),
             overrides=job_overrides(job),
             threads=1,
             progress=False,
@@ -202,7 +210,10 @@ def _same_config(job: dict[str, Any], out: Path) -> bool:
         return _same(old.get("sb3_kwargs"), kwargs) and _same(old.get("policy_inputs"), inputs)
     from sym_mbrl_ros.agents.presets import make_config
 
-    config = make_config(ALGO[job["learner"]], job["task"], "mlp", job_overrides(job))
+    policy = POLICY.get(job["learner"], "mlp")
+    if old.get("policy", "mlp") != policy:
+        return False
+    config = make_config(ALGO[job["learner"]], job["task"], policy, job_overrides(job))
     inner = getattr(config, "sac", config)
     inner.num_threads = 1  # as run_job trains
     new = json.loads(json.dumps(dataclasses.asdict(config), default=str))
@@ -397,7 +408,8 @@ def tricks(name: str, config: dict[str, Any] | None) -> str:
                 f"{cem.get('horizon')}; model refit every {c.get('refit_every')} steps; "
                 f"{c.get('init_random_steps')} random steps")
     if "sac" in c:  # MBPO
-        return (f"{c.get('updates_per_step')} updates per real step on model rollouts "
+        return (("ESPL policy; " if name in POLICY else "")
+                + f"{c.get('updates_per_step')} updates per real step on model rollouts "
                 f"(horizon {c.get('rollout_horizon')}, action repeat {c.get('action_repeat')}); "
                 f"{c.get('first_fit_updates')} updates after the first fit; "
                 f"{c.get('init_random_steps')} random steps")
@@ -523,6 +535,7 @@ def report(
                 else:
                     cells.append(f"{est.value:.0%} [{est.low:.0%}–{est.high:.0%}]")
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += formula_lines(by, column, value, numbers)
     lines += [
         "",
         "## Wall-clock time (training only, evaluation excluded)",
@@ -553,6 +566,60 @@ def report(
     return "\n".join(lines) + "\n", numbers
 
 
+FORMULA_CHARS = 400
+"""Longer formulas are not printed in the table (the run folder keeps them)."""
+
+
+def formula_lines(by: dict[str, list[dict]], column: str, value: float,
+                  numbers: dict[str, Any]) -> list[str]:
+    """ESPL: the exported formula of each seed's final policy, evaluated in numpy on fresh
+    episodes against the pruned network on the same episodes (empty without ESPL runs)."""
+    lines: list[str] = []
+    for name in by:
+        if name not in POLICY:
+            continue
+        metric = "success_rate" if column == "success_rate" else "mean"
+        rows, held = [], 0
+        for r in by[name]:
+            f = r["summary"].get("formula")
+            if not f:
+                continue
+            net, fml = f["network_return"], f["formula_return"]
+            ok = fml.get(metric) is not None and fml[metric] >= value
+            held += ok
+            rows.append((r["seed"], net, fml, f))
+        if not rows:
+            continue
+        numbers.setdefault("formula", {})[name] = [
+            {"seed": seed, "network": net, "formula": fml, "operators": f["operators"],
+             "constants": f["constants"], "expressions": f["expressions"]}
+            for seed, net, fml, f in rows]
+        crit = f"success ≥ {value:.0%}" if metric == "success_rate" else f"return ≥ {value:g}"
+        lines += [
+            "",
+            f"## {LABELS[name].split(' (')[0]}: the exported formula at the end of the run",
+            "",
+            "The final policy pruned and exported to one formula per action (compacted on "
+            "replay-buffer states), then the pruned network and the formula (numpy) on the "
+            f"same fresh evaluation episodes. The formula meets the threshold ({crit}) on "
+            f"**{held} of {len(rows)}** seeds.",
+            "",
+            "| seed | network: return | formula: return | formula: success | size (ops, "
+            "consts) | formula |",
+            "|---|---|---|---|---|---|",
+        ]
+        for seed, net, fml, f in rows:
+            succ = fml.get("success_rate")
+            text = "; ".join(f["expressions"])
+            shown = (f"`{text}`" if len(text) <= FORMULA_CHARS
+                     else f"{len(text)} characters: policy.json of the run folder")
+            lines.append(
+                f"| {seed} | {net['mean']:.1f} ± {net['std']:.1f} | {fml['mean']:.1f} ± "
+                f"{fml['std']:.1f} | {'—' if succ is None else f'{succ:.0%}'} | "
+                f"{f['operators']}, {f['constants']} | {shown} |")
+    return lines
+
+
 def plot(task: str, results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -564,7 +631,8 @@ def plot(task: str, results: list[dict], path: Path) -> None:
     column, value = THRESHOLDS[task]
     metrics = ["eval_return_mean"] + ([column] if column != "eval_return_mean" else [])
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
-    colors = {"sym-mbpo": "tab:red", "mbpo": "tab:purple", "sac": "tab:blue",
+    colors = {"sym-mbpo": "tab:red", "sym-mbpo-espl": "tab:brown", "mbpo": "tab:purple",
+              "sac": "tab:blue",
               "sac-utd20": "tab:cyan", "sac-repeat": "tab:green", "sb3-sac": "tab:gray",
               "sym-mpc": "tab:orange"}
     for ax, metric in zip(axes[0], metrics):
@@ -619,7 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learner-seeds", default=None,
                    help="fewer seeds for some learners, e.g. mbpo=5 (the first N seeds)")
     p.add_argument("--steps", default=None, help="per learner, e.g. sym-mbpo=1500,sac=15000")
-    p.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated subset")
+    p.add_argument("--learners", default=",".join(DEFAULT_LEARNERS),
+                   help=f"comma-separated subset of {', '.join(LEARNERS)} (default: all but "
+                        "sym-mbpo-espl)")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="episodes per evaluation (default: the protocol's, 20)")
     p.add_argument("--budgets", default=None, help="comma-separated step budgets for the table")
@@ -666,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds[: learner_seeds.get(name, len(seeds))]
     ]
     # longest jobs first, so the two workers finish close together
-    cost = {"sym-mbpo": 0.25, "mbpo": 0.2, "sac": 0.008, "sac-utd20": 0.12, "sac-repeat": 0.006,
-            "sb3-sac": 0.012, "sym-mpc": 0.05}
+    cost = {"sym-mbpo": 0.25, "sym-mbpo-espl": 0.5, "mbpo": 0.2, "sac": 0.008, "sac-utd20": 0.12,
+            "sac-repeat": 0.006, "sb3-sac": 0.012, "sym-mpc": 0.05}
     jobs.sort(key=lambda j: -j["steps"] * cost[j["learner"]])
     workers = max(1, min(2, args.workers))
     print(

@@ -32,3 +32,25 @@ def test_sac_variants_follow_a_given_sac_budget():
     assert steps["sac-utd20"] == 5000  # the high-UTD budget this machine affords
     steps = load_bench("sample_efficiency").parse_steps("sac=20000,sb3-sac=100", "cartpole")
     assert steps["sb3-sac"] == 100
+
+
+def test_espl_runs_report_their_exported_formula():
+    # issue 15: ESPL on report seeds, the formula evaluated on fresh episodes; the bench's
+    # table says on how many seeds the formula (not only the network) meets the threshold
+    bench = load_bench("sample_efficiency")
+    assert "sym-mbpo-espl" in bench.LEARNERS and "sym-mbpo-espl" not in bench.DEFAULT_LEARNERS
+    assert bench.parse_steps("sym-mbpo=900", "pendulum")["sym-mbpo-espl"] == 900
+
+    def run(seed, formula_mean):
+        ret = {"mean": formula_mean, "std": 1.0, "success_rate": None}
+        return {"seed": seed, "summary": {"formula": {
+            "network_return": {"mean": -150.0, "std": 2.0}, "formula_return": ret,
+            "operators": 12, "constants": 5, "expressions": ["torque = -2*tanh(theta_dot)"]}}}
+
+    numbers: dict = {}
+    lines = bench.formula_lines({"sym-mbpo-espl": [run(100, -180.0), run(101, -950.0)],
+                                 "sym-mbpo": [run(100, -1.0)]},
+                                "eval_return_mean", -200.0, numbers)
+    text = "\n".join(lines)
+    assert "**1 of 2** seeds" in text and "-950.0" in text
+    assert len(numbers["formula"]["sym-mbpo-espl"]) == 2 and "sym-mbpo" not in numbers["formula"]
