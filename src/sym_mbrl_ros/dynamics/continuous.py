@@ -52,6 +52,7 @@ from .expression import (
     simplify,
     to_string,
 )
+from .fallback import noise_floor
 from .integrate import Integrator
 from .refine import refine_constants, snap_with_loss
 from .selection import (
@@ -153,10 +154,18 @@ def fit_continuous(
     floor = cfg.selection_floor
     poly, _angles = model._inputs()
     kinematic = [v for v in poly if v in model.state_names]
+    broken: dict[int, float] = {}
     if init is not None:
-        kept = _keep_exact_warm_start(model, rows, train, val, init, init_note)
+        kept, errors, floors = _keep_exact_warm_start(model, rows, train, val, init, init_note)
         if kept is not None:
             return kept
+        # a law that was exact and now misses by far more than the new rows' noise has met
+        # data it does not explain (a first fit on slow swings, where force*cos(theta) and
+        # force*cos(theta)**2 look alike): its midpoint R² may still pass init_accept_r2, so it
+        # faces a search again. Sensor noise alone (error near the floor) keeps it.
+        broken = {i: err for i, err in errors.items()
+                  if err > cfg.exact_error and err > BROKEN_RATIO * floors.get(i, 0.0)
+                  and _was_exact(init_r2.get(model.state_names[i]), cfg.exact_error)}
 
     # 1. candidates per coordinate on midpoint targets
     end = rows.X0[:, :n] + rows.D
@@ -197,7 +206,11 @@ def fit_continuous(
         raw += [(Name(v), "kinematic: another coordinate") for v in kinematic if v != name]
         rep: dict[str, Any] = {"coordinate": name, "kind": "learned",
                                "angle": i in model.angle_coords}
-        pool, rejected, note = _midpoint_pool(model, i, data, raw, init is not None, init_r2)
+        pool, rejected, note = _midpoint_pool(model, i, data, raw,
+                                              init is not None and i not in broken, init_r2)
+        if i in broken:
+            note = (f"the warm-start law was exact and is not on the new rows (1 - R² = "
+                    f"{broken[i]:.1e} through the integrator): {note}")
         rep["search"] = (init_note + "; " if init_note else "") + note
         rep["n_rejected"] = rejected
         if not pool:
@@ -293,31 +306,50 @@ def _finish(model: SymbolicDynamics, current: list[Node], integrator: Integrator
 # --- step 0: an exact warm start ---------------------------------------------------------------
 
 
+BROKEN_RATIO = 10.0
+"""A once-exact warm start whose error on new rows exceeds this multiple of their noise floor
+(:func:`.fallback.noise_floor` of its residuals) is searched again."""
+
+
+def _was_exact(r2: float | None, exact_error: float) -> bool:
+    return r2 is not None and bool(np.isfinite(r2)) and 1.0 - float(r2) <= exact_error
+
+
 def _keep_exact_warm_start(model: SymbolicDynamics, rows: StepRows, train: StepRows,
                            val: StepRows, init: list[Node], init_note: str
-                           ) -> ContinuousFit | None:
+                           ) -> tuple[ContinuousFit | None, dict[int, float], dict[int, float]]:
     """The warm start, challenged only by itself less a term, when it is exact on every row
-    (module docstring, step 0); None when it is not, or cannot be evaluated."""
+    (module docstring, step 0), else None; each learned coordinate's error (1 - R² of its
+    increment through the integrator) on the new rows, and for the inexact ones the noise
+    floor of those residuals (both empty when the law cannot be evaluated)."""
     cfg = model.config
     n = rows.n_state
     fixed = [i for i in range(n) if i in model.static_coords or np.all(rows.D[:, i] == 0.0)]
     learned = [i for i in range(n) if i not in fixed]
     if not learned or len(init) != n:
-        return None
+        return None, {}, {}
     current = [Num(0.0) if i in fixed else init[i] for i in range(n)]
     try:
         laws = LawSet(current, model.variables, n)
     except ExpressionError:
-        return None
+        return None, {}, {}
     integrator = _choose_integrator(cfg, laws, rows)
     pred = laws.increments(rows, integrator)
+    errors: dict[int, float] = {}
     for i in learned:
         y = rows.D[:, i]
         var = float(np.var(y)) or float(np.mean(y * y)) or 1.0
         with np.errstate(all="ignore"):
             err = float(np.mean((pred[:, i] - y) ** 2)) / var
-        if not np.isfinite(err) or err > cfg.exact_error:
-            return None
+        errors[i] = err if np.isfinite(err) else float("inf")
+    if any(err > cfg.exact_error for err in errors.values()):
+        floors = {}
+        for i, err in errors.items():
+            y = rows.D[:, i]
+            r = pred[:, i] - y
+            if err > cfg.exact_error and np.all(np.isfinite(r)):
+                floors[i] = noise_floor(rows.X0, r, float(np.var(y)) or 1.0)
+        return None, errors, floors
     reports: dict[int, dict[str, Any]] = {}
     selections: dict[int, Any] = {}
     counts: dict[int, int] = {}
@@ -340,7 +372,7 @@ def _keep_exact_warm_start(model: SymbolicDynamics, rows: StepRows, train: StepR
         cand = _through_integrator(laws, integrator, i, current[i], "init: previous model",
                                    train, val, cfg, refine=False)
         if cand is None:
-            return None
+            return None, errors, {}
         sel = backward_elimination(
             select([cand], cfg.selection_floor), [cand],
             lambda tree, source, i=i: _through_integrator(
@@ -353,7 +385,7 @@ def _keep_exact_warm_start(model: SymbolicDynamics, rows: StepRows, train: StepR
         laws.replace(i, current[i])
         reports[i] = {"coordinate": name, "kind": "learned", "angle": i in model.angle_coords,
                       "search": note, "n_rejected": 0}
-    return _finish(model, current, integrator, reports, selections, counts)
+    return _finish(model, current, integrator, reports, selections, counts), errors, {}
 
 
 # --- step 1: candidates on midpoint targets ------------------------------------------------------
