@@ -136,15 +136,25 @@ def claim_run_folder(out: Path):
 
 
 def _die_with_parent() -> None:
-    """Pool initializer: on Linux the worker gets SIGTERM when the bench process dies, so that
-    a killed invocation leaves no trainings running (elsewhere: nothing)."""
-    import ctypes
-    import signal
+    """Pool initializer: the worker exits within a second of the bench process's death (its
+    parent changes), so that a killed invocation leaves no trainings running.
 
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    Not PR_SET_PDEATHSIG: that signal follows the *thread* that started the worker, and with
+    one task per worker the pool's handler thread starts them. It ends when the pool shuts
+    down, its idle workers died holding the task queue's lock, and the bench hung after its
+    last training with every result unwritten.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from bench_loader import load_bench
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks are POSIX")
@@ -54,3 +59,36 @@ def test_espl_runs_report_their_exported_formula():
     text = "\n".join(lines)
     assert "**1 of 2** seeds" in text and "-950.0" in text
     assert len(numbers["formula"]["sym-mbpo-espl"]) == 2 and "sym-mbpo" not in numbers["formula"]
+
+
+def _square(x: int) -> int:
+    time.sleep(0.05 * (x % 3))  # tasks end at different times, like trainings
+    return x * x
+
+
+def test_the_pool_of_the_bench_shuts_down_when_its_work_is_done(tmp_path):
+    # workers asked for SIGTERM when the thread that started them ended (PR_SET_PDEATHSIG is
+    # per thread): with one task per worker the pool's handler thread starts them, ends at
+    # shutdown, and its idle workers died holding the task queue's lock, so the bench hung
+    # after its last training (twice, each with every result still unwritten; here within
+    # ten pools of ten tasks, which take 6 s when nothing hangs; a race: without the fix
+    # it hung in one of two runs of five pools)
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import multiprocessing as mp, sys\n"
+        f"sys.path[:0] = [{str(ROOT / 'test')!r}, {str(ROOT / 'bench')!r}]\n"
+        "import sample_efficiency as bench\n"
+        "from test_bench_run_folder import _square\n"
+        "if __name__ == '__main__':\n"
+        "    for _ in range(10):\n"
+        "        with mp.get_context('spawn').Pool(2, initializer=bench._die_with_parent,\n"
+        "                                          maxtasksperchild=1) as pool:\n"
+        "            assert pool.map(_square, range(10), chunksize=1) == [x * x for x in\n"
+        "                                                                  range(10)]\n"
+        "    print('done')\n")
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=90, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pool hung at shutdown (90 s)")
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]
