@@ -236,6 +236,14 @@ def test_bounded_rule_leaves_positions_and_tiny_ranges_alone():
     assert bounded_coordinates(names, X, [0, 1, 2], FamilySettings()) == ["angle"]
 
 
+def spinning_rows(rng, omega: float, n: int, dt: float):
+    """``n`` cart-pole-like transitions, angular rates up to ``omega``, integrated to
+    round-off (64 RK4 substeps): the ODE itself, not a coarse simulator."""
+    s = np.c_[rng.uniform(-3, 3, n), rng.uniform(-omega, omega, n)]
+    a = rng.uniform(-2, 2, (n, 1))
+    return s, a, rk4(cart_pole_like_rhs, s, a, dt, substeps=64)
+
+
 def test_an_exact_warm_start_is_kept_on_fast_rows_with_enough_substeps():
     # sym-mbpo's cart-pole: the law fitted on the first, slow swings was exact, but on rows
     # where the pole spun at 25 rad/s it was judged on midpoint targets (O(dt²): R² 0.97
@@ -245,16 +253,11 @@ def test_an_exact_warm_start_is_kept_on_fast_rows_with_enough_substeps():
     dt = 0.05
     rng = np.random.default_rng(3)
 
-    def rows(omega, n):
-        s = np.c_[rng.uniform(-3, 3, n), rng.uniform(-omega, omega, n)]
-        a = rng.uniform(-2, 2, (n, 1))
-        return s, a, rk4(cart_pole_like_rhs, s, a, dt, substeps=64)  # the ODE, to round-off
-
     slow = SymbolicDynamics(["theta", "omega"], ["force"], dt=dt, time="continuous",
-                            angle_coords=[0]).fit(*rows(2.0, 400))
+                            angle_coords=[0]).fit(*spinning_rows(rng, 2.0, 400, dt))
     law = to_string(slow.derivative_trees()[1], 4)
     assert "cos(theta)**2" in law, law
-    fast = rows(25.0, 400)
+    fast = spinning_rows(rng, 25.0, 400, dt)
     refit = SymbolicDynamics(["theta", "omega"], ["force"], dt=dt, time="continuous",
                              angle_coords=[0]).fit(*fast, init=slow)
     assert "through the integrator" in refit.report()[1]["search"]
@@ -262,7 +265,7 @@ def test_an_exact_warm_start_is_kept_on_fast_rows_with_enough_substeps():
     # the substeps resolve the fastest rows to the model's "exact_error" (1 - R² <= 1e-6);
     # with the substeps chosen on the slow rows the error is ~1e-5
     assert refit.integrator.substeps > slow.integrator.substeps
-    assert min(refit.score(*rows(25.0, 400)).values()) >= 1 - 1e-6
+    assert min(refit.score(*spinning_rows(rng, 25.0, 400, dt)).values()) >= 1 - 1e-6
 
 
 def test_the_substeps_resolve_the_fastest_rows_not_the_average_one():
@@ -271,18 +274,14 @@ def test_the_substeps_resolve_the_fastest_rows_not_the_average_one():
     dt = 0.05
     rng = np.random.default_rng(4)
 
-    def rows(omega, n):
-        s = np.c_[rng.uniform(-3, 3, n), rng.uniform(-omega, omega, n)]
-        a = rng.uniform(-2, 2, (n, 1))
-        return s, a, rk4(cart_pole_like_rhs, s, a, dt, substeps=64)
-
-    slow, fast = rows(2.0, 400), rows(25.0, 8)
+    slow, fast = spinning_rows(rng, 2.0, 400, dt), spinning_rows(rng, 25.0, 8, dt)
     data = [np.concatenate([x, y]) for x, y in zip(slow, fast)]
     model = SymbolicDynamics(["theta", "omega"], ["force"], dt=dt, time="continuous",
                              angle_coords=[0]).fit(*data)
-    # no row's integration error exceeds 1e-3 of the spread, so the fast rows keep
+    # no row's integration error may exceed 3e-3 of the spread; the fast rows keep
     # 1 - R² <= 1e-6, the model's "exact_error" (by the training rows' RMS: 1 - 6e-5)
-    assert min(model.score(*rows(25.0, 400)).values()) >= 1 - 1e-6, model.integrator
+    score = model.score(*spinning_rows(rng, 25.0, 400, dt))
+    assert min(score.values()) >= 1 - 1e-6, model.integrator
 
 
 def test_backward_elimination_reaches_into_a_rational_numerator():

@@ -165,7 +165,7 @@ def fit_continuous(
         # faces a search again. Sensor noise alone (error near the floor) keeps it.
         broken = {i: err for i, err in errors.items()
                   if err > cfg.exact_error and err > BROKEN_RATIO * floors.get(i, 0.0)
-                  and _was_exact(init_r2.get(model.state_names[i]), cfg.exact_error)}
+                  and is_exact(init_r2.get(model.state_names[i]), cfg.exact_error)}
 
     # 1. candidates per coordinate on midpoint targets
     end = rows.X0[:, :n] + rows.D
@@ -176,25 +176,9 @@ def fit_continuous(
     pools: dict[int, list[tuple[Node, str]]] = {}
     reports: dict[int, dict[str, Any]] = {}
     for i, name in enumerate(model.state_names):
-        if i in model.static_coords:
+        if i in model.static_coords or np.all(rows.D[:, i] == 0.0):
             current.append(Num(0.0))
-            reports[i] = {
-                "coordinate": name,
-                "kind": "static",
-                "chosen": {"expression": f"{law_name(name)} = 0"},
-                "reason": "static coordinate: copied through unchanged",
-                "runner_ups": [],
-            }
-            continue
-        if np.all(rows.D[:, i] == 0.0):
-            current.append(Num(0.0))
-            reports[i] = {
-                "coordinate": name,
-                "kind": "constant",
-                "chosen": {"expression": f"{law_name(name)} = 0", "source": "no change"},
-                "reason": "the coordinate never changes in the data",
-                "runner_ups": [],
-            }
+            reports[i] = _fixed_report(name, static=i in model.static_coords)
             continue
         data = make_fit_data(
             variables, X_mid[train_idx], Z[train_idx, i], X_mid[val_idx], Z[val_idx, i],
@@ -306,12 +290,24 @@ def _finish(model: SymbolicDynamics, current: list[Node], integrator: Integrator
 # --- step 0: an exact warm start ---------------------------------------------------------------
 
 
+def _fixed_report(name: str, static: bool) -> dict[str, Any]:
+    """The report of a coordinate that is not learned: static, or constant in the data."""
+    if static:
+        return {"coordinate": name, "kind": "static",
+                "chosen": {"expression": f"{law_name(name)} = 0"},
+                "reason": "static coordinate: copied through unchanged", "runner_ups": []}
+    return {"coordinate": name, "kind": "constant",
+            "chosen": {"expression": f"{law_name(name)} = 0", "source": "no change"},
+            "reason": "the coordinate never changes in the data", "runner_ups": []}
+
+
 BROKEN_RATIO = 10.0
 """A once-exact warm start whose error on new rows exceeds this multiple of their noise floor
 (:func:`.fallback.noise_floor` of its residuals) is searched again."""
 
 
-def _was_exact(r2: float | None, exact_error: float) -> bool:
+def is_exact(r2: float | None, exact_error: float) -> bool:
+    """Whether a validation R² (of an increment) leaves at most ``exact_error`` unexplained."""
     return r2 is not None and bool(np.isfinite(r2)) and 1.0 - float(r2) <= exact_error
 
 
@@ -358,16 +354,7 @@ def _keep_exact_warm_start(model: SymbolicDynamics, rows: StepRows, train: StepR
         f"within 1 - R² <= {cfg.exact_error:g}; challenged by itself less a term")
     for i, name in enumerate(model.state_names):
         if i in fixed:
-            static = i in model.static_coords
-            reports[i] = {
-                "coordinate": name,
-                "kind": "static" if static else "constant",
-                "chosen": {"expression": f"{law_name(name)} = 0",
-                           **({} if static else {"source": "no change"})},
-                "reason": ("static coordinate: copied through unchanged" if static
-                           else "the coordinate never changes in the data"),
-                "runner_ups": [],
-            }
+            reports[i] = _fixed_report(name, static=i in model.static_coords)
             continue
         cand = _through_integrator(laws, integrator, i, current[i], "init: previous model",
                                    train, val, cfg, refine=False)

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .expression import Node
-from .gp import GPSettings, gp_candidates
+from .gp import GPSettings, gp_candidates, subsample_rows
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,7 @@ def gp_fallback_candidates(
     seed: int, max_rows: int = 500,
 ) -> tuple[list[tuple[Node, str]], dict]:
     """One pyoperon run of ``seconds`` on at most ``max_rows`` rows; candidates relabelled."""
-    rows = np.arange(len(y))
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:max_rows])
+    rows = subsample_rows(len(y), max_rows, seed)
     settings = GPSettings(
         time_limit=seconds,
         population_size=base.population_size,

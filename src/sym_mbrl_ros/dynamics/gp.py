@@ -98,6 +98,15 @@ def gp_candidates(
 # --- the backend (:mod:`.backends`) -------------------------------------------------------------
 
 
+def subsample_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """All row indices of ``n``, or a seeded sorted subset of ``max_rows`` of them (pyoperon's
+    time per generation grows with the rows)."""
+    rows = np.arange(n)
+    if n > max_rows:
+        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:max_rows])
+    return rows
+
+
 def settings_from(cfg: SymbolicDynamicsConfig) -> GPSettings:
     """The gp backend's settings from the fit config (``gp_time`` shared by ``gp_runs``)."""
     runs = max(1, cfg.gp_runs)
@@ -124,9 +133,7 @@ def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
     infos = []
     for run in range(max(1, cfg.gp_runs)):
         seed = model.seed * 7919 + 101 * i + 13 * attempt + run
-        rows = np.arange(len(data.y_train))
-        if len(rows) > cfg.gp_max_rows:
-            rows = np.sort(np.random.default_rng(seed).permutation(rows)[: cfg.gp_max_rows])
+        rows = subsample_rows(len(data.y_train), cfg.gp_max_rows, seed)
         found, info = gp_candidates(
             data.X_train[rows][:, cols], data.y_train[rows], names, settings, seed
         )

@@ -27,7 +27,7 @@ from .fallback import (
     should_fall_back,
 )
 from .families import FamilySettings, extend_library
-from .gp import GPSettings
+from .gp import settings_from as gp_settings
 from .library import (
     LibrarySpec,
     build_library,
@@ -369,9 +369,7 @@ def gp_fallback(model: SymbolicDynamics, i: int, data: FitData, raw: list, info:
     if not seconds:
         info["gp_fallback"]["skipped"] = "the fit's pyoperon budget is spent"
         return
-    gp = GPSettings(population_size=cfg.gp_population, max_length=cfg.gp_max_length,
-                    symbols=cfg.gp_symbols, max_candidates=cfg.gp_candidates,
-                    local_iterations=cfg.gp_local_iterations)
+    gp = gp_settings(cfg)  # its time limit is the fallback's own budget (``seconds``)
     cols = [model.variables.index(v) for v in names]
     t0 = time.perf_counter()
     found, gp_info = gp_fallback_candidates(

@@ -51,7 +51,7 @@ from ..errors import UserError
 from .backends import get as get_backend
 from .backends import names as backend_names
 from .bagging import disagreement, fit_members, member_models, spread
-from .continuous import StepRows, fit_continuous, law_name, law_text
+from .continuous import StepRows, fit_continuous, is_exact, law_name, law_text
 from .expression import (
     FUNCTIONS,
     CompiledExpression,
@@ -571,6 +571,7 @@ class SymbolicDynamics:
         that took minutes per fit, for no change.
         """
         cfg = self.config
+        validation_r2 = validation_r2 or {}
         trees = list(self._derivatives if self.is_continuous else self._trees or [])
         lengths = [len(seg) for seg in segments]
         info: dict[str, Any] = {"segments": {"count": len(segments),
@@ -582,7 +583,7 @@ class SymbolicDynamics:
             n_train = len(s) - int(round(cfg.validation_fraction * len(s)))
             train_segs, val_segs = split_segments(segments, n_train)
             fronts = {i: f for i, f in self._fronts.items()
-                       if not _exact(validation_r2, self.state_names[i], cfg.exact_error)}
+                       if not is_exact(validation_r2.get(self.state_names[i]), cfg.exact_error)}
             if len(fronts) < len(self._fronts):
                 info["exact_one_step"] = sorted(self.state_names[i] for i in self._fronts
                                                 if i not in fronts)
@@ -593,8 +594,8 @@ class SymbolicDynamics:
                     for segs in (train_segs, val_segs))
                 trees, info["trajectory_selection"] = select_on_trajectories(
                     self, trees, fronts, train_w, val_w, weights)
-            scored = [name for name, r2 in (validation_r2 or {}).items() if r2 is not None]
-            if scored and all(_exact(validation_r2, name, cfg.exact_error)
+            scored = [name for name, r2 in validation_r2.items() if r2 is not None]
+            if scored and all(is_exact(validation_r2.get(name), cfg.exact_error)
                               for name in scored):
                 # an exact model's k-step loss sits at its floor: refining cannot gain
                 info["multistep"] = {"skipped": "every coordinate is exact one step ahead"}
@@ -1416,12 +1417,6 @@ def _read_members(doc: Any, model: SymbolicDynamics, source: str):
         except ExpressionError as exc:
             raise UserError(f"{source}: member {k} has an invalid expression: {exc}") from None
     return members, scale
-
-
-def _exact(validation_r2: dict[str, float | None] | None, name: str, floor: float) -> bool:
-    """Whether ``name``'s one-step validation error (1 - R²) is at most ``floor``."""
-    r2 = (validation_r2 or {}).get(name)
-    return r2 is not None and bool(np.isfinite(r2)) and 1.0 - float(r2) <= floor
 
 
 def _check_dt(dt) -> float | None:
