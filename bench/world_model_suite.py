@@ -86,6 +86,7 @@ from sym_mbrl_ros.dynamics.expression import (  # noqa: E402
     parse_expression,
     to_sympy,
 )
+from sym_mbrl_ros.protocol import git_commit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MUJOCO = ("pendulum", "reacher", "car2d", "cartpole_mujoco")
@@ -825,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=240.0, help="seconds per system; later runs are skipped"
     )
     parser.add_argument(
+        "--out",
+        default="world_model_suite",
+        help="name of the result files in bench/results (NAME.md and NAME.json)",
+    )
+    parser.add_argument(
         "--gp-time",
         type=float,
         default=2.0,
@@ -844,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     args_d = {"seed": args.seed, "budget": args.budget, "gp_time": args.gp_time}
+    commit, dirty = git_commit()
     t0 = time.perf_counter()
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -861,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         "# World-model suite" + (" — smoke / partial run" if partial else ""),
         "",
         f"`{command.strip()}`: {label}; seed {args.seed}; {len(systems)} systems, "
+        f"code {(commit or 'unknown')[:7]}{' (uncommitted changes)' if dirty else ''}; "
         f"{args.workers} worker(s), {wall:.0f} s wall on {os.cpu_count()} CPUs shared with "
         "other work (fit times are indicative). Continuous-time mode of SymbolicDynamics: "
         f"{'present' if supports_continuous() else 'absent (discrete models only)'}. "
@@ -878,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         md += system_lines(res, methods, noise)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "world_model_suite.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(md) + "\n")
     payload = {
         "command": command.strip(),
         "partial": partial,
@@ -902,12 +910,13 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
+        "code": {"commit": commit, "dirty": dirty},
         "wall_seconds": wall,
         "results": _jsonable(results),
     }
-    (RESULTS / "world_model_suite.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     print("\n".join(md))
-    print(f"\nwrote {RESULTS / 'world_model_suite.md'} and .json ({wall:.0f} s)")
+    print(f"\nwrote {RESULTS / args.out}.md and .json ({wall:.0f} s)")
     return 0
 
 

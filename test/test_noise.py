@@ -185,3 +185,23 @@ def test_model_env_cuts_rollouts_where_the_members_disagree(bagged):
     with pytest.raises(UserError, match="ensemble members"):
         ModelEnv(task, SymbolicDynamics.from_dict(model.to_dict() | {"members": None}),
                  max_disagreement=1.0)
+
+
+def damped_pendulum(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.stack([x[:, 1], -9.81 * np.sin(x[:, 0]) - 0.2 * x[:, 1] + u[:, 0]], axis=1)
+
+
+def test_an_undeclared_angle_gets_its_sin_through_one_percent_noise():
+    # 50 Hz, 1 % measurement noise: a quarter of the variance of theta''s one-step targets is
+    # noise, so no family lowered the whole-library error tenfold and the old search printed
+    # the Taylor series (-8.2*theta + 0.8*theta**3 ..., R² 0.89 on clean data)
+    s, a, s2, ep = trajectories(damped_pendulum, 500, 6, 2.5, 3.0, dt=0.02)
+    ns, ns2 = add_noise(s, s2, ep, 0.01, 7)
+    model = SymbolicDynamics(["theta", "omega"], ["torque"], dt=0.02, time="continuous")
+    model.fit(ns, a, ns2)
+    law = model.laws(3)[-1]
+    assert "sin(theta" in law and "theta**3" not in law, law
+    ts, ta, ts2, _ = trajectories(damped_pendulum, 1000, 8, 3.0, 3.0, dt=0.02)
+    # the law with constants fitted through noise: 1 - R² near 1e-5 on clean data (the old
+    # search: 0.11); 0.999 is the 1 % target
+    assert min(model.score(ts, ta, ts2).values()) >= 0.999

@@ -27,6 +27,20 @@ rational law gains little from ``trig(q)`` alone) and every declared angle, its 
 refined before it is judged.
 STLSQ and refinement then run on the chosen library. A law that the base library already
 explains to ``floor`` (round-off) tries no family at all.
+
+**Noisy data.** Differentiating a noisy trajectory leaves much of a target's variance as noise
+(1 % measurement noise on a damped pendulum sampled at 50 Hz: a quarter of the variance of
+``theta'``'s targets). Every library then sits near the same noise floor, no family can lower
+the error tenfold, and the gate keeps the base library: the search printed the Taylor series
+of ``sin(theta)``, which extrapolates badly. So when the base library's best sparse candidate
+misses R² 0.999 (``noisy_min_error``) and the noise floor of its residual
+(:func:`.fallback.noise_floor`) is at least ``noisy_share`` of its error, the families are no
+longer judged by their whole-library error, which also counts how much a large library
+overfits the noise (:func:`noisy_alternatives`). The trig libraries of the bounded coordinates
+always become extra candidate libraries (inside the noise a sine and its Taylor series tie);
+another family's library joins when its best sparse candidate beats the base library's by
+``noisy_margin``. Their sparse candidates join the base library's, and the usual selection
+(one standard error, simplest first, then the trajectory selection) decides.
 """
 
 from __future__ import annotations
@@ -63,6 +77,18 @@ class FamilySettings:
     trig_max_range: float = 8 * math.pi
     """...and at most this (four turns): wider ones are positions, not angles."""
     floor: float = 1e-8
+    noisy_share: float = 0.2
+    """A base library whose residual's noise floor is at least this share of its validation
+    error is at the noise: its families are judged by their sparse candidates instead."""
+    noisy_min_error: float = 1e-3
+    """...and whose best sparse validation error (1 - R²) is at least this: a simulator's
+    round-off and contact events leave errors near 1e-5 whose 'noise' hides no family."""
+    noisy_libraries: int = 2
+    """At most this many trig libraries, and this many others, join the base library on noisy
+    data."""
+    noisy_margin: float = 0.01
+    """A family other than trig joins on noisy data when its best sparse candidate's validation
+    error is this share below the base library's (a tie is no evidence)."""
 
 
 @dataclass(frozen=True)
@@ -402,3 +428,46 @@ def extend_library(
     families, columns = entry
     return choose_library(base, families, columns, data.y_train, data.y_val, data.y_var,
                           settings)
+
+
+def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search,
+                       base_best: float, floor: float) -> tuple[list, dict]:
+    """Family libraries that join ``base`` when its error is mostly noise (module docstring).
+
+    ``search(library)`` gives the best validation error of the sparse candidates on a library;
+    ``base_best`` is that of ``base``, and ``floor`` the relative noise floor of its best
+    candidate's training residual. Returns the libraries (trig first) and facts for the report.
+    Call after :func:`extend_library` on the same ``data``: it reuses that call's family columns.
+    """
+    key = ("families", id(base), data.X_train.shape, data.X_val.shape)
+    entry = cache.get(key)
+    info: dict = {"noise_floor": floor, "base_sparse_error": base_best, "noisy": False}
+    if entry is None or not np.isfinite(base_best) or base_best < settings.noisy_min_error or (
+        floor < settings.noisy_share * base_best
+    ):
+        return [], info
+    families, columns = entry
+    # one tanh scale per coordinate (the middle of the grid): refinement fits the scale
+    middle = TANH_SCALES[len(TANH_SCALES) // 2]
+    tried = [f for f in families if not f.name.startswith("tanh(")]
+    for x in dict.fromkeys(f.coordinate for f in families if f.name.startswith("tanh(")):
+        fams = [f for f in families if f.name.startswith("tanh(") and f.coordinate == x]
+        sd = 1.0 / _tanh_rate(fams[0]) / TANH_SCALES[0]
+        tried.append(tanh_family(x, middle * sd))
+    scored, trig = [], []
+    for fam in tried:
+        lib = columns.library(base, [fam])
+        err = search(lib)
+        if not np.isfinite(err):
+            continue
+        if fam.name.startswith("trig("):
+            # an angle's sin and its Taylor series tie inside the noise: the selection (and
+            # the trajectory selection after it) decides between them, so its library joins
+            trig.append((err, fam.name, lib))
+        elif err < (1.0 - settings.noisy_margin) * base_best:
+            scored.append((err, fam.name, lib))
+    scored.sort(key=lambda t: t[0])
+    trig.sort(key=lambda t: t[0])
+    chosen = trig[: settings.noisy_libraries] + scored[: settings.noisy_libraries]
+    info.update(noisy=True, libraries={name: err for err, name, _ in chosen}, tried=len(tried))
+    return [lib for _, _, lib in chosen], info

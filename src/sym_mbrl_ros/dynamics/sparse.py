@@ -26,7 +26,7 @@ from .fallback import (
     noise_floor,
     should_fall_back,
 )
-from .families import FamilySettings, extend_library
+from .families import FamilySettings, extend_library, noisy_alternatives
 from .gp import settings_from as gp_settings
 from .library import (
     LibrarySpec,
@@ -249,9 +249,14 @@ def sparse_candidates(
         if den is not None:
             trees = [(BinOp("/", t, den), s + ", over a fitted denominator") for t, s in trees]
         out += trees
-    best = min((row[1] for row in front), default=float("inf"))
+    den = library.denominator
+    best_row = min(front, key=lambda row: row[1], default=None)
+    best = best_row[1] if best_row is not None else float("inf")
     info = {"library_terms": len(terms), "supports": len(supports), "front": len(front),
             "best_validation_error": best}
+    if best_row is not None:
+        tree = linear_combination(terms, best_row[4])
+        info["best_tree"] = tree if den is None else BinOp("/", tree, den)
     return out, info
 
 
@@ -334,11 +339,41 @@ def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
             cache, library, data, states, poly, angles, spec, cfg.max_library_terms, fam,
         )
     raw, info = sparse_candidates(data, library, settings)
+    best_tree = info.pop("best_tree", None)
     info["library"] = asdict(spec)
     if cfg.families and attempt == 0:
         info["families"] = choice.as_dict()
+        if not choice.families:
+            _add_noisy_alternatives(cache, library, data, settings, fam, raw, info,
+                                    best_tree)
     gp_fallback(model, i, data, raw, info, poly + angles)
     return raw, info
+
+
+def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
+                            settings: SparseSettings, fam: FamilySettings, raw: list,
+                            info: dict, best_tree: Node | None) -> None:
+    """On noisy data, the candidates of the family libraries that search best join ``raw``
+    (:func:`.families.noisy_alternatives`). The noise floor is the fallback's estimate, on the
+    best sparse candidate's training residual and the inputs that candidate uses."""
+    def search(lib: LibraryMatrix) -> float:
+        return float(sparse_candidates(data, lib, settings)[1]["best_validation_error"])
+
+    variables = list(data.variables)
+    floor = 0.0
+    if best_tree is not None:
+        used = names_in(best_tree) & set(variables)
+        near = [k for k, v in enumerate(variables) if v in used or not used]
+        residual = data.y_train - CompiledExpression(best_tree, variables).numpy(data.X_train)
+        floor = noise_floor(data.X_train[:, near], residual, data.y_var)
+    libraries, noisy = noisy_alternatives(cache, base, data, fam, search,
+                                          info["best_validation_error"], floor)
+    info["families"]["noise"] = noisy
+    for lib in libraries:
+        found, more = sparse_candidates(data, lib, settings)
+        raw += found
+        info["best_validation_error"] = min(info["best_validation_error"],
+                                            more["best_validation_error"])
 
 
 def gp_fallback(model: SymbolicDynamics, i: int, data: FitData, raw: list, info: dict,
