@@ -7,7 +7,8 @@ data's trajectory segments (:func:`.segments.find_segments`):
    expression and the other members of its one-step Pareto front get their constants refined
    on the k-step error of the training windows (the other coordinates held), and the pick is
    :func:`.selection.select`'s rule on the k-step error of the validation windows (the newest
-   rows), followed by backward elimination. On noisy states the one-step errors are mostly
+   rows), followed by backward elimination; a law longer than the one-step pick must beat it by
+   :data:`SWITCH_SE` standard errors. On noisy states the one-step errors are mostly
    noise, and the rule then keeps too few terms (a damping term lost at 5 % noise) or the wrong
    ones; over k steps a law's effect accumulates while the noise does not.
 2. **joint refinement** (:func:`refine_multistep`): every constant of the model at once by
@@ -35,10 +36,17 @@ from .expression import (
 )
 from .refine import RolloutStep, refine_rollout, rollout_residuals, window_errors
 from .segments import Windows, make_windows
-from .selection import backward_elimination, candidate_from_errors, select
+from .selection import backward_elimination, candidate_from_errors, select, within_noise
 
 if TYPE_CHECKING:
     from .symbolic import SymbolicDynamics
+
+SWITCH_SE = 2.0
+"""The trajectory selection replaces the one-step pick by a longer law only when the pick's
+k-step validation error exceeds that law's by more than this many paired standard errors (a
+shorter law needs the usual one). With one standard error, short noisy segments let one
+coordinate's law absorb the errors of the others' (``x' = v`` traded for six terms on 1 %
+noisy drag data), and five folds give a loose estimate of that error."""
 
 IMPROVEMENT = 1e-3
 """The refined constants are kept only when they lower the k-step loss by this share: a smaller
@@ -197,13 +205,19 @@ def select_on_trajectories(
             continue
         sel = backward_elimination(select(cands, cfg.selection_floor), cands, consider,
                                    cfg.selection_floor)
-        chosen = sel.chosen.tree
+        final = sel.chosen
+        pick = cands[0] if cands[0].source == "one-step pick" else None
+        if pick is not None and final.complexity > pick.complexity and within_noise(
+            pick, final, cfg.selection_floor, SWITCH_SE
+        ):
+            final = pick  # a longer law than the one-step pick needs more than noise to win
+        chosen = final.tree
         trees[i] = next_value_tree(name, chosen) if discrete else chosen
         info[name] = {
             "chosen": to_string(chosen, 4),
-            "source": sel.chosen.source,
+            "source": final.source,
             "candidates": len(cands),
-            "validation_loss": sel.chosen.val_rel_mse,
+            "validation_loss": final.val_rel_mse,
             "changed": to_string(chosen) != to_string(current),
         }
     return trees, info

@@ -216,17 +216,18 @@ def pareto_front(candidates: Sequence[Candidate], floor: float = 0.0) -> list[Ca
     return front
 
 
-def within_noise(cand: Candidate, best: Candidate, floor: float = 0.0) -> bool:
+def within_noise(cand: Candidate, best: Candidate, floor: float = 0.0, n_se: float = 1.0
+                 ) -> bool:
     """Whether ``cand`` is as good as ``best`` up to noise: exact (below ``floor``), or its
-    excess validation error over ``best``'s, paired fold by fold, is at most one standard
-    error of that excess (without folds: no worse at all)."""
+    excess validation error over ``best``'s, paired fold by fold, is at most ``n_se`` standard
+    errors of that excess (without folds: no worse at all)."""
     if cand.val_rel_mse <= max(best.val_rel_mse, floor):
         return True
     k = min(len(cand.val_folds), len(best.val_folds))
     if k < 2:
         return False
     diff = np.asarray(cand.val_folds[:k]) - np.asarray(best.val_folds[:k])
-    return bool(diff.mean() <= np.std(diff, ddof=1) / np.sqrt(k))
+    return bool(diff.mean() <= n_se * np.std(diff, ddof=1) / np.sqrt(k))
 
 
 @dataclass

@@ -357,7 +357,8 @@ def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
     (:func:`.families.noisy_alternatives`). The noise floor is the fallback's estimate, on the
     best sparse candidate's training residual and the inputs that candidate uses."""
     def search(lib: LibraryMatrix) -> float:
-        return float(sparse_candidates(data, lib, settings)[1]["best_validation_error"])
+        return float(sparse_candidates(data, lib, settings)[1].get("best_validation_error",
+                                                                   float("inf")))
 
     variables = list(data.variables)
     floor = 0.0
@@ -366,14 +367,14 @@ def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
         near = [k for k, v in enumerate(variables) if v in used or not used]
         residual = data.y_train - CompiledExpression(best_tree, variables).numpy(data.X_train)
         floor = noise_floor(data.X_train[:, near], residual, data.y_var)
-    libraries, noisy = noisy_alternatives(cache, base, data, fam, search,
-                                          info["best_validation_error"], floor)
+    best = float(info.get("best_validation_error", float("inf")))
+    libraries, noisy = noisy_alternatives(cache, base, data, fam, search, best, floor)
     info["families"]["noise"] = noisy
     for lib in libraries:
         found, more = sparse_candidates(data, lib, settings)
         raw += found
-        info["best_validation_error"] = min(info["best_validation_error"],
-                                            more["best_validation_error"])
+        best = min(best, float(more.get("best_validation_error", float("inf"))))
+        info["best_validation_error"] = best
 
 
 def gp_fallback(model: SymbolicDynamics, i: int, data: FitData, raw: list, info: dict,
