@@ -298,3 +298,41 @@ def test_backward_elimination_reaches_into_a_rational_numerator():
         parse_expression("(9*sin(th) - 2*f*cos(th))/(1 - 0.6*cos(th)**2)", ["th", "f"]))
     plain = parse_expression("9*sin(th) - 2*f", ["th", "f"])
     assert len(removable_terms(plain)[0]) == 2
+
+
+def test_noisy_libraries_join_only_where_the_error_is_mostly_noise_and_large():
+    from sym_mbrl_ros.dynamics.families import FamilySettings, extend_library, noisy_alternatives
+    from sym_mbrl_ros.dynamics.selection import FitData
+    from sym_mbrl_ros.dynamics.sparse import LibraryMatrix, library_spec
+
+    rng = np.random.default_rng(3)
+    X = np.c_[rng.uniform(-2.5, 2.5, 300), rng.uniform(-3, 3, 300), rng.uniform(-1, 1, 300)]
+    y = -9.81 * np.sin(X[:, 0]) + X[:, 2]
+    model = SymbolicDynamics(["theta", "omega"], ["torque"], dt=0.02)
+    data = FitData(("theta", "omega", "torque"), X[:240], y[:240], X[240:], y[240:], X[:240],
+                   float(np.var(y)), 1e6)
+    # the family columns, built as a fit builds them (extend_library caches them)
+
+    spec = library_spec(["theta", "omega", "torque"], [], model.config, 0)
+    base = LibraryMatrix.build(["theta", "omega", "torque"], [], spec, data.variables,
+                               data.X_train, data.X_val)
+    cache: dict = {}
+    extend_library(cache, base, data, ["theta", "omega"], ["theta", "omega", "torque"], [],
+                   spec, 500, FamilySettings())
+    searched = []
+
+    def search(lib):
+        searched.append(lib)
+        return 0.05
+
+    settings = FamilySettings()
+    # a simulator's residual (1e-5, as contact events leave) is never treated as noise
+    libs, info = noisy_alternatives(cache, base, data, settings, search, 1e-5, 1e-5)
+    assert libs == [] and not info["noisy"] and not searched
+    # a large error that is not noise (a missing smooth term: floor far below it) neither
+    libs, info = noisy_alternatives(cache, base, data, settings, search, 0.05, 1e-4)
+    assert libs == [] and not info["noisy"]
+    # a large error that is mostly noise: every bounded coordinate's trig library joins
+    libs, info = noisy_alternatives(cache, base, data, settings, search, 0.05, 0.04)
+    assert info["noisy"] and {"trig(theta)", "trig(omega)"} <= set(info["libraries"])
+    assert len(libs) == len(info["libraries"])
