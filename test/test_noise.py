@@ -226,3 +226,26 @@ def test_the_trajectory_selection_keeps_the_one_step_pick_against_a_longer_law_w
     # the exact identity, and Duffing's law with constants fitted through 1 % noise: 1 - R²
     # ~1e-5 on clean data (the old pick: 8e-4 on x)
     assert min(model.score(ts, ta, ts2).values()) >= 0.9999
+
+
+def pole_on_cart(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Its inverse mass is rational in cos(theta)**2 (the denominator 1 - 0.6*cos**2)."""
+    th, f = x[:, 0], u[:, 0]
+    acc = (9.0 * np.sin(th) - 2.0 * f * np.cos(th)) / (1.0 - 0.6 * np.cos(th) ** 2)
+    return np.stack([x[:, 1], acc], axis=1)
+
+
+def test_a_rational_law_keeps_its_denominator_through_one_percent_noise():
+    # the denominator's tenfold gate fails inside the noise as the trig gate does: the old
+    # search printed polynomials in sin/cos (R² 0.96-0.98 on clean data, three seeds)
+    s, a, s2, ep = trajectories(pole_on_cart, 500, 41, 1.5, 2.0, dt=0.02)
+    ns, ns2 = add_noise(s, s2, ep, 0.01, 51)
+    model = SymbolicDynamics(["theta", "omega"], ["force"], dt=0.02, time="continuous")
+    model.fit(ns, a, ns2)
+    law = model.laws(3)[-1]
+    # (-15*sin(theta) + 3.33*force*cos(theta))/(cos(theta)**2 - 1.67), constants through noise
+    assert "/(cos(theta)**2 - 1." in law and law.count("*") <= 6, law
+    ts, ta, ts2, _ = trajectories(pole_on_cart, 1000, 61, 1.5, 2.0, dt=0.02)
+    # 1 - R² ~1e-4 on clean data with these seeds (the denominator's constant carries most of
+    # the noise's bias); the issue's bar at 1 % noise is 0.999
+    assert min(model.score(ts, ta, ts2).values()) >= 0.999

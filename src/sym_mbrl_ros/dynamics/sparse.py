@@ -333,6 +333,7 @@ def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
         cache[key] = library
     settings = settings_from(cfg, spec)
     states = [v for v in poly if v in model.state_names]
+    base = library
     if cfg.families and attempt == 0:
         fam = FamilySettings(gain=cfg.family_gain, floor=cfg.error_floor)
         library, choice = extend_library(
@@ -343,16 +344,16 @@ def generate(model: SymbolicDynamics, i: int, data: FitData, attempt: int
     info["library"] = asdict(spec)
     if cfg.families and attempt == 0:
         info["families"] = choice.as_dict()
-        if not choice.families:
-            _add_noisy_alternatives(cache, library, data, settings, fam, raw, info,
-                                    best_tree)
+        _add_noisy_alternatives(cache, base, data, settings, fam, raw, info, best_tree,
+                                choice.families)
     gp_fallback(model, i, data, raw, info, poly + angles)
     return raw, info
 
 
 def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
                             settings: SparseSettings, fam: FamilySettings, raw: list,
-                            info: dict, best_tree: Node | None) -> None:
+                            info: dict, best_tree: Node | None, chosen: Sequence[str]
+                            ) -> None:
     """On noisy data, the candidates of the family libraries that search best join ``raw``
     (:func:`.families.noisy_alternatives`). The noise floor is the fallback's estimate, on the
     best sparse candidate's training residual and the inputs that candidate uses."""
@@ -368,7 +369,7 @@ def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
         residual = data.y_train - CompiledExpression(best_tree, variables).numpy(data.X_train)
         floor = noise_floor(data.X_train[:, near], residual, data.y_var)
     best = float(info.get("best_validation_error", float("inf")))
-    libraries, noisy = noisy_alternatives(cache, base, data, fam, search, best, floor)
+    libraries, noisy = noisy_alternatives(cache, base, data, fam, search, best, floor, chosen)
     info["families"]["noise"] = noisy
     for lib in libraries:
         found, more = sparse_candidates(data, lib, settings)
