@@ -32,8 +32,8 @@ explains to ``floor`` (round-off) tries no family at all.
 (1 % measurement noise on a damped pendulum sampled at 50 Hz: a quarter of the variance of
 ``theta'``'s targets). Every library then sits near the same noise floor, no family can lower
 the error tenfold, and the gate keeps the base library: the search printed the Taylor series
-of ``sin(theta)``, which extrapolates badly. So when the base library's best sparse candidate
-misses R² 0.999 (``noisy_min_error``) and the noise floor of its residual
+of ``sin(theta)``, which extrapolates badly. So when the chosen library's best sparse
+candidate misses R² 0.999 (``noisy_min_error``) and the noise floor of its residual
 (:func:`.fallback.noise_floor`) is at least ``noisy_share`` of its error, the families are no
 longer judged by their whole-library error, which also counts how much a large library
 overfits the noise (:func:`noisy_alternatives`). The trig libraries of the bounded coordinates

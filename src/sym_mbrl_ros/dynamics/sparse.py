@@ -356,23 +356,30 @@ def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
                             ) -> None:
     """On noisy data, the candidates of the family libraries that search best join ``raw``
     (:func:`.families.noisy_alternatives`). The noise floor is the fallback's estimate, on the
-    best sparse candidate's training residual and the inputs that candidate uses."""
-    def search(lib: LibraryMatrix) -> float:
-        return float(sparse_candidates(data, lib, settings)[1].get("best_validation_error",
-                                                                   float("inf")))
+    best sparse candidate's training residual and the inputs that candidate uses; it is only
+    computed where the error is large enough to matter (a simulator's fits skip it)."""
+    searched: dict[int, tuple[list, dict]] = {}
 
-    variables = list(data.variables)
+    def run(lib: LibraryMatrix) -> tuple[list, dict]:
+        if id(lib) not in searched:
+            searched[id(lib)] = (lib, *sparse_candidates(data, lib, settings))
+        return searched[id(lib)][1:]
+
+    def search(lib: LibraryMatrix) -> float:
+        return float(run(lib)[1].get("best_validation_error", float("inf")))
+
+    best = float(info.get("best_validation_error", float("inf")))
     floor = 0.0
-    if best_tree is not None:
+    if best_tree is not None and np.isfinite(best) and best >= fam.noisy_min_error:
+        variables = list(data.variables)
         used = names_in(best_tree) & set(variables)
         near = [k for k, v in enumerate(variables) if v in used or not used]
         residual = data.y_train - CompiledExpression(best_tree, variables).numpy(data.X_train)
         floor = noise_floor(data.X_train[:, near], residual, data.y_var)
-    best = float(info.get("best_validation_error", float("inf")))
     libraries, noisy = noisy_alternatives(cache, base, data, fam, search, best, floor, chosen)
     info["families"]["noise"] = noisy
     for lib in libraries:
-        found, more = sparse_candidates(data, lib, settings)
+        found, more = run(lib)
         raw += found
         best = min(best, float(more.get("best_validation_error", float("inf"))))
         info["best_validation_error"] = best
