@@ -491,17 +491,45 @@ def _choose_integrator(cfg, laws: LawSet, rows: StepRows) -> Integrator:
 
 def _coordinate_loss(
     laws: LawSet, integrator: Integrator, i: int, expr: CompiledExpression, rows: StepRows
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Residuals (scaled to unit target variance and sqrt(N)) of coordinate i's increment."""
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """Residuals (scaled to unit target variance and sqrt(N)) of coordinate i's increment, and
+    their forward-difference Jacobian.
+
+    The Jacobian integrates every perturbed parameter vector in one batch: the rows are
+    repeated once per parameter (plus the unperturbed one), and each block gets its own
+    constants (a constant may be a column, one value per row). An expression evaluation costs
+    about as much for 500 rows as for 5,000, so this is several times faster than perturbing
+    one parameter per integration, with the same steps as scipy's ``2-point`` rule.
+    """
     y = rows.D[:, i]
-    scale = 1.0 / np.sqrt((float(np.var(y)) or float(np.mean(y * y)) or 1.0) * len(y))
+    n = len(y)
+    scale = 1.0 / np.sqrt((float(np.var(y)) or float(np.mean(y * y)) or 1.0) * n)
+    k = expr.n_params
+    tiled = StepRows(np.tile(rows.X0, (k + 1, 1)), np.tile(rows.D, (k + 1, 1)),
+                     np.tile(rows.dt, k + 1), rows.n_state)
 
     def resid(p: np.ndarray) -> np.ndarray:
         inc = laws.increments(rows, integrator, {i: (expr, p)})[:, i]
         r = (inc - y) * scale
         return np.where(np.isfinite(r), r, 1e6)
 
-    return resid
+    def jac(p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=np.float64)
+        h = JAC_STEP * np.where(p >= 0, 1.0, -1.0) * np.maximum(1.0, np.abs(p))
+        h = (p + h) - p  # the step as represented, as scipy takes it
+        P = np.repeat(p[:, None], (k + 1) * n, axis=1)
+        for j in range(k):
+            P[j, (j + 1) * n:(j + 2) * n] += h[j]
+        inc = laws.increments(tiled, integrator, {i: (expr, P)})[:, i]
+        r = np.where(np.isfinite(r := (inc - tiled.D[:, i]) * scale), r, 1e6).reshape(k + 1, n)
+        return ((r[1:] - r[0]) / h[:, None]).T
+
+    return resid, jac
+
+
+JAC_STEP = float(np.sqrt(np.finfo(np.float64).eps))
+"""Relative forward-difference step of :func:`_coordinate_loss`'s Jacobian (scipy's for
+``2-point``)."""
 
 
 def _through_integrator(
@@ -523,10 +551,10 @@ def _through_integrator(
     p = expr.params.copy()
     notes: dict[str, Any] = {}
     if refine and expr.n_params:
-        resid = _coordinate_loss(laws, integrator, i, expr, train)
+        resid, jac = _coordinate_loss(laws, integrator, i, expr, train)
         r0 = resid(p)
         try:
-            res = least_squares(resid, p, method="lm", max_nfev=cfg.lm_max_evaluations
+            res = least_squares(resid, p, jac=jac, method="lm", max_nfev=cfg.lm_max_evaluations
                                 * (expr.n_params + 1), xtol=1e-12, ftol=1e-14, gtol=1e-14)
             if np.all(np.isfinite(res.x)) and res.cost <= 0.5 * float(r0 @ r0):
                 p = res.x
@@ -590,7 +618,7 @@ def _joint_polish(laws: LawSet, integrator: Integrator, current: list[Node], lea
 def _snap(laws: LawSet, integrator: Integrator, i: int, tree: Node, rows: StepRows,
           floor: float) -> Node:
     expr = CompiledExpression(tree, laws.variables)
-    resid = _coordinate_loss(laws, integrator, i, expr, rows)
+    resid, _jac = _coordinate_loss(laws, integrator, i, expr, rows)
     return snap_with_loss(expr, lambda p: float(np.sum(resid(p) ** 2)), floor)
 
 
