@@ -206,6 +206,8 @@ def test_an_undeclared_angle_gets_its_sin_through_one_percent_noise():
     model.fit(ns, a, ns2)
     law = model.laws(3)[-1]
     assert "sin(theta" in law and "theta**3" not in law, law
+    # the report says why a library no gate admitted was searched
+    assert "trig(theta)" in model.report()[1]["search"], model.report()[1]["search"]
     ts, ta, ts2, _ = trajectories(damped_pendulum, 1000, 8, 3.0, 3.0, dt=0.02)
     # the law with constants fitted through noise: 1 - R² near 1e-5 on clean data (the old
     # search: 0.11); 0.999 is the 1 % target

@@ -421,16 +421,21 @@ def _midpoint_pool(
             f"skipped: the warm-start law reaches midpoint validation R² "
             f"{good[0].val_r2:.6f} >= {threshold:.6f}; simpler challengers tried"
         )
-    attempts = 0
+    attempts, info = 0, {}
     for attempt in range(cfg.max_regenerations + 1):
         attempts = attempt + 1
-        generated, _info = model._generate(i, data, attempt)
+        generated, info = model._generate(i, data, attempt)
         kept = sum(consider(tree, source) is not None for tree, source in generated)
         if kept:
             break
     note = f"{model.backend} search on midpoint derivative targets"
     if attempts > 1:
         note += f", regenerated {attempts - 1} time(s) because no candidate could be evaluated"
+    noisy = (info.get("families") or {}).get("noise") or {}
+    if noisy.get("noisy") and noisy.get("libraries"):
+        note += (f"; noise is a large part of the error (floor {noisy['noise_floor']:.2g} of "
+                 f"the target's variance), so these libraries also gave candidates: "
+                 f"{', '.join(noisy['libraries'])}")
     return pool, rejected, note
 
 
