@@ -371,11 +371,7 @@ def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
     best = float(info.get("best_validation_error", float("inf")))
     floor = 0.0
     if best_tree is not None and np.isfinite(best) and best >= fam.noisy_min_error:
-        variables = list(data.variables)
-        used = names_in(best_tree) & set(variables)
-        near = [k for k, v in enumerate(variables) if v in used or not used]
-        residual = data.y_train - CompiledExpression(best_tree, variables).numpy(data.X_train)
-        floor = noise_floor(data.X_train[:, near], residual, data.y_var)
+        floor = _residual_floor(best_tree, data, data.variables, data.variables)
     libraries, noisy = noisy_alternatives(cache, base, data, fam, search, best, floor, chosen)
     info["families"]["noise"] = noisy
     for lib in libraries:
@@ -383,6 +379,19 @@ def _add_noisy_alternatives(cache: dict, base: LibraryMatrix, data: FitData,
         raw += found
         best = min(best, float(more.get("best_validation_error", float("inf"))))
         info["best_validation_error"] = best
+
+
+def _residual_floor(tree: Node, data: FitData, variables: Sequence[str],
+                    names: Sequence[str]) -> float:
+    """The relative noise floor (:func:`.fallback.noise_floor`) of ``tree``'s training residual,
+    judged against the inputs among ``names`` that the tree uses (all of ``names`` when it
+    uses none): a missing term is most often in them, and fewer dimensions give the local fits
+    close neighbours. ``variables`` name the columns of ``data.X_train``."""
+    variables = list(variables)
+    used = names_in(tree) & set(names)
+    near = [variables.index(v) for v in names if v in used or not used]
+    residual = data.y_train - CompiledExpression(tree, variables).numpy(data.X_train)
+    return noise_floor(data.X_train[:, near], residual, data.y_var)
 
 
 def gp_fallback(model: SymbolicDynamics, i: int, data: FitData, raw: list, info: dict,
@@ -400,12 +409,7 @@ def gp_fallback(model: SymbolicDynamics, i: int, data: FitData, raw: list, info:
     best, tree = best_refined(raw, data, cfg.bfgs_maxiter)
     if tree is None:
         return
-    # the residual is judged against the inputs the candidate uses: a missing term is
-    # most often in them, and fewer dimensions give the local fits close neighbours
-    used = names_in(tree) & set(names)
-    near = [model.variables.index(v) for v in names if v in used or not used]
-    residual = data.y_train - CompiledExpression(tree, model.variables).numpy(data.X_train)
-    floor = noise_floor(data.X_train[:, near], residual, data.y_var)
+    floor = _residual_floor(tree, data, model.variables, names)
     info["gp_fallback"] = {"sparse_error": best, "noise_floor": floor, "ran": False}
     if not should_fall_back(best, floor, settings):
         return
