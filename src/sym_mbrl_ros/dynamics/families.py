@@ -9,6 +9,12 @@ coordinates declared angles. Laws of robots also need terms that no declaration 
   ``sin(theta)``, a unicycle's ``v*cos(heading)``) in place of the polynomials in q. Over a
   range of a radian or two, ``sin(q)`` and ``q - q**3/6`` are nearly the same column, and a
   library holding both finds cancelling sums of them instead of the law;
+* ``trig(q, r, q + r)``: two bounded coordinates among the angles at once, with the trig
+  terms of their sum (:class:`.library.LibrarySpec` ``angle_sums``), for each pair whose
+  library fits the size limit. A two-link chain's gravity acts through
+  ``sin(q1 + q2)``, and its inverse mass multiplies that by ``cos(q2)``; neither single
+  ``trig(q)`` family lowers an acrobot's error much on its own, so the gate, which adds
+  families one at a time, never reached their product;
 * ``abs``: ``x*abs(x)`` of every state coordinate (quadratic drag);
 * ``tanh(x/eps)``: a smoothed sign of a state coordinate (Coulomb friction), one family per
   ``eps`` on a grid relative to the coordinate's spread; refinement then fits ``eps``;
@@ -47,6 +53,7 @@ families the gate chose, when it beats each of those libraries by ``noisy_ration
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -106,6 +113,10 @@ class Family:
     terms: tuple[Node, ...]
     denominator: Node | None = None
     coordinate: str = ""
+    angles: tuple[str, ...] = ()
+    """A trig family: the coordinates the library is rebuilt with among the angles."""
+    sums: bool = False
+    """...with the trig terms of their pairwise sums."""
 
 
 @dataclass
@@ -147,7 +158,13 @@ def bounded_coordinates(
 def trig_family(q: str) -> Family:
     """``trig(q)``: the library rebuilt with q among the angles (its terms come from
     :meth:`FamilyColumns.library`)."""
-    return Family(f"trig({q})", (), coordinate=q)
+    return Family(f"trig({q})", (), coordinate=q, angles=(q,))
+
+
+def chain_family(qs: Sequence[str]) -> Family:
+    """``trig(q, r, q + r)``: every coordinate of ``qs`` among the angles, with pairwise sums."""
+    sums = [f"{q} + {r}" for k, q in enumerate(qs) for r in qs[k + 1:]]
+    return Family(f"trig({', '.join(list(qs) + sums)})", (), angles=tuple(qs), sums=True)
 
 
 def odd_family(states: Sequence[str]) -> Family:
@@ -211,16 +228,16 @@ class FamilyColumns:
         self._bases: dict[tuple[str, ...], tuple[list, np.ndarray, np.ndarray]] = {}
         self._libraries: dict[tuple, object] = {}
 
-    def base(self, base, extra_angles: tuple[str, ...]):
+    def base(self, base, extra_angles: tuple[str, ...], sums: bool = False):
         """(terms, train values, validation values) of the base library with ``extra_angles``
-        moved from the polynomial inputs to the angles."""
-        if not extra_angles:
+        moved from the polynomial inputs to the angles (``sums``: with their pairwise sums)."""
+        if not extra_angles and not sums:
             return list(base.terms), base.theta, base.theta_val
-        got = self._bases.get(extra_angles)
+        got = self._bases.get((extra_angles, sums))
         if got is None:
             poly = [v for v in self.poly if v not in extra_angles]
             angles = self.angles + list(extra_angles)
-            spec = self.spec
+            spec = replace(self.spec, angle_sums=sums)
             while library_size(len(poly), len(angles), spec) > self.max_terms:
                 if spec.products and spec.product_degree > 1:
                     spec = replace(spec, product_degree=spec.product_degree - 1)
@@ -234,7 +251,7 @@ class FamilyColumns:
                 evaluate_library(terms, self.variables, self.X_train),
                 evaluate_library(terms, self.variables, self.X_val),
             )
-            self._bases[extra_angles] = got
+            self._bases[(extra_angles, sums)] = got
         return got
 
     def values(self, family: Family) -> tuple[np.ndarray, np.ndarray]:
@@ -260,8 +277,8 @@ class FamilyColumns:
         lib = self._libraries.get(key)
         if lib is not None:
             return lib
-        extra = tuple(sorted(f.coordinate for f in families if f.name.startswith("trig(")))
-        terms, theta0, theta_val0 = self.base(base, extra)
+        extra = tuple(sorted({q for f in families for q in f.angles}))
+        terms, theta0, theta_val0 = self.base(base, extra, any(f.sums for f in families))
         terms = list(terms)
         theta, theta_val = [theta0], [theta_val0]
         for f in families:
@@ -301,9 +318,10 @@ def choose_library(
     choice.base_error = choice.error = best_err
     if best_err <= settings.floor or not (families or columns.angles):
         return base, choice
-    singles = []
+    singles, single_err = [], {}
     for fam in families:
         err = ls_error(columns.library(base, [fam]), y, y_val, y_var)
+        single_err[fam.name] = err
         choice.tried += 1
         if err * settings.gain <= best_err:
             singles.append((err, fam))
@@ -333,8 +351,12 @@ def choose_library(
                 library = columns.library(base, chosen)
     if settings.rational and best_err > settings.floor:
         grid = []
-        trials = [(fam.coordinate, chosen if fam in chosen else chosen + [fam])
-                  for fam in families if fam.name.startswith("trig(")]
+        # every trig(q), and the pair library that fits best alone: each pair's grid costs
+        # two of trig(q)'s, and on a four-coordinate arm all six tripled the fit's time
+        pairs = [f for f in families if f.sums]
+        best_pair = min(pairs, key=lambda f: single_err[f.name]) if pairs else None
+        trials = [(q, chosen if fam in chosen else chosen + [fam])
+                  for fam in families if not fam.sums or fam is best_pair for q in fam.angles]
         # a declared angle has its trig terms in the base library already (no trig family):
         # without this, declaring the cart-pole's theta an angle lost its denominator
         trials += [(q, chosen) for q in columns.angles]
@@ -427,7 +449,10 @@ def extend_library(
     key = ("families", id(base), data.X_train.shape, data.X_val.shape)
     entry = cache.get(key)
     if entry is None:
-        families = candidate_families(states, data.X_train, data.variables, settings)
+        families = with_chain_families(
+            candidate_families(states, data.X_train, data.variables, settings),
+            poly, angles, spec, max_terms,
+        )
         columns = FamilyColumns(data.variables, data.X_train, data.X_val, poly, angles, spec,
                                 max_terms)
         entry = (families, columns)
@@ -435,6 +460,20 @@ def extend_library(
     families, columns = entry
     return choose_library(base, families, columns, data.y_train, data.y_val, data.y_var,
                           settings)
+
+
+def with_chain_families(families: list[Family], poly: Sequence[str], angles: Sequence[str],
+                        spec: LibrarySpec, max_terms: int) -> list[Family]:
+    """``families`` plus :func:`chain_family` of each pair of bounded coordinates whose library
+    fits ``max_terms`` at ``spec`` (a library cut down to fit would lose the velocity products
+    that a chain's laws need). Pairs, not every bounded coordinate at once: a fast joint's
+    velocity is bounded too, and a library over the sums of four coordinates had more columns
+    than an acrobot's fit had rows."""
+    qs = [f.coordinate for f in families if len(f.angles) == 1]
+    size = library_size(len(poly) - 2, len(angles) + 2, replace(spec, angle_sums=True))
+    if len(qs) < 2 or size > max_terms:
+        return families
+    return families + [chain_family(pair) for pair in itertools.combinations(qs, 2)]
 
 
 def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search,
@@ -469,7 +508,7 @@ def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search
         err = search(lib)
         if not np.isfinite(err):
             continue
-        if fam.name.startswith("trig("):
+        if fam.angles:
             # an angle's sin and its Taylor series tie inside the noise: the selection (and
             # the trajectory selection after it) decides between them, so its library joins
             trig.append((err, fam.name, lib))
@@ -479,7 +518,7 @@ def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search
     trig.sort(key=lambda t: t[0])
     chosen_libs = trig[: settings.noisy_libraries] + scored[: settings.noisy_libraries]
     picked = [f for f in families if f.name in chosen]
-    bounded = [f for f in families if f.name.startswith("trig(")]
+    bounded = [f for f in families if len(f.angles) == 1]
     if settings.rational and bounded and not any(n.startswith("rational(") for n in chosen):
         # the best denominator over any bounded coordinate (a cart-pole's inverse mass), on
         # top of the families the gate chose, its constant fitted as the gate fits it; it

@@ -5,6 +5,14 @@ Terms are expression trees without a coefficient:
 * monomials of the polynomial inputs (state and action coordinates) up to ``degree``;
 * ``sin`` and ``cos`` of each angle coordinate, and (``trig_pairs``) products of two of them
   (``sin(q)**2`` is left out: it is ``1 - cos(q)**2``);
+* (``angle_sums``) ``sin`` and ``cos`` of the sum and the difference of each pair of angles,
+  in place of the products of two different angles' features (the same span, one term where
+  the products need two), and (with ``trig_pairs``) ``cos(q)*f(q + r)`` and
+  ``cos(r)*f(q + r)`` (``sin(q)*cos(q + r)`` is ``cos(q)*sin(q + r) - sin(r)``, already
+  spanned). A serial chain's joint encoders measure relative angles, so gravity acts through
+  the absolute angle of the second link, ``q1 + q2``, and a two-link arm's inverse mass
+  multiplies it by ``cos(q2)``: a product of three single-angle factors, which the pairs above
+  do not span;
 * (``products``) each trig feature times each monomial of degree 1..``product_degree``.
 
 The constant term is represented by ``None``.
@@ -32,6 +40,7 @@ class LibrarySpec:
     trig_pairs: bool = True
     products: bool = True
     product_degree: int = 2
+    angle_sums: bool = False
 
 
 def monomials(names: Sequence[str], degree: int, min_degree: int = 1) -> list[Node]:
@@ -48,18 +57,38 @@ def monomials(names: Sequence[str], degree: int, min_degree: int = 1) -> list[No
     return out
 
 
-def trig_features(angles: Sequence[str], funcs: Sequence[str], pairs: bool) -> list[Node]:
-    """``f(q)`` for each trig function f and angle q, plus products of two when ``pairs``."""
+def trig_features(
+    angles: Sequence[str], funcs: Sequence[str], pairs: bool, sums: bool = False
+) -> list[Node]:
+    """``f(q)`` for each trig function f and angle q, plus products of two when ``pairs``.
+
+    ``sums``: ``f(q + r)`` and ``f(q - r)`` for each pair of angles; with ``pairs`` they stand
+    in for the products of two different angles' features (with sin and cos, the same span),
+    and ``cos(q)*f(q + r)`` and ``cos(r)*f(q + r)`` join (``sin`` where the functions hold no
+    ``cos``).
+    """
     singles = [(f, q) for q in angles for f in funcs]
     out: list[Node] = [Call(f, Name(q)) for f, q in singles]
+    summed: list[tuple[str, str, Node]] = []
+    if sums:
+        for q, r in itertools.combinations(angles, 2):
+            for op in ("+", "-"):
+                for f in funcs:
+                    out.append(Call(f, BinOp(op, Name(q), Name(r))))
+                    if op == "+":
+                        summed.append((q, r, out[-1]))
     if pairs:
         for (f1, q1), (f2, q2) in itertools.combinations_with_replacement(singles, 2):
             if q1 == q2 and f1 == f2 == "sin":
                 continue  # sin(q)**2 = 1 - cos(q)**2 is already spanned
+            if q1 != q2 and sums:
+                continue  # spanned by f(q1 + q2) and f(q1 - q2)
             if q1 == q2 and f1 == f2:
                 out.append(BinOp("**", Call(f1, Name(q1)), Num(2.0)))
             else:
                 out.append(BinOp("*", Call(f1, Name(q1)), Call(f2, Name(q2))))
+        g = "cos" if "cos" in funcs else funcs[0]
+        out += [BinOp("*", Call(g, Name(x)), t) for q, r, t in summed for x in (q, r)]
     return out
 
 
@@ -71,7 +100,7 @@ def build_library(
     poly = monomials(poly_inputs, spec.degree)
     terms += poly
     if angle_inputs and spec.trig:
-        trig = trig_features(angle_inputs, spec.trig, spec.trig_pairs)
+        trig = trig_features(angle_inputs, spec.trig, spec.trig_pairs, spec.angle_sums)
         terms += trig
         if spec.products and spec.product_degree > 0:
             for m in monomials(poly_inputs, spec.product_degree):
@@ -91,8 +120,13 @@ def library_size(n_poly: int, n_angles: int, spec: LibrarySpec) -> int:
     if n_angles and spec.trig:
         singles = n_angles * len(spec.trig)
         n_trig = singles
+        n_pairs = comb(n_angles, 2)
+        if spec.angle_sums:
+            n_trig += 2 * n_pairs * len(spec.trig)  # f(q + r), f(q - r)
         if spec.trig_pairs:
             n_trig += comb(singles + 1, 2) - (n_angles if "sin" in spec.trig else 0)
+            if spec.angle_sums:  # no cross products; cos(q)*f(q + r), cos(r)*f(q + r)
+                n_trig += n_pairs * len(spec.trig) * (2 - len(spec.trig))
     n = 1 + n_mono(spec.degree) + n_trig
     if spec.products and spec.product_degree > 0:
         n += n_mono(spec.product_degree) * n_trig
