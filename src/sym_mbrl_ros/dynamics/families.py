@@ -86,6 +86,10 @@ class FamilySettings:
     trig_max_range: float = 8 * math.pi
     """...and at most this (four turns): wider ones are positions, not angles."""
     floor: float = 1e-8
+    pair_min_error: float = 1e-4
+    """The pair families (``trig(q, r, q + r)``) are tried only where the base library and
+    every other family leave more than this (least-squares validation error): a reacher's
+    laws, which trig of one joint explains to 1e-8, doubled their fit time trying them."""
     noisy_share: float = 0.2
     """A base library whose residual's noise floor is at least this share of its validation
     error is at the noise: its families are judged by their sparse candidates instead."""
@@ -319,7 +323,10 @@ def choose_library(
     if best_err <= settings.floor or not (families or columns.angles):
         return base, choice
     singles, single_err = [], {}
-    for fam in families:
+    plain = [f for f in families if not f.sums]
+    for fam in plain + [f for f in families if f.sums]:
+        if fam.sums and min([best_err, *single_err.values()]) <= settings.pair_min_error:
+            break  # a law that the single families explain: the pairs only cost time
         err = ls_error(columns.library(base, [fam]), y, y_val, y_var)
         single_err[fam.name] = err
         choice.tried += 1
@@ -353,7 +360,7 @@ def choose_library(
         grid = []
         # every trig(q), and the pair library that fits best alone: each pair's grid costs
         # two of trig(q)'s, and on a four-coordinate arm all six tripled the fit's time
-        pairs = [f for f in families if f.sums]
+        pairs = [f for f in families if f.sums and f.name in single_err]
         best_pair = min(pairs, key=lambda f: single_err[f.name]) if pairs else None
         trials = [(q, chosen if fam in chosen else chosen + [fam])
                   for fam in families if not fam.sums or fam is best_pair for q in fam.angles]
