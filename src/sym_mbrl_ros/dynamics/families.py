@@ -10,8 +10,9 @@ coordinates declared angles. Laws of robots also need terms that no declaration 
   range of a radian or two, ``sin(q)`` and ``q - q**3/6`` are nearly the same column, and a
   library holding both finds cancelling sums of them instead of the law;
 * ``trig(q, r, q + r)``: two bounded coordinates among the angles at once, with the trig
-  terms of their sum (:class:`.library.LibrarySpec` ``angle_sums``), for each pair whose
-  library fits the size limit. A two-link chain's gravity acts through
+  terms of their sum and difference (:class:`.library.LibrarySpec` ``angle_sums``), for each
+  pair whose library fits the size limit, tried only where the single families leave more
+  than ``pair_min_error``. A two-link chain's gravity acts through
   ``sin(q1 + q2)``, and its inverse mass multiplies that by ``cos(q2)``; neither single
   ``trig(q)`` family lowers an acrobot's error much on its own, so the gate, which adds
   families one at a time, never reached their product;
@@ -120,7 +121,7 @@ class Family:
     angles: tuple[str, ...] = ()
     """A trig family: the coordinates the library is rebuilt with among the angles."""
     sums: bool = False
-    """...with the trig terms of their pairwise sums."""
+    """...with the trig terms of their pairwise sums and differences."""
 
 
 @dataclass
@@ -166,7 +167,8 @@ def trig_family(q: str) -> Family:
 
 
 def chain_family(qs: Sequence[str]) -> Family:
-    """``trig(q, r, q + r)``: every coordinate of ``qs`` among the angles, with pairwise sums."""
+    """``trig(q, r, q + r)``: every coordinate of ``qs`` among the angles, with the trig of
+    their pairwise sums and differences."""
     sums = [f"{q} + {r}" for k, q in enumerate(qs) for r in qs[k + 1:]]
     return Family(f"trig({', '.join(list(qs) + sums)})", (), angles=tuple(qs), sums=True)
 
