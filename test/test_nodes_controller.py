@@ -319,6 +319,20 @@ def test_reacher_safe_action_holds_the_measured_position(graph, tmp_path):
         graph.remove(p)
 
 
+def test_the_first_commands_are_safe_until_a_latched_estop_could_have_arrived(
+        graph, probe, tmp_path):
+    # a stop latched before the controller started reaches it only once DDS has discovered
+    # the publisher; on a loaded machine the first explore command (-0.92) went out before it
+    ctl = graph.add(Controller(**node_args("pendulum", tmp_path, estop_settle_s=1.0)))
+    cmds = probe.got[CMD]
+    try:
+        assert wait_for(lambda: len(cmds) >= 5)
+        assert np.all(_commands(probe)[:5] == 0.0)  # 5 ticks of 50 ms: inside the 1 s window
+        assert wait_for(lambda: np.count_nonzero(_commands(probe)) >= 3)  # exploring after it
+    finally:
+        graph.remove(ctl)
+
+
 def test_estop_from_any_publisher_survives_reconfigure(graph, probe, tmp_path):
     probe._pubs[ESTOP_TOPIC].publish(Bool(data=True))  # latched before the controller exists
     ctl = graph.add(Controller(**node_args("pendulum", tmp_path, diagnostics_period_s=0.2)))

@@ -30,7 +30,9 @@ at all before a position was measured). In order:
 
 1. e-stop: engaged by ``~/estop`` (std_srvs/SetBool) or a Bool on ``/sym_mbrl/estop``
    (any publisher: volatile or latched); the safe action every tick until an explicit
-   release (SetBool false, Bool false). It survives deactivate, cleanup and configure.
+   release (SetBool false, Bool false). It survives deactivate, cleanup and configure. For
+   ``estop_settle_s`` (0.3 s) after the node starts it sends only the safe action, so that a
+   stop latched before it started is discovered before the first computed command.
 2. watchdog: no fresh state for ``watchdog_periods`` periods;
 3. safety envelope: a measured state outside the robot's joint ``<limit>`` (the URDF,
    ``urdf``) or the ``envelope`` overrides, until it is back inside;
@@ -106,6 +108,9 @@ class Controller(LifecycleNode):
         self.watchdog_periods = declare(self, "watchdog_periods", 3.0,
                                         "safe action after this many periods without a fresh "
                                         "state")
+        self.estop_settle_s = declare(self, "estop_settle_s", 0.3,
+                                      "safe action until this long after the node started, so "
+                                      "that an e-stop latched before it reaches it first")
         exploration = declare(self, "exploration", "uniform",
                               "actions before a policy exists: uniform, gaussian or zero")
         hold = declare(self, "exploration_hold_steps", 1,
@@ -177,6 +182,9 @@ class Controller(LifecycleNode):
         self.estop = False
         self._released_ns = 0  # source stamp of the last release (stale latched stops lose)
         self._estop_srv = self.create_service(SetBool, "~/estop", self.on_estop_service)
+        # a latched stop arrives only once DDS has discovered its publisher: a computed command
+        # sent before that (a loaded machine took longer than one 50 ms tick) is unsafe
+        self._settled_at = time.monotonic() + self.estop_settle_s
         self._estop_subs = [
             # volatile: matches every publisher, `ros2 topic pub` and latched ones alike
             self.create_subscription(Bool, ESTOP_TOPIC, self.on_estop, QOS_STREAM),
@@ -485,6 +493,9 @@ class Controller(LifecycleNode):
             self.mode = "estop"
             self._publish_safe()
             return
+        if now < self._settled_at:
+            self._publish_safe()
+            return
         if self._waiting_for_training():
             self.mode = "sync"
             self.diag.count("sync_waits")
@@ -512,6 +523,10 @@ class Controller(LifecycleNode):
 
     def _act(self) -> None:
         if self.estop or self.values is None or self.acted_seq == self.state_seq:
+            return
+        if time.monotonic() < self._settled_at:
+            self.acted_seq = self.state_seq
+            self._publish_safe()
             return
         if self._waiting_for_training():
             return
