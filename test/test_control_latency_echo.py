@@ -67,7 +67,7 @@ def test_every_command_names_the_state_it_was_computed_from(graph, tmp_path):
     p.publisher(String, MODEL_TOPIC, QOS_LATCHED).publish(String(data=model_message()))
     ctl = graph.add(Controller(**node_args(
         "pendulum", tmp_path, trigger="state", planner="test_control_latency_echo:slow_planner",
-        policy_noise=0.0,
+        policy_noise=0.0, estop_settle_s=0.0,  # every command an answer, from the first
         watchdog_periods=1000.0)))  # no watchdog commands between answers on a busy machine
     try:
         assert wait_for(lambda: ctl.policy is not None, 20) and p.wait_matched("/joint_states")
