@@ -166,7 +166,7 @@ def trig_family(q: str) -> Family:
     return Family(f"trig({q})", (), coordinate=q, angles=(q,))
 
 
-def chain_family(qs: Sequence[str]) -> Family:
+def pair_family(qs: Sequence[str]) -> Family:
     """``trig(q, r, q + r)``: every coordinate of ``qs`` among the angles, with the trig of
     their pairwise sums and differences."""
     sums = [f"{q} + {r}" for k, q in enumerate(qs) for r in qs[k + 1:]]
@@ -458,7 +458,7 @@ def extend_library(
     key = ("families", id(base), data.X_train.shape, data.X_val.shape)
     entry = cache.get(key)
     if entry is None:
-        families = with_chain_families(
+        families = with_pair_families(
             candidate_families(states, data.X_train, data.variables, settings),
             poly, angles, spec, max_terms,
         )
@@ -471,9 +471,9 @@ def extend_library(
                           settings)
 
 
-def with_chain_families(families: list[Family], poly: Sequence[str], angles: Sequence[str],
+def with_pair_families(families: list[Family], poly: Sequence[str], angles: Sequence[str],
                         spec: LibrarySpec, max_terms: int) -> list[Family]:
-    """``families`` plus :func:`chain_family` of each pair of bounded coordinates whose library
+    """``families`` plus :func:`pair_family` of each pair of bounded coordinates whose library
     fits ``max_terms`` at ``spec`` (a library cut down to fit would lose the velocity products
     that a chain's laws need). Pairs, not every bounded coordinate at once: a fast joint's
     velocity is bounded too, and a library over the sums of four coordinates had more columns
@@ -482,7 +482,7 @@ def with_chain_families(families: list[Family], poly: Sequence[str], angles: Seq
     size = library_size(len(poly) - 2, len(angles) + 2, replace(spec, angle_sums=True))
     if len(qs) < 2 or size > max_terms:
         return families
-    return families + [chain_family(pair) for pair in itertools.combinations(qs, 2)]
+    return families + [pair_family(pair) for pair in itertools.combinations(qs, 2)]
 
 
 def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search,
