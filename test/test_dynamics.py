@@ -335,6 +335,37 @@ def test_numpy_and_torch_agree_for_every_function():
     np.testing.assert_allclose(got, model.predict(s, a), rtol=1e-12, atol=1e-12)
 
 
+def test_a_repeated_subexpression_is_computed_once_and_gives_the_same_values_and_jacobian():
+    # a cart-pole-like law: sin(theta) three times, cos(theta) four; a model evaluates it at
+    # every RK4 stage of every fit, so each trig is one instruction
+    names = ["theta", "w", "u"]
+    text = ("(1.5*u*cos(theta) + 0.4*w**2*sin(theta)*cos(theta) + 9.8*sin(theta))"
+            " / (1.2 - 0.3*cos(theta)**2) + 0.1*sin(theta)*cos(theta)**2")
+    expr = CompiledExpression(parse_expression(text, names), names)
+    calls = [payload for kind, _a, _b, payload in expr.program if kind == 8]  # _CALL
+    assert sorted(calls) == ["cos", "sin"]
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-3, 3, size=(400, 3))
+    th, w, u = X.T
+    p = expr.params
+    assert list(p) == [1.5, 0.4, 9.8, 1.2, 0.3, 0.1]
+    want = ((p[0] * u * np.cos(th) + p[1] * w**2 * np.sin(th) * np.cos(th) + p[2] * np.sin(th))
+            / (p[3] - p[4] * np.cos(th) ** 2) + p[5] * np.sin(th) * np.cos(th) ** 2)
+    f, J = expr.value_and_jacobian(X, p)
+    # same operations in a different order: a few ulps of values up to ~100
+    np.testing.assert_allclose(f, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(expr.numpy(X), want, rtol=1e-12, atol=1e-12)
+    got = expr.torch(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for j in range(len(p)):  # central differences: truncation ~h**2 * f''' ~ 1e-8 relative
+        h = 1e-5 * max(1.0, abs(p[j]))
+        up, down = p.copy(), p.copy()
+        up[j] += h
+        down[j] -= h
+        fd = (expr.numpy(X, up) - expr.numpy(X, down)) / (2 * h)
+        np.testing.assert_allclose(J[:, j], fd, rtol=1e-6, atol=1e-6)
+
+
 # --- warm start --------------------------------------------------------------------------------
 
 

@@ -501,7 +501,7 @@ def _coordinate_loss(
     their forward-difference Jacobian.
 
     The Jacobian integrates every perturbed parameter vector in one batch: the rows are
-    repeated once per parameter (plus the unperturbed one), and each block gets its own
+    repeated once per parameter, and each block gets its own
     constants (a constant may be a column, one value per row). An expression evaluation costs
     about as much for 500 rows as for 5,000, so this is several times faster than perturbing
     one parameter per integration, with the same steps as scipy's ``2-point`` rule.
@@ -510,24 +510,37 @@ def _coordinate_loss(
     n = len(y)
     scale = 1.0 / np.sqrt((float(np.var(y)) or float(np.mean(y * y)) or 1.0) * n)
     k = expr.n_params
-    tiled = StepRows(np.tile(rows.X0, (k + 1, 1)), np.tile(rows.D, (k + 1, 1)),
-                     np.tile(rows.dt, k + 1), rows.n_state)
+    tiled: list[StepRows] = []  # the rows once per parameter, made on the first Jacobian
+    recent: dict[bytes, np.ndarray] = {}  # the last residuals, by parameter vector
 
     def resid(p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=np.float64)
         inc = laws.increments(rows, integrator, {i: (expr, p)})[:, i]
         r = (inc - y) * scale
-        return np.where(np.isfinite(r), r, 1e6)
+        r = np.where(np.isfinite(r), r, 1e6)
+        if len(recent) >= 4:
+            recent.pop(next(iter(recent)))
+        recent[p.tobytes()] = r
+        return r
 
     def jac(p: np.ndarray) -> np.ndarray:
+        # MINPACK asks for the Jacobian at a point whose residuals it has just had: those are
+        # reused, and only the k perturbed copies are integrated
         p = np.asarray(p, dtype=np.float64)
+        r0 = recent.get(p.tobytes())
+        if r0 is None:
+            r0 = resid(p)
         h = JAC_STEP * np.where(p >= 0, 1.0, -1.0) * np.maximum(1.0, np.abs(p))
         h = (p + h) - p  # the step as represented, as scipy takes it
-        P = np.repeat(p[:, None], (k + 1) * n, axis=1)
+        if not tiled:
+            tiled.append(StepRows(np.tile(rows.X0, (k, 1)), np.tile(rows.D, (k, 1)),
+                                  np.tile(rows.dt, k), rows.n_state))
+        P = np.repeat(p[:, None], k * n, axis=1)
         for j in range(k):
-            P[j, (j + 1) * n:(j + 2) * n] += h[j]
-        inc = laws.increments(tiled, integrator, {i: (expr, P)})[:, i]
-        r = np.where(np.isfinite(r := (inc - tiled.D[:, i]) * scale), r, 1e6).reshape(k + 1, n)
-        return ((r[1:] - r[0]) / h[:, None]).T
+            P[j, j * n:(j + 1) * n] += h[j]
+        inc = laws.increments(tiled[0], integrator, {i: (expr, P)})[:, i]
+        r = np.where(np.isfinite(r := (inc - tiled[0].D[:, i]) * scale), r, 1e6).reshape(k, n)
+        return ((r - r0) / h[:, None]).T
 
     return resid, jac
 

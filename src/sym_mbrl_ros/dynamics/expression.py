@@ -610,13 +610,22 @@ class CompiledExpression:
         missing = names_in(tree) - set(index)
         if missing:
             raise ExpressionError(f"expression uses undeclared names: {', '.join(sorted(missing))}")
-        # post-order program: (kind, a, b, payload); a, b index earlier instructions
+        # post-order program: (kind, a, b, payload); a, b index earlier instructions. A
+        # parameter-free subexpression that occurs twice (sin(theta) in three terms) is one
+        # instruction
         self.program: list[tuple[int, int, int, object]] = []
         self.has_param: list[bool] = []
         self.param_slots: list[int] = []  # instruction index of each parameter
         params: list[float] = []
 
+        shared: dict[tuple, int] = {}  # parameter-free instructions, each computed once
+
         def emit(kind: int, a: int, b: int, payload: object, has_param: bool) -> int:
+            if not has_param:
+                key = (kind, a, b, payload)
+                if key in shared:
+                    return shared[key]
+                shared[key] = len(self.program)
             self.program.append((kind, a, b, payload))
             self.has_param.append(has_param)
             return len(self.program) - 1
