@@ -8,7 +8,10 @@ coordinates declared angles. Laws of robots also need terms that no declaration 
   their products and their products with the monomials of the other inputs (a pendulum's
   ``sin(theta)``, a unicycle's ``v*cos(heading)``) in place of the polynomials in q. Over a
   range of a radian or two, ``sin(q)`` and ``q - q**3/6`` are nearly the same column, and a
-  library holding both finds cancelling sums of them instead of the law;
+  library holding both finds cancelling sums of them instead of the law. A coordinate that the
+  data show to be another's rate (a joint velocity, ``FitData.rates``) gets no trig family,
+  so no pair or denominator either: velocities are bounded too, but no mechanical law takes
+  their sine;
 * ``trig(q, r, q + r)``: two bounded coordinates among the angles at once, with the trig
   terms of their sum and difference (:class:`.library.LibrarySpec` ``angle_sums``), for each
   pair whose library fits the size limit, tried only where the single families leave more
@@ -195,13 +198,16 @@ def candidate_families(
     X: np.ndarray,
     variables: Sequence[str],
     settings: FamilySettings,
+    rates: Sequence[str] = (),
 ) -> list[Family]:
-    """Every family worth trying on these data (bounded coordinates for trig; all for the rest)."""
+    """Every family worth trying on these data (bounded coordinates for trig, except ``rates``,
+    the coordinates that are another's velocity; all for the rest)."""
     cols = [list(variables).index(x) for x in states]
     out: list[Family] = []
     if settings.trig:
         for q in bounded_coordinates(states, X, cols, settings):
-            out.append(trig_family(q))
+            if q not in rates:
+                out.append(trig_family(q))
     if settings.odd:
         moving = [x for x, c in zip(states, cols) if np.ptp(X[:, c]) > 0]
         if moving:
@@ -455,11 +461,11 @@ def extend_library(
 ):
     """:func:`choose_library` for one coordinate's ``data`` (a :class:`~.selection.FitData`);
     the family columns and libraries are cached in ``cache`` for the other coordinates."""
-    key = ("families", id(base), data.X_train.shape, data.X_val.shape)
+    key = ("families", id(base), data.X_train.shape, data.X_val.shape, data.rates)
     entry = cache.get(key)
     if entry is None:
         families = with_pair_families(
-            candidate_families(states, data.X_train, data.variables, settings),
+            candidate_families(states, data.X_train, data.variables, settings, data.rates),
             poly, angles, spec, max_terms,
         )
         columns = FamilyColumns(data.variables, data.X_train, data.X_val, poly, angles, spec,
@@ -496,7 +502,7 @@ def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search
     (trig first) and facts for the report. Call after :func:`extend_library` on the same
     ``data``: it reuses that call's family columns, and ``base`` is its base library.
     """
-    key = ("families", id(base), data.X_train.shape, data.X_val.shape)
+    key = ("families", id(base), data.X_train.shape, data.X_val.shape, data.rates)
     entry = cache.get(key)
     info: dict = {"noise_floor": floor, "base_sparse_error": base_best, "noisy": False}
     if entry is None or not np.isfinite(base_best) or base_best < settings.noisy_min_error or (

@@ -52,6 +52,9 @@ class FitData:
     """Variance of the training target: the unit of the relative errors."""
     bound: float
     """Largest magnitude a candidate may take on the margin points."""
+    rates: tuple[str, ...] = ()
+    """State coordinates the data show to be another coordinate's rate (a velocity): no
+    search puts them inside a sine (:func:`.continuous.rate_coordinates`)."""
 
 
 @dataclass
@@ -126,6 +129,7 @@ def make_fit_data(
     y_val: np.ndarray,
     X_margin: np.ndarray,
     bound_factor: float,
+    rates: Sequence[str] = (),
 ) -> FitData:
     """Bundle one coordinate's data; the error unit and the margin bound come from ``y_train``."""
     y_var = float(np.var(y_train))
@@ -141,6 +145,7 @@ def make_fit_data(
         X_margin,
         y_var,
         bound_factor * max(scale, 1e-12),
+        tuple(rates),
     )
 
 
