@@ -314,6 +314,9 @@ class SuiteFit:
     kind: str
     """``"continuous"`` (derivatives) or ``"discrete"`` (increments)."""
     notes: str = ""
+    cpu_seconds: float | None = None
+    """This process's CPU seconds for the fit, where measured (ours): unlike the wall clock,
+    it does not grow when other work shares the cores."""
 
 
 def supports_continuous() -> bool:
@@ -348,11 +351,11 @@ def fit_ours(
             raise RuntimeError("not available: this SymbolicDynamics has no continuous-time mode")
         kwargs["time"] = "continuous"
     model = SymbolicDynamics.for_task(spec, **kwargs)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(data["states"], data["actions"], data["next_states"])
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     names = model.state_names
     if getattr(model, "is_continuous", False):
         trees, kind = model.derivative_trees(), "continuous"
@@ -364,7 +367,7 @@ def fit_ours(
         back = {n: system.state_names[k] for k, n in enumerate(names)}
         back.update({n: system.action_names[k] for k, n in enumerate(model.action_names)})
         exprs = {i: _rename(e, back) for i, e in exprs.items()}
-    return SuiteFit(model.predict, seconds, exprs, kind)
+    return SuiteFit(model.predict, seconds, exprs, kind, cpu_seconds=cpu)
 
 
 def _rename(expr, mapping: dict[str, str]):
@@ -673,6 +676,7 @@ def run_system(name: str, methods: list[str], noise: list[float], args_d: dict) 
                 "structure": struct,
                 "expressions": {i: str(e) for i, e in fit.expressions.items()},
                 "seconds": fit.seconds,
+                "cpu_seconds": fit.cpu_seconds,
                 "notes": fit.notes,
             }
             print(
@@ -743,8 +747,8 @@ def system_lines(res: dict, methods: list[str], noise: list[float]) -> list[str]
         f"{res['n_extrap_train']} training transitions inside, {res['n_extrap_test']} outside.",
         "",
         "| method | noise | kind | min held-out R² | min extrap. R² | exact structure | terms "
-        "| fit s | notes |",
-        "|---|---:|---|---:|---:|---|---:|---:|---|",
+        "| fit s | fit CPU s | notes |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for level in noise:
         for method in methods:
@@ -753,19 +757,34 @@ def system_lines(res: dict, methods: list[str], noise: list[float]) -> list[str]
                 continue
             if "method" not in run:
                 why = run.get("skipped") or run.get("error")
-                lines.append(f"| {method} | {level:g} | | | | | | | {why} |")
+                lines.append(f"| {method} | {level:g} | | | | | | | | {why} |")
                 continue
             lines.append(
                 f"| {method} | {level:g} | {run['kind']} | {fmt_r2(_min(run['heldout']))} | "
                 f"{fmt_r2(_min(run['extrap']))} | {_exact_word(run['structure'])} | "
-                f"{_terms(run['structure'])} | {run['seconds']:.2f} | {run['notes']} |"
+                f"{_terms(run['structure'])} | {run['seconds']:.2f} | {_cpu(run)} | "
+                f"{run['notes']} |"
             )
     return lines + [""]
 
 
+def _cpu(run: dict) -> str:
+    cpu = run.get("cpu_seconds")
+    return "" if cpu is None else f"{cpu:.2f}"
+
+
+def target_method(results: list[dict]) -> str:
+    """The method the targets judge: ``ours-ct`` where it ran (what `sym-mbrl fit` does with
+    data that carry dt, the user's default), else ``ours``."""
+    ran = {run.get("method") for res in results for run in res.get("runs", {}).values()}
+    return "ours-ct" if "ours-ct" in ran else "ours"
+
+
 def target_lines(results: list[dict], noise: list[float]) -> list[str]:
-    """The issue's targets for ``ours``, one line each."""
+    """The issue's targets for :func:`target_method`, one line each. The fit-time target is
+    judged on CPU seconds where they were measured (the wall clock counts whatever else ran)."""
     out = []
+    method = target_method(results)
     exact_rate: dict[float, list[bool]] = {lv: [] for lv in noise}
     for res in results:
         if not res.get("available"):
@@ -773,7 +792,7 @@ def target_lines(results: list[dict], noise: list[float]) -> list[str]:
             continue
         name = res["name"]
         for level in noise:
-            run = res["runs"].get(f"ours@{level:g}")
+            run = res["runs"].get(f"{method}@{level:g}")
             if not run or "method" not in run:
                 continue
             held, ext = _min(run["heldout"]), _min(run["extrap"])
@@ -787,11 +806,10 @@ def target_lines(results: list[dict], noise: list[float]) -> list[str]:
                 if res["structure_target"]:
                     out.append(_check(f"{name}: exact structure", bool(exact), str(exact)))
                 if len(res["state_names"]) <= 4:
-                    out.append(
-                        _check(
-                            f"{name}: fit <= 5 s", run["seconds"] <= 5.0, f"{run['seconds']:.2f} s"
-                        )
-                    )
+                    cpu = run.get("cpu_seconds")
+                    took, clock = (run["seconds"], "wall") if cpu is None else (cpu, "CPU")
+                    out.append(_check(f"{name}: fit <= 5 s", took <= 5.0,
+                                      f"{took:.2f} {clock} s, {run['seconds']:.2f} s wall"))
             else:
                 bar = TARGETS["heldout_noise"].get(level)
                 if bar is not None:
@@ -805,7 +823,7 @@ def target_lines(results: list[dict], noise: list[float]) -> list[str]:
     for level, vals in exact_rate.items():
         if vals:
             out.append(
-                f"- exact-structure rate of ours at noise {level:g}: {sum(vals)}/{len(vals)} "
+                f"- exact-structure rate of {method} at noise {level:g}: {sum(vals)}/{len(vals)} "
                 "systems with a law"
             )
     return out
@@ -876,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(relative threshold {structure.REL_THRESHOLD:g}). See the docstring of "
         "bench/world_model_suite.py for the protocol.",
         "",
-        "## Targets (ours)",
+        f"## Targets ({target_method(results)})",
         "",
         *target_lines(results, noise),
         "",
