@@ -53,8 +53,9 @@ class FitData:
     bound: float
     """Largest magnitude a candidate may take on the margin points."""
     rates: tuple[str, ...] = ()
-    """State coordinates the data show to be another coordinate's rate (a velocity): no
-    search puts them inside a sine (:func:`.continuous.rate_coordinates`)."""
+    """State coordinates the data show to be another coordinate's rate (a velocity): the term
+    families give them no trig library (:func:`.continuous.rate_coordinates`; the pyoperon
+    fallback is not restricted)."""
 
 
 @dataclass
