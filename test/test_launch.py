@@ -228,6 +228,30 @@ def test_namespace_and_fleet_reach_both_routes(tmp_path, monkeypatch):
         bringup.launch_run({"robots": "2", "use_sim_time": "true", "run_dir": "/tmp/x"}, ROOT)
 
 
+def test_planner_drops_the_trainer_on_both_routes(tmp_path, monkeypatch):
+    # with every controller planning, a trainer would only burn a core beside the robots (in a
+    # 4-robot fleet on 2 CPUs it slowed the lockstep world) and the world must not wait for it
+    run_dir = tmp_path / "run"
+    from_up = _up_nodes(["pendulum", "--out", str(run_dir), "--robots", "2", "--planner"])
+    from_launch = _launch_nodes(monkeypatch, {"run_dir": str(run_dir), "seed": "0",
+                                              "robots": "2", "planner": "true"})
+    assert from_launch == from_up
+    assert not [n for n in from_up if n.endswith("/policy_trainer")]
+    assert "/dynamics_learner" in from_up
+    for k in (1, 2):
+        params = from_up[f"/robot{k}/controller"]["params"]
+        assert params["planner"] == bringup.MPC_PLANNER
+        assert params["sync_updates_per_step"] == 0
+    plain = _up_nodes(["pendulum", "--out", str(run_dir)])
+    assert "/policy_trainer" in plain and "planner" not in plain["/controller"]["params"]
+    from sym_mbrl_ros.errors import UserError
+
+    with pytest.raises(UserError, match="no policy trainer to wait for"):
+        bringup.launch_run({"planner": "true", "sync": "20", "run_dir": "/tmp/x"}, ROOT)
+    with pytest.raises(UserError, match="planner must be true or false"):
+        bringup.launch_run({"planner": "mpc", "run_dir": "/tmp/x"}, ROOT)
+
+
 def test_fleet_topics_are_the_nodes_topics():
     pytest.importorskip("rclpy")
     from sym_mbrl_ros.nodes import common

@@ -233,6 +233,11 @@ class RunSettings:
     robots: int = 0
     """0: one robot, the classic graph; N ≥ 1: a fleet of N namespaced robots feeding one
     learner and trainer (see the module docstring)."""
+    planner: bool = False
+    """sym-mpc: every controller plans with the learner's newest model (``controller.planner``
+    set to :data:`MPC_PLANNER`) and the graph has no policy trainer, whose policies no
+    controller would use; the lockstep world then never waits (sync 0). False keeps the
+    parameter file's ``planner`` and the trainer."""
 
 
 @dataclass(frozen=True)
@@ -274,11 +279,16 @@ def absolute_namespace(namespace: str) -> str:
     return f"/{ns}" if ns else ""
 
 
+MPC_PLANNER = "sym_mbrl_ros.agents.mpc:make_planner"
+"""The controller's planner hook that ``RunSettings.planner`` (``up --planner``) sets."""
+
+
 def default_sync(task: str, settings: RunSettings) -> float:
     """SAC updates per real step the lockstep world waits for (see ``RunSettings.sync``)."""
     if settings.sync is not None:
         return float(settings.sync)
-    if not settings.use_sim or settings.mode != "lockstep" or graph(task).plans:
+    if (not settings.use_sim or settings.mode != "lockstep" or graph(task).plans
+            or settings.planner):
         return 0.0
     from .agents.presets import make_config
 
@@ -303,12 +313,17 @@ def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, di
         raise UserError(f"run_dir must be an absolute path, got {settings.run_dir!r}")
     if settings.robots < 0:
         raise UserError(f"robots must be 0 (one robot) or a fleet size ≥ 1, not {settings.robots}")
+    if settings.planner and settings.sync:
+        raise UserError("with the planner there is no policy trainer to wait for: leave sync "
+                        "empty or set it to 0")
     if settings.robots >= 1 and settings.use_sim_time:
         raise UserError("a fleet cannot run with use_sim_time: /clock is one topic for the whole "
                         "domain and each sim bridge would publish its own time")
     params: dict[str, dict[str, object]] = {}
     for spec in task_graph.nodes:
         if spec.sim_only and not settings.use_sim:
+            continue
+        if spec.name == "policy_trainer" and settings.planner:
             continue
         p: dict[str, object] = {"run_dir": settings.run_dir,
                                 "use_sim_time": settings.use_sim_time}
@@ -326,6 +341,8 @@ def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, di
         controller["lockstep_kick"] = False
     controller["rate_hz"] = float(settings.rate_hz)
     controller["sync_updates_per_step"] = sync
+    if settings.planner:
+        controller["planner"] = MPC_PLANNER
     controller["autostart"] = (settings.use_sim if settings.activate is None
                                else bool(settings.activate))
     return params
@@ -395,6 +412,8 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("respawn", "true", "restart the recorder, learner and trainer when they die"),
     ("robots", "0", "0: one robot; N: a fleet of N robots (namespaces robot1..N under "
                     "namespace) feeding one learner and trainer (sym-mbrl up --robots N)"),
+    ("planner", "false", "true: every controller plans with the learner's model (sym-mpc) and "
+                         "no policy trainer runs (sym-mbrl up --planner)"),
 )
 """``ros2 launch sym_mbrl_ros sym_mbrl.launch.py`` arguments: (name, default, description)."""
 
@@ -426,7 +445,7 @@ def launch_run(arguments: dict[str, str], share: str | Path | None = None) -> La
         use_sim_time=_flag(a, "use_sim_time"),
         other_joints=tuple(j.strip() for j in a["other_joints"].split(",") if j.strip()),
         respawn=_flag(a, "respawn"), namespace=a["namespace"],
-        robots=_number(a, "robots", int) or 0)
+        robots=_number(a, "robots", int) or 0, planner=_flag(a, "planner"))
     return LaunchRun(task_graph, params_file, a["namespace"], settings, _flag(a, "rviz"),
                      tuple(plan(task_graph, settings)))
 

@@ -74,6 +74,9 @@ def add_arguments(parser) -> None:
                              "bridge or hardware, recorder and controller) feeding one learner "
                              "and trainer; every robot gets the same models and policies "
                              "(default 0: one robot, no robot namespace)")
+    parser.add_argument("--planner", action="store_true",
+                        help="sym-mpc: every controller plans with the learner's newest model "
+                             "(CEM) and no policy trainer runs (the world never waits: sync 0)")
     parser.add_argument("--domain-id", type=int, default=None,
                         help="ROS_DOMAIN_ID of the graph (default: the environment's)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -108,7 +111,8 @@ def prepare(args) -> dict:
         sync=args.sync, activate=True if args.activate else None,
         rate_hz=0.0 if args.speed == 1.0 else args.speed / task.dt,
         other_joints=tuple(j.strip() for j in args.other_joints.split(",") if j.strip()),
-        respawn=not args.no_respawn, namespace=args.namespace, robots=args.robots)
+        respawn=not args.no_respawn, namespace=args.namespace, robots=args.robots,
+        planner=args.planner)
     launches = bringup.plan(graph, settings)
     overrides = {n.key: dict(n.parameters) for n in launches}
     for item in args.param or []:
