@@ -52,3 +52,34 @@ def test_the_readme_tables_are_the_stored_results():
     report = load_bench("report")
     readme = (ROOT / "README.md").read_text()
     assert report.rewrite(readme) == readme, "run `python bench/report.py` and commit"
+
+
+def _suite_doc(seed: int, r2: dict[str, float], exact: bool) -> dict:
+    """A stored world-model-suite result of one seed: two systems at 1 % noise."""
+    def system(name: str, target: bool) -> dict:
+        return {"name": name, "available": True, "dynamic": [1], "structure_target": target,
+                "runs": {"ours-ct@0.01": {
+                    "method": "ours-ct", "noise": 0.01,
+                    "heldout": {"0": 1.0, "1": r2[name]},
+                    "structure": {"1": {"exact": exact}}}}}
+
+    return {"command": f"python bench/world_model_suite.py --seed {seed}",
+            "code": {"commit": "abcdef0123", "dirty": False}, "config": {"seed": seed},
+            "results": [system("duffing", True), system("car2d", False)]}
+
+
+def test_world_model_seeds_counts_targets_per_level_from_the_worst_coordinate(tmp_path):
+    seeds = load_bench("world_model_seeds")
+    docs = [_suite_doc(100, {"duffing": 0.9995, "car2d": 0.2}, True),
+            _suite_doc(101, {"duffing": 0.998, "car2d": 0.99999}, False)]
+    text, summary = seeds.report(docs, ["a", "b"], "cmd")
+    level = summary["methods"]["ours-ct"]["per_level"]["0.01"]
+    # duffing meets 0.999 on seed 100 only; car2d has no target and is never counted
+    assert (level["met"], level["scored"]) == (1, 2)
+    assert (level["exact"], level["structure_scored"]) == (1, 2)
+    assert level["missed_by"] == ["Duffing"]
+    assert "| Duffing | **0.999500** | 0.9980 |" in text  # bold only where the target is met
+    assert "| MuJoCo Car2d | 0.2000 | 0.999990 |" in text  # no target: never bold
+    assert "`python bench/world_model_suite.py --seed 101` (code abcdef0)" in text
+    with pytest.raises(SystemExit, match="seed 100 is given twice"):
+        seeds.report([docs[0], docs[0]], ["a", "a"], "cmd")
