@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -242,6 +243,13 @@ def test_planner_drops_the_trainer_on_both_routes(tmp_path, monkeypatch):
         params = from_up[f"/robot{k}/controller"]["params"]
         assert params["planner"] == bringup.MPC_PLANNER
         assert params["sync_updates_per_step"] == 0
+    # sym-mpc's schedule: the planner needs a model early (Pendulum preset: 50 random steps)
+    learner = from_up["/dynamics_learner"]["params"]
+    assert (learner["min_transitions"], learner["refit_every"]) == (50, 100)
+    assert json.loads(from_up["/robot1/controller"]["params"]["planner_options"]) == {}
+    cartpole = _up_nodes(["cartpole", "--out", str(run_dir), "--planner"])
+    assert json.loads(cartpole["/controller"]["params"]["planner_options"]) == {
+        "cem": {"execute": "mean"}}
     plain = _up_nodes(["pendulum", "--out", str(run_dir)])
     assert "/policy_trainer" in plain and "planner" not in plain["/controller"]["params"]
     from sym_mbrl_ros.errors import UserError

@@ -26,6 +26,7 @@ source checkout or ``<prefix>/share/sym_mbrl_ros`` once installed (:func:`share_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -295,6 +296,23 @@ def default_sync(task: str, settings: RunSettings) -> float:
     return float(make_config("sym-mbpo", task).updates_per_step)
 
 
+def planner_schedule(task: str) -> tuple[dict[str, int], dict[str, object]]:
+    """sym-mpc's preset for ``task`` as graph parameters: the learner's first fit and refit
+    interval (``init_random_steps``, ``refit_every``: the planner needs a model early, 50
+    random steps on Pendulum) and the controller's ``planner_options`` (the CEM settings that
+    differ from the defaults, e.g. the cart-pole's ``execute: mean``)."""
+    from dataclasses import asdict
+
+    from .agents.cem import CEMConfig
+    from .agents.presets import make_config
+
+    config = make_config("sym-mpc", task)
+    default = asdict(CEMConfig())
+    cem = {k: v for k, v in asdict(config.cem).items() if v != default[k]}
+    return ({"min_transitions": int(config.init_random_steps),
+             "refit_every": int(config.refit_every)}, {"cem": cem} if cem else {})
+
+
 def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, dict[str, object]]:
     """Per node, the parameters a run sets over the task's parameter file.
 
@@ -343,6 +361,10 @@ def run_parameters(task_graph: TaskGraph, settings: RunSettings) -> dict[str, di
     controller["sync_updates_per_step"] = sync
     if settings.planner:
         controller["planner"] = MPC_PLANNER
+        learner, options = planner_schedule(task_graph.task)
+        controller["planner_options"] = json.dumps(options)
+        if "dynamics_learner" in params:
+            params["dynamics_learner"].update(learner)
     controller["autostart"] = (settings.use_sim if settings.activate is None
                                else bool(settings.activate))
     return params

@@ -158,12 +158,17 @@ class FusedSymbolicModel:
       is computed once, across coordinates; constant subexpressions are folded;
     * constants are 0-dim tensors (a Python float operand costs a tensor construction per call).
 
+    A continuous-time model (the default fit) is compiled the same way from its derivative
+    trees, and stepped over its ``dt`` with its own integrator (RK4 and its substeps), each
+    stage one run of the program: the uncompiled model would evaluate every coordinate's
+    expression tree at every stage.
+
     The result equals ``predict_torch`` to rounding.
 
     Args:
-        model: a fitted model with ``trees()``, ``variables``, ``state_names``,
-            ``angle_coords`` and ``static_coords`` (a
-            :class:`~sym_mbrl_ros.dynamics.symbolic.SymbolicDynamics`).
+        model: a fitted model with ``trees()`` (or, continuous, ``derivative_trees()``,
+            ``integrator`` and ``dt``), ``variables``, ``state_names``, ``angle_coords`` and
+            ``static_coords`` (a :class:`~sym_mbrl_ros.dynamics.symbolic.SymbolicDynamics`).
     """
 
     def __init__(self, model: Any):
@@ -173,6 +178,16 @@ class FusedSymbolicModel:
         self.state_dim = len(model.state_names)
         self.angle_coords = list(model.angle_coords)
         self.static_coords = list(model.static_coords)
+        self.continuous = bool(getattr(model, "is_continuous", False))
+        if self.continuous:
+            if getattr(model, "integrator", None) is None or not getattr(model, "dt", None):
+                raise UserError("a continuous-time model needs its integrator and dt to be "
+                                "compiled for planning")
+            self.integrator = model.integrator
+            self.dt = float(model.dt)
+            sources = model.derivative_trees()
+        else:
+            sources = model.trees()
         index = {name: k for k, name in enumerate(model.variables)}
         steps: list[tuple[Callable, tuple, dict]] = []
         memo: dict[tuple, tuple] = {}
@@ -272,7 +287,7 @@ class FusedSymbolicModel:
 
         # Each coordinate is an affine map of its top-level terms; all of them are computed
         # as one matrix product of the stacked terms (one call instead of a chain of adds).
-        outputs = [linear_items(tree) for tree in model.trees()]
+        outputs = [linear_items(tree) for tree in sources]
         term_list = sorted({op for items, _ in outputs for op, _ in items}, key=repr)
         position = {op: k for k, op in enumerate(term_list)}
         weight = np.zeros((len(outputs), max(1, len(term_list))))
@@ -314,6 +329,8 @@ class FusedSymbolicModel:
 
     def predict_torch(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Next states (B, n) for states (B, n) and actions (B, m)."""
+        if actions.dtype != states.dtype:
+            actions = actions.to(states.dtype)
         key = (states.dtype, states.device)
         if key not in self._cache:
             like = dict(dtype=states.dtype, device=states.device)
@@ -322,12 +339,44 @@ class FusedSymbolicModel:
                 torch.as_tensor(self._weight, **like),
                 torch.as_tensor(self._bias, **like),
             )
-        consts, weight, bias = self._cache[key]
-        b = states.shape[0]
-        if actions.dtype != states.dtype:
-            actions = actions.to(states.dtype)
-        columns = torch.cat([states, actions], dim=1).T.contiguous()
-        values: list[Any] = [*columns.unbind(0), *consts]
+        tensors = self._cache[key]
+        columns = torch.cat([states, actions], dim=1).T.contiguous()  # (n + m, B)
+        if not self.continuous:
+            out = self._run(list(columns.unbind(0)), tensors)
+        else:  # integrated in the (n, B) layout: every stage reads contiguous rows
+            n = self.state_dim
+            u = list(columns[n:].unbind(0))
+
+            def f(x: torch.Tensor) -> torch.Tensor:
+                return self._run([*x.unbind(0), *u], tensors)
+
+            x = columns[:n]
+            substeps = int(self.integrator.substeps)
+            h = self.dt / substeps
+            for _ in range(substeps):
+                if self.integrator.method == "rk4":
+                    k1 = f(x)
+                    k2 = f(torch.add(x, k1, alpha=0.5 * h))
+                    k3 = f(torch.add(x, k2, alpha=0.5 * h))
+                    k4 = f(torch.add(x, k3, alpha=h))
+                    total = torch.add(torch.add(k1, k4), torch.add(k2, k3), alpha=2.0)
+                    x = torch.add(x, total, alpha=h / 6.0)
+                else:
+                    x = torch.add(x, f(x), alpha=h)
+            out = x
+        for i in self.angle_coords:
+            out[i] = torch.remainder(out[i] + math.pi, 2 * math.pi) - math.pi
+        out = out.T
+        if self.static_coords:
+            out = out.clone()
+            out[:, self.static_coords] = states[:, self.static_coords]
+        return out
+
+    def _run(self, rows: list[torch.Tensor], tensors: tuple) -> torch.Tensor:
+        """The compiled expressions (n, B) of the input rows (next values, or derivatives)."""
+        consts, weight, bias = tensors
+        b = rows[0].shape[0]
+        values: list[Any] = [*rows, *consts]
         for fn, idx, kw in self._program:
             values.append(fn(*[values[k] for k in idx], **kw))
         if self._terms:
@@ -335,12 +384,6 @@ class FusedSymbolicModel:
             out = torch.addmm(bias, weight, terms)  # (n, B)
         else:
             out = bias.expand(-1, b).clone()
-        for i in self.angle_coords:
-            out[i] = torch.remainder(out[i] + math.pi, 2 * math.pi) - math.pi
-        out = out.T
-        if self.static_coords:
-            out = out.clone()
-            out[:, self.static_coords] = states[:, self.static_coords]
         return out
 
 
