@@ -43,6 +43,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from sym_mbrl_ros.protocol import git_commit  # noqa: E402
+
 SHARED = {"/diagnostics", "/rosout", "/parameter_events"}
 
 
@@ -212,9 +216,11 @@ def ratios(rows: list[dict]) -> dict[int, float | None]:
 def table(rows: list[dict], pair: dict | None, checks: dict | None, args) -> str:
     """The markdown report."""
     seeds = ", ".join(str(s) for s in dict.fromkeys(r["seed"] for r in rows))
+    code = getattr(args, "code", None) or "unknown"
     lines = [f"# Fleet: `sym-mbrl up pendulum --robots N` (lockstep, speed {args.speed:g}, "
              f"sync {args.sync:g}, {_controller(args)}; seeds {seeds}; budget {args.steps} "
              "steps per robot)", "",
+             f"Command: `{getattr(args, 'command', 'python bench/fleet.py')}` (code {code})", "",
              "World speed: simulated seconds per wall second (1 = real time; below the set "
              "speed when the CPU cannot keep up). Other s: wall time not spent in the robots' "
              "episodes at the set speed (start-up, and the world waiting for CPU).", "",
@@ -280,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=HERE / "results" / "fleet",
                    help="report path without suffix (default bench/results/fleet)")
     args = p.parse_args(argv)
+    commit, dirty = git_commit()
+    args.code = (commit or "unknown")[:7] + (" with uncommitted changes" if dirty else "")
+    args.command = "python bench/fleet.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.planner and args.sync:
         p.error("--planner runs no policy trainer: --sync must be 0")
     domain = 120 + args.seed % 60

@@ -3,7 +3,8 @@
 
 ``namespace:=robot1`` puts the whole graph under /robot1 (its topics are relative), so two
 graphs share a DDS domain; ``robots:=N`` starts a fleet: N robots in robot1..robotN feeding
-one learner and trainer (bringup.py).
+one learner and trainer (bringup.py); ``planner:=true`` makes every controller plan with the
+learner's model (sym-mpc) and starts no policy trainer (``sym-mbrl up --planner``).
 
 ``use_sim:=false`` is hardware mode, the same as ``sym-mbrl up TASK --hardware``: no sim
 bridge (a robot driver publishes the state topics), hold pairing in the recorder, and the

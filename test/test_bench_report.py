@@ -83,3 +83,30 @@ def test_world_model_seeds_counts_targets_per_level_from_the_worst_coordinate(tm
     assert "`python bench/world_model_suite.py --seed 101` (code abcdef0)" in text
     with pytest.raises(SystemExit, match="seed 100 is given twice"):
         seeds.report([docs[0], docs[0]], ["a", "a"], "cmd")
+
+
+def _fleet_row(seed: int, robots: int, wall: float, solved: bool = True) -> dict:
+    return {"seed": seed, "robots": robots, "solved": solved,
+            "reason": "solved" if solved else "wall-clock limit", "wall_s": wall,
+            "steps_per_robot": {f"robot{k}": 400 for k in range(1, robots + 1)},
+            "episodes_per_robot": {f"robot{k}": 2 for k in range(1, robots + 1)},
+            "steps_total": 400 * robots, "world_speed": 0.9, "other_s": 10.0, "cpu_s": 40.0,
+            "cores": 1.0, "policy_loaded": {}, "policies_published": 0}
+
+
+def test_fleet_ratio_is_per_seed_and_an_unsolved_run_fails_the_target():
+    import argparse
+
+    fleet = load_bench("fleet")
+    args = argparse.Namespace(speed=1.0, sync=0.0, planner=True, steps=3000, code="abc1234",
+                              command="python bench/fleet.py --planner")
+    rows = [_fleet_row(100, 1, 80.0), _fleet_row(100, 4, 36.0),
+            _fleet_row(101, 1, 60.0), _fleet_row(101, 4, 33.0)]
+    assert fleet.ratios(rows) == {100: 0.45, 101: 0.55}
+    text = fleet.table(rows, None, None, args)
+    assert "seed 100: 0.45, seed 101: 0.55; median **0.5** (target ≤ 0.5: met)" in text
+    assert "Command: `python bench/fleet.py --planner` (code abc1234)" in text
+    # a seed whose fleet did not solve has no ratio, and the target is not met
+    rows[3] = _fleet_row(101, 4, 900.0, solved=False)
+    text = fleet.table(rows, None, None, args)
+    assert "seed 101: -; median **0.45** (target ≤ 0.5: not met)" in text
