@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from sym_mbrl_ros.envs import get_task  # noqa: E402
 from sym_mbrl_ros.protocol import git_commit  # noqa: E402
 
 SHARED = {"/diagnostics", "/rosout", "/parameter_events"}
@@ -90,7 +91,7 @@ def loaded_versions(out: Path) -> dict[str, int | None]:
     return found
 
 
-DT = 0.05
+DT = get_task("pendulum").dt
 """Pendulum's control period (s): a robot in real time takes 200 steps in 10 s."""
 
 
@@ -108,7 +109,7 @@ def run_fleet(n: int, seed: int, args, domain: int) -> dict:
     episodes = {r: len(v) for r, v in s.get("robot_returns", {}).items()}
     row = {"seed": seed, "robots": n, "solved": s["solved"], "reason": s["reason"],
            "wall_s": s.get("wall_s"), "process_wall_s": round(wall, 1),
-           "steps_total": s.get("steps", 0), "steps_per_robot": s.get("robot_steps", {}),
+           "steps_total": s.get("steps", 0), "steps_per_robot": per_robot,
            "cpu_s": round(cpu, 1), "cores": round(cpu / wall, 2) if wall > 0 else None,
            "policies_published": len(policies), "policy_loaded": loaded_versions(out),
            "last_returns": [round(r, 1) for r in s.get("returns", [])[-max(3, n):]],
