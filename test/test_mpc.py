@@ -134,6 +134,39 @@ def test_scorer_steps_the_model_once_per_time_step_for_the_whole_population():
     assert torch.allclose(returns, torch.zeros_like(returns), atol=1e-12)
 
 
+def test_scorer_stops_counting_after_a_terminal_step_and_skips_tasks_that_never_end():
+    cartpole = get_task("cartpole")
+    assert cartpole.terminates and not PENDULUM.terminates
+
+    def drift(s, a):  # the cart moves 1 m per step along the rail, nothing else changes
+        nxt = s.clone()
+        nxt[:, 0] = s[:, 0] + 1.0
+        return nxt
+
+    start = torch.zeros(1, cartpole.state_dim, dtype=torch.float64)
+    actions = torch.zeros(1, 1, 6, cartpole.action_dim, dtype=torch.float64)
+    states = [start + torch.tensor([[float(k), 0.0, 0.0, 0.0]], dtype=torch.float64)
+              for k in range(7)]
+    steps = [float(cartpole.reward(states[k], actions[0, :, k], states[k + 1])[0])
+             for k in range(6)]
+    ended = [bool(cartpole.terminated(states[k], actions[0, :, k], states[k + 1])[0])
+             for k in range(6)]
+    first = ended.index(True)  # the step that leaves the rail still counts, later ones not
+    expected = sum(steps[: first + 1])
+    got = float(SequenceScorer(drift, cartpole)(start, actions)[0, 0])
+    assert math.isclose(got, expected, rel_tol=1e-12), (got, expected, ended)
+
+    # a task that never terminates scores the same whether terminated() is asked or not
+    scorer = SequenceScorer(PendulumDynamics().predict_torch, PENDULUM)
+    gen = torch.Generator().manual_seed(0)
+    s0 = torch.rand(2, 2, dtype=torch.float64, generator=gen) * 6 - 3
+    acts = torch.rand(2, 50, 10, 1, dtype=torch.float64, generator=gen) * 4 - 2
+    skipped = scorer(s0, acts)
+    scorer._terminates = True
+    # same arithmetic up to the multiplications by an all-ones mask
+    assert torch.allclose(skipped, scorer(s0, acts), rtol=1e-12, atol=1e-9)
+
+
 def test_gradient_planner_improves_on_its_initial_plan():
     cfg = GradientPlannerConfig(horizon=15, restarts=4, iterations=25, learning_rate=0.1, seed=0)
     planner = GradientPlanner(PendulumDynamics(), PENDULUM, cfg)

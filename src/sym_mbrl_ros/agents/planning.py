@@ -64,6 +64,7 @@ class SequenceScorer:
         self.task = task
         self.gamma = float(gamma)
         self._static = list(task.static_coords)
+        self._terminates = bool(getattr(task, "terminates", True))
 
     def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Returns (S, P) of action sequences (S, P, H, m) from start states (S, n).
@@ -84,10 +85,11 @@ class SequenceScorer:
                 nxt = nxt.clone()
                 nxt[:, self._static] = s[:, self._static]
             r = self.task.reward(s, a, nxt)
-            if alive is not None:
-                r = r * alive
-            done = self.task.terminated(s, a, nxt).to(r.dtype)
-            alive = (1.0 - done) if alive is None else alive * (1.0 - done)
+            if self._terminates:
+                if alive is not None:
+                    r = r * alive
+                done = self.task.terminated(s, a, nxt).to(r.dtype)
+                alive = (1.0 - done) if alive is None else alive * (1.0 - done)
             total = total + (r if discount == 1.0 else discount * r)
             discount *= self.gamma
             s = nxt

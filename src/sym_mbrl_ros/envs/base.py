@@ -55,6 +55,10 @@ class ArrayOps:
 
     def clip(self, x, lo, hi):
         if self.is_torch:
+            if np.ndim(lo) == 0 and np.ndim(hi) == 0:
+                # scalar bounds: one clamp, no bound tensors built per call (a planner's
+                # reward calls this once per step of every rollout)
+                return torch.clamp(x, float(lo), float(hi))
             lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
             hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
             return torch.maximum(torch.minimum(x, hi_t), lo_t)
@@ -93,6 +97,8 @@ class TaskSpec:
         observation: inverse observer, state (B, n) -> obs (B, o); numpy or torch.
         reward: (state, action, next_state) -> (B,) reward, identical to the env's reward.
         terminated: (state, action, next_state) -> (B,) bool.
+        terminates: False when ``terminated`` is always False (episodes end only by
+            truncation): a planner's scorer then skips it (a test holds each task to it).
         success: state (B, n) -> (B,) bool, the task's success test (None if the task has none).
         description: one paragraph for ``sym-mbrl tasks`` and the docs.
         joint_names: names of the URDF joints the topic contract uses, in command order.
@@ -125,6 +131,7 @@ class TaskSpec:
     observation_names: tuple[str, ...] = field(default_factory=tuple)
     invariant_coords: tuple[int, ...] = ()
     policy_inputs: tuple[int, ...] | None = None
+    terminates: bool = True
 
     @property
     def state_dim(self) -> int:

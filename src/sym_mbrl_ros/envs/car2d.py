@@ -122,6 +122,7 @@ TASK = TaskSpec(
     observation=observation,
     reward=reward,
     terminated=terminated,
+    terminates=False,
     success=success,
     description=(
         "Four-wheeled car with turntable steering on a plane, simulated with wheel contacts; "

@@ -70,6 +70,7 @@ TASK = TaskSpec(
     observation=observation,
     reward=reward,
     terminated=terminated,
+    terminates=False,
     success=None,
     description=(
         "Swing up and balance a uniform 1 kg, 1 m pole (theta = 0 upright) with |torque| <= 2 "

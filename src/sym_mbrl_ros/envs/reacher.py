@@ -102,6 +102,7 @@ TASK = TaskSpec(
     observation=observation,
     reward=reward,
     terminated=terminated,
+    terminates=False,
     success=success,
     description=(
         "Planar two-link arm (0.1 m + 0.11 m) whose joint position targets are tracked by "
