@@ -169,13 +169,14 @@ def bounded_coordinates(
     vehicle's), and its sines would only fit noise. Nothing here is told which is an angle.
     A joint that spins several turns is wider too (:func:`wide_coordinates`).
     """
-    out = []
-    for name, col in zip(names, columns):
-        values = X[:, col]
-        width = float(np.max(values) - np.min(values)) if len(values) else 0.0
-        if settings.trig_min_range <= width <= settings.trig_max_range:
-            out.append(name)
-    return out
+    return [name for name, width in _widths(names, X, columns).items()
+            if settings.trig_min_range <= width <= settings.trig_max_range]
+
+
+def _widths(names: Sequence[str], X: np.ndarray, columns: Sequence[int]) -> dict[str, float]:
+    """Each coordinate's data range (0 without rows)."""
+    return {name: float(np.ptp(X[:, col])) if len(X) else 0.0
+            for name, col in zip(names, columns)}
 
 
 def wide_coordinates(
@@ -189,12 +190,8 @@ def wide_coordinates(
     lowers the error tenfold), but on noisy data they join only where their search wins, not
     unconditionally as a bounded coordinate's do (:func:`noisy_alternatives`).
     """
-    out = []
-    for name, col in zip(names, columns):
-        values = X[:, col]
-        if len(values) and float(np.max(values) - np.min(values)) > settings.trig_max_range:
-            out.append(name)
-    return out
+    return [name for name, width in _widths(names, X, columns).items()
+            if width > settings.trig_max_range]
 
 
 def trig_family(q: str, wide: bool = False) -> Family:
@@ -422,25 +419,36 @@ def choose_library(
     the start, exact acrobot data (whose floor estimate reads the cubics' misfit as noise)
     let a single trig family in ahead of the pair family and lost their exact law.
     """
-    library, choice = _gate(base, families, columns, y, y_val, y_var, settings, 0.0)
+    # the second pass judges the same libraries again: their errors are computed once. Only
+    # libraries that ``columns`` caches go through this memo (they stay alive, so their ids
+    # are not reused); the denominator's refinement builds throwaway ones
+    memo: dict[int, float] = {}
+
+    def err(lib) -> float:
+        if id(lib) not in memo:
+            memo[id(lib)] = ls_error(lib, y, y_val, y_var)
+        return memo[id(lib)]
+
+    library, choice = _gate(base, families, columns, y, y_val, y_var, settings, 0.0, err)
     if choice.families or choice.base_error <= settings.floor or not (
             families or columns.angles):
         return library, choice
     noise = gate_noise(base, columns, y, y_var, choice.base_error, settings)
     if noise <= 0.0:
         return library, choice
-    library_n, choice_n = _gate(base, families, columns, y, y_val, y_var, settings, noise)
+    library_n, choice_n = _gate(base, families, columns, y, y_val, y_var, settings, noise, err)
     choice_n.noise_floor = noise
     choice_n.tried += choice.tried
     return (library_n, choice_n) if choice_n.families else (library, choice)
 
 
 def _gate(base, families: Sequence[Family], columns: FamilyColumns, y: np.ndarray,
-          y_val: np.ndarray, y_var: float, settings: FamilySettings, noise: float):
+          y_val: np.ndarray, y_var: float, settings: FamilySettings, noise: float, err_of):
     """:func:`choose_library`'s gate, a family winning where it lowers the error above
-    ``noise`` (0: the raw error) by ``settings.gain``."""
+    ``noise`` (0: the raw error) by ``settings.gain``; ``err_of(library)``: :func:`ls_error`
+    of a library that ``columns`` caches."""
     choice = LibraryChoice()
-    best_err = ls_error(base, y, y_val, y_var)
+    best_err = err_of(base)
     choice.base_error = choice.error = best_err
     if best_err <= settings.floor or not (families or columns.angles):
         return base, choice
@@ -456,7 +464,7 @@ def _gate(base, families: Sequence[Family], columns: FamilyColumns, y: np.ndarra
     for fam in plain + [f for f in families if f.sums]:
         if fam.sums and min([best_err, *single_err.values()]) <= settings.pair_min_error:
             break  # a law that the single families explain: the pairs only cost time
-        err = ls_error(columns.library(base, [fam]), y, y_val, y_var)
+        err = err_of(columns.library(base, [fam]))
         single_err[fam.name] = err
         choice.tried += 1
         if wins(err, best_err):
@@ -472,7 +480,7 @@ def _gate(base, families: Sequence[Family], columns: FamilyColumns, y: np.ndarra
             continue  # two tanh scales of one coordinate: refinement fits the scale
         trial = columns.library(base, chosen + [fam]) if chosen else None
         if trial is not None:
-            err = ls_error(trial, y, y_val, y_var)
+            err = err_of(trial)
             choice.tried += 1
         if wins(err, best_err) or not chosen:
             chosen.append(fam)
@@ -480,7 +488,7 @@ def _gate(base, families: Sequence[Family], columns: FamilyColumns, y: np.ndarra
             best_err = err
     for k, fam in enumerate(chosen):
         if fam.name.startswith("tanh("):
-            better, err = _best_tanh_scale(base, chosen, k, columns, y, y_val, y_var)
+            better, err = _best_tanh_scale(base, chosen, k, columns, err_of)
             choice.tried += 1
             if err < best_err:
                 chosen[k], best_err = better, err
@@ -497,7 +505,7 @@ def _gate(base, families: Sequence[Family], columns: FamilyColumns, y: np.ndarra
         # without this, declaring the cart-pole's theta an angle lost its denominator
         trials += [(q, chosen) for q in columns.angles]
         for q, with_q in trials:
-            err, c = _grid_denominator(base, with_q, q, columns, y, y_val, y_var)
+            err, c = _grid_denominator(base, with_q, q, columns, err_of)
             choice.tried += len(RATIONAL_GRID)
             grid.append((err, c, with_q, q))
         if grid:
@@ -513,7 +521,7 @@ def _gate(base, families: Sequence[Family], columns: FamilyColumns, y: np.ndarra
     return library, choice
 
 
-def _best_tanh_scale(base, chosen, k, columns: FamilyColumns, y, y_val, y_var):
+def _best_tanh_scale(base, chosen, k, columns: FamilyColumns, err_of):
     """``chosen[k]`` (a tanh family) with the scale that fits best: a bounded search in log
     scale between the neighbours of its grid value."""
     fam = chosen[k]
@@ -523,7 +531,7 @@ def _best_tanh_scale(base, chosen, k, columns: FamilyColumns, y, y_val, y_var):
     def trial(log_eps: float) -> tuple[float, Family]:
         f = tanh_family(x, float(np.exp(log_eps)))
         lib = columns.library(base, chosen[:k] + [f] + chosen[k + 1:])
-        return ls_error(lib, y, y_val, y_var), f
+        return err_of(lib), f
 
     step = math.log(2.5)
     res = minimize_scalar(lambda z: trial(z)[0], bounds=(math.log(eps0) - step,
@@ -538,10 +546,10 @@ def _tanh_rate(fam: Family) -> float:
     return call.arg.left.value
 
 
-def _grid_denominator(base, chosen, q, columns: FamilyColumns, y, y_val, y_var):
+def _grid_denominator(base, chosen, q, columns: FamilyColumns, err_of):
     """(error, c) of the best denominator ``cos(q)**2 + 1/c`` on :data:`RATIONAL_GRID`."""
     errs = [
-        ls_error(columns.library(base, chosen, denominator(q, c)), y, y_val, y_var)
+        err_of(columns.library(base, chosen, denominator(q, c)))
         for c in RATIONAL_GRID
     ]
     k = int(np.argmin(errs))
@@ -665,7 +673,8 @@ def noisy_alternatives(cache: dict, base, data, settings: FamilySettings, search
         grid = []
         for fam in bounded:
             with_q = picked if fam in picked else picked + [fam]
-            err, c = _grid_denominator(base, with_q, fam.coordinate, columns, y, y_val, y_var)
+            err, c = _grid_denominator(base, with_q, fam.coordinate, columns,
+                                       lambda lib: ls_error(lib, y, y_val, y_var))
             grid.append((err, c, with_q, fam.coordinate))
         _err, c, with_q, q = min(grid, key=lambda g: g[0])
         lib, _ = _refine_denominator(base, with_q, q, c, columns, y, y_val, y_var)
